@@ -1,0 +1,58 @@
+"""What every job shares: which model to use, and where its outputs and config go."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqt.config import VLMConfig, preset
+from mqt.configtree import merge, save_yaml
+
+
+@dataclass
+class ModelArgs:
+    """Which model: a preset (with field overrides), a checkpoint folder, or a published
+    MQT-LLaVA folder. The first of llava, checkpoint, preset that is set wins."""
+
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # overrides of the preset, e.g. {query: {depth: 2}}
+    checkpoint: str = ""
+    llava: str = ""
+    seed: int = 0  # initialises whatever the weights do not cover
+
+
+def model_config(args: ModelArgs) -> VLMConfig:
+    """The preset with the `model` overrides applied, validated (field names in errors)."""
+    return merge(preset(args.preset), args.model, "model").validate()
+
+
+def validate_model(args: ModelArgs) -> None:
+    if args.llava and not Path(args.llava).is_dir():
+        raise ValueError(f"llava={args.llava!r} is not a folder")
+    if args.checkpoint and not (Path(args.checkpoint) / "config.yaml").exists():
+        raise ValueError(f"checkpoint={args.checkpoint!r} is not a checkpoint folder")
+    model_config(args)
+
+
+def load_model(args: ModelArgs):
+    from mqt.checkpoint import load_checkpoint
+    from mqt.llava import load_mqt_llava
+    from mqt.model import build_model
+
+    if args.llava:
+        return load_mqt_llava(args.llava)
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    return build_model(model_config(args), seed=args.seed)
+
+
+def save_config(cfg, output_dir: str | Path) -> Path:
+    """The resolved job config, written next to the job's output."""
+    path = Path(output_dir) / "config.yaml"
+    save_yaml(cfg, path)
+    return path
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,161 @@
+"""Configuration of the MQT vision-language model: one dataclass per part and named presets.
+
+A `VLMConfig` is the whole model: vision encoder -> Matryoshka query transformer -> causal
+LM. Presets are plain functions returning a fresh config; `preset(name)` looks one up.
+Dimensions are always stored, even for pretrained parts, so the cost model can price a
+model without building it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VISION_KINDS = ("clip", "mobilenet_v2")
+QUERY_MODES = ("official", "content")
+LM_KINDS = ("llama", "pretrained")
+PROJECTORS = ("mqt", "mlp2x_gelu")
+
+
+@dataclass
+class VisionConfig:
+    """A vision encoder returning grid features (B, N, D)."""
+
+    kind: str = "clip"  # "clip": transformers CLIPVisionModel; "mobilenet_v2": a CNN map
+    path: str = ""  # local folder / file with pretrained weights; "" = random init
+    image_size: int = 32
+    patch_size: int = 8  # CLIP patch size; for a CNN, the stride of the chosen layer
+    hidden_size: int = 32  # D, the width of the grid features
+    intermediate_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    select_layer: int = -1  # hidden state used as features (LLaVA: -2)
+    frozen: bool = True
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    def layers_run(self) -> int:
+        """Transformer layers actually executed: the ones after the selected layer are cut."""
+        layer = self.select_layer
+        return self.num_layers + 1 + layer if layer < 0 else layer
+
+
+@dataclass
+class QueryConfig:
+    """The Matryoshka query transformer: M latent queries cross-attending to grid features."""
+
+    num_queries: int = 16  # M, the largest number of visual tokens
+    mode: str = "official"  # "official": keys from position only; "content": features + position
+    depth: int = 1  # > 1 adds blocks of causal self-attention among queries + cross-attn + FFN
+    num_heads: int = 2
+    ffn_mult: int = 4
+    ln_eps: float = 1e-6
+
+
+@dataclass
+class LMConfig:
+    """A causal language model (transformers). Dimensions are kept for the cost model."""
+
+    kind: str = "llama"  # "llama": LlamaForCausalLM built from these numbers; "pretrained": path
+    path: str = ""
+    vocab_size: int = 260
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    max_position: int = 1024
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    frozen: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass
+class VLMConfig:
+    name: str = "tiny"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    # "mqt" is this model; "mlp2x_gelu" (LLaVA-1.5's projector, all grid tokens) exists
+    # only so the cost model can price the baseline.
+    projector: str = "mqt"
+    template: str = "plain"  # conversation template, see mqt.prompts
+    tokenizer: str = "byte"  # "byte": built on the spot; otherwise a local folder
+
+    def validate(self) -> VLMConfig:
+        """Raise ValueError naming the first bad field."""
+        _check("vision.kind", self.vision.kind, VISION_KINDS)
+        _check("query.mode", self.query.mode, QUERY_MODES)
+        _check("lm.kind", self.lm.kind, LM_KINDS)
+        _check("projector", self.projector, PROJECTORS)
+        _positive(self, ["query.num_queries", "query.depth", "query.num_heads", "lm.num_layers"])
+        if self.vision.hidden_size % self.query.num_heads:
+            raise ValueError(
+                f"query.num_heads={self.query.num_heads} must divide "
+                f"vision.hidden_size={self.vision.hidden_size}"
+            )
+        if self.lm.hidden_size % self.lm.num_heads:
+            raise ValueError("lm.num_heads must divide lm.hidden_size")
+        return self
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {allowed}")
+
+
+def _positive(cfg: VLMConfig, names: list[str]) -> None:
+    for name in names:
+        part, attr = name.split(".")
+        if getattr(getattr(cfg, part), attr) < 1:
+            raise ValueError(f"{name} must be >= 1")
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def tiny() -> VLMConfig:
+    """Random init, a few hundred thousand parameters: runs in seconds on a CPU (tests)."""
+    return VLMConfig(name="tiny")
+
+
+def llava_7b() -> VLMConfig:
+    """MQT-LLaVA-7B (arXiv 2405.19315): CLIP ViT-L/14-336 layer -2, M = 256, Vicuna-7B-v1.5."""
+    vision = VisionConfig(
+        kind="clip", image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
+        num_layers=24, num_heads=16, select_layer=-2,
+    )
+    query = QueryConfig(num_queries=256, mode="official", depth=1, num_heads=16)
+    lm = LMConfig(
+        kind="pretrained", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+        num_layers=32, num_heads=32, num_kv_heads=32, max_position=4096,
+        rms_norm_eps=1e-5, frozen=False,
+    )
+    return VLMConfig(name="llava-7b", vision=vision, query=query, lm=lm, template="vicuna_v1",
+                     tokenizer="")
+
+
+def llava15_7b() -> VLMConfig:
+    """LLaVA-1.5-7B: the same backbones with the 2-layer MLP projector on all 576 tokens."""
+    cfg = llava_7b()
+    cfg.name, cfg.projector = "llava-1.5-7b", "mlp2x_gelu"
+    return cfg
+
+
+PRESETS = {"tiny": tiny, "llava-7b": llava_7b, "llava-1.5-7b": llava15_7b}
+
+
+def preset(name: str) -> VLMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

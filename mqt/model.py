@@ -1,0 +1,183 @@
+"""The vision-language model: vision encoder + Matryoshka query transformer + causal LM.
+
+Image features enter the text embeddings at the `<image>` token positions with one checked
+`masked_scatter`. The number of visual tokens m is an explicit argument everywhere; in
+`generate`, rows may ask for different m: the MQT runs once at M, each row takes the first
+m visual tokens (prefix property), rows are grouped by m for the LM, and results come back
+in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mqt.config import LMConfig, VLMConfig
+from mqt.query import QueryTransformer, check_num_tokens
+from mqt.text import IMAGE_TOKEN, build_batch, byte_tokenizer, get_template, load_tokenizer
+from mqt.vision import build_vision, preprocess
+
+
+@dataclass
+class Generation:
+    """One generated answer and what it cost in tokens."""
+
+    text: str
+    token_ids: list[int]
+    mean_logprob: float  # mean log-probability of the generated tokens: a confidence
+    num_visual_tokens: int
+    prompt_tokens: int  # text tokens of the prompt, visual tokens excluded
+    new_tokens: int
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: VLMConfig, vision: nn.Module, query: QueryTransformer,
+                 lm: nn.Module, tokenizer):
+        super().__init__()
+        self.cfg, self.vision, self.query, self.lm = cfg, vision, query, lm
+        self.tokenizer = tokenizer
+        self.template = get_template(cfg.template)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    @property
+    def num_queries(self) -> int:
+        return self.query.num_queries
+
+    def preprocess(self, images) -> torch.Tensor:
+        return preprocess(images, self.vision)
+
+    def encode_images(self, pixel_values: torch.Tensor, num_visual_tokens: int) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, m, H_lm) visual tokens."""
+        feats = self.vision(pixel_values)  # (B, N, D)
+        return self.query(feats, num_visual_tokens, self.vision.grid_hw)
+
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Text embeddings with the image tokens replaced by `image_embeds` (B, m, H)."""
+        mask = input_ids == self.image_token_id  # (B, T)
+        per_row = mask.sum(dim=1)
+        if image_embeds.shape[:2] != (input_ids.shape[0], image_embeds.shape[1]) or bool(
+            (per_row != image_embeds.shape[1]).any()
+        ):
+            raise ValueError(f"image tokens per row {per_row.tolist()} do not match "
+                             f"image_embeds of shape {tuple(image_embeds.shape)}")
+        # the image token id may lie outside the LM's vocabulary: embed a valid id instead
+        embeds = self.lm.get_input_embeddings()(input_ids.masked_fill(mask, 0))
+        return embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                num_visual_tokens: int, pixel_values: torch.Tensor | None = None,
+                image_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        """LM output (logits, and loss when labels are given) with m visual tokens per row."""
+        m = check_num_tokens(num_visual_tokens, self.num_queries)
+        if image_embeds is None:
+            image_embeds = self.encode_images(pixel_values, m)
+        embeds = self.embed(input_ids, image_embeds[:, :m])
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+
+    def format_prompts(self, questions: Sequence[str]) -> list[str]:
+        return [self.template.format(q) for q in questions]
+
+    @torch.no_grad()
+    def generate(self, questions: Sequence[str], num_visual_tokens: int | Sequence[int],
+                 images=None, pixel_values: torch.Tensor | None = None,
+                 image_embeds: torch.Tensor | None = None,
+                 max_new_tokens: int = 16) -> list[Generation]:
+        """Greedy answers, one per question; images, pixel_values or (B, M, H) image_embeds."""
+        n = len(questions)
+        ms = [num_visual_tokens] * n if isinstance(num_visual_tokens, int) else list(
+            num_visual_tokens)
+        if len(ms) != n:
+            raise ValueError(f"{len(ms)} values of num_visual_tokens for {n} questions")
+        ms = [check_num_tokens(m, self.num_queries) for m in ms]
+        if image_embeds is None:
+            pv = pixel_values if pixel_values is not None else self.preprocess(images)
+            image_embeds = self.encode_images(pv, max(ms))  # once, at the largest m needed
+        prompts = self.format_prompts(questions)
+        out: list[Generation | None] = [None] * n
+        for m in sorted(set(ms)):
+            rows = [i for i in range(n) if ms[i] == m]
+            for i, gen in zip(rows, self._generate_group(
+                    [prompts[i] for i in rows], image_embeds[rows, :m], max_new_tokens),
+                    strict=True):
+                out[i] = gen
+        return out
+
+    def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
+                        max_new_tokens: int) -> list[Generation]:
+        m = image_embeds.shape[1]
+        batch = build_batch(self.tokenizer, prompts, m, padding_side="left")
+        embeds = self.embed(batch["input_ids"].to(image_embeds.device), image_embeds)
+        out = self.lm.generate(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(embeds.device),
+            max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
+            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.stop_token_ids(),
+        )
+        text_len = batch["attention_mask"].sum(dim=1) - m
+        return [self._decode(out, b, m, int(text_len[b])) for b in range(len(prompts))]
+
+    def _decode(self, out, b: int, m: int, prompt_tokens: int) -> Generation:
+        ids = out.sequences[b].tolist()
+        stops = set(self.stop_token_ids())
+        n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+        logps = [torch.log_softmax(out.scores[i][b].float(), -1)[ids[i]] for i in range(n)]
+        mean = float(torch.stack(logps).mean()) if logps else 0.0
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+        return Generation(text, ids[:n], mean, m, prompt_tokens, n)
+
+    def stop_token_ids(self) -> list[int]:
+        """End of sequence, plus the template's end-of-turn marker when it is one token."""
+        stops = {self.tokenizer.eos_token_id}
+        suffix = self.tokenizer(self.template.answer_suffix, add_special_tokens=False)
+        if len(suffix["input_ids"]) == 1:
+            stops.add(suffix["input_ids"][0])
+        return sorted(s for s in stops if s is not None)
+
+
+def build_lm(cfg: LMConfig) -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.kind == "pretrained":
+        lm = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
+        check_lm_dims(cfg, lm.config)
+        return lm
+    return LlamaForCausalLM(LlamaConfig(**llama_kwargs(cfg)))
+
+
+def llama_kwargs(cfg: LMConfig) -> dict:
+    return dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position, rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+    )
+
+
+def check_lm_dims(cfg: LMConfig, hf) -> None:
+    pairs = {"vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size,
+             "num_layers": hf.num_hidden_layers, "num_heads": hf.num_attention_heads,
+             "intermediate_size": hf.intermediate_size,
+             "num_kv_heads": getattr(hf, "num_key_value_heads", hf.num_attention_heads)}
+    for name, value in pairs.items():
+        if getattr(cfg, name) != value:
+            raise ValueError(f"lm.{name}={getattr(cfg, name)} but {cfg.path} has {value}")
+
+
+def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguageModel:
+    """Build from a config; random parts are initialised from `seed` (global RNG untouched)."""
+    cfg.validate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vision = build_vision(cfg.vision)
+        lm = build_lm(cfg.lm)
+        query = QueryTransformer(cfg.query, vision.hidden_size, cfg.lm.hidden_size)
+    if tokenizer is None:
+        tokenizer = byte_tokenizer() if cfg.tokenizer == "byte" else load_tokenizer(cfg.tokenizer)
+    model = VisionLanguageModel(cfg, vision, query, lm, tokenizer)
+    model.vision.requires_grad_(not cfg.vision.frozen)
+    model.lm.requires_grad_(not cfg.lm.frozen)
+    return model.eval()

@@ -1,0 +1,133 @@
+"""The MQT model: prefix property in every mode, m checks, generation, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mqt.checkpoint import load_checkpoint, save_checkpoint
+from mqt.config import QueryConfig, tiny
+from mqt.model import build_model
+from mqt.query import QueryTransformer
+from mqt.text import IGNORE_INDEX, build_batch
+
+MODES = [("official", 1), ("content", 1), ("official", 3), ("content", 2)]
+
+
+def images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (30 + 7 * i, 40, 3), dtype=np.uint8))
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(tiny(), seed=0)
+
+
+@pytest.mark.parametrize("mode,depth", MODES)
+def test_prefix_property(mode, depth):
+    cfg = QueryConfig(num_queries=16, mode=mode, depth=depth, num_heads=4)
+    torch.manual_seed(0)
+    mqt = QueryTransformer(cfg, in_dim=32, out_dim=24).eval()
+    feats = torch.randn(3, 25, 32)  # a 5x5 grid: the 4x4 position table gets resized
+    full = mqt(feats, 16, (5, 5))
+    assert full.shape == (3, 16, 24)
+    for m in (1, 2, 7, 16):
+        torch.testing.assert_close(mqt(feats, m, (5, 5)), full[:, :m], atol=1e-6, rtol=1e-5)
+
+
+def test_content_mode_differs_from_official_with_the_same_weights():
+    torch.manual_seed(0)
+    official = QueryTransformer(QueryConfig(num_queries=4, mode="official"), 16, 8).eval()
+    content = QueryTransformer(QueryConfig(num_queries=4, mode="content"), 16, 8).eval()
+    content.load_state_dict(official.state_dict(), strict=True)  # same parameter names
+    feats = torch.randn(2, 9, 16)
+    assert not torch.allclose(official(feats, 4), content(feats, 4), atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 17, 2.0, True, "4"])
+def test_m_outside_range_is_an_error(model, bad):
+    pv = model.preprocess(images(1))
+    with pytest.raises((ValueError, TypeError), match="num_visual_tokens"):
+        model.encode_images(pv, bad)
+
+
+def test_generate_groups_by_m_and_keeps_order(model):
+    imgs, qs = images(4), ["what?", "colour of the shape?", "how many?", "a long question?"]
+    ms = [4, 16, 1, 4]
+    together = model.generate(qs, ms, images=imgs, max_new_tokens=4)
+    for i in range(4):
+        alone = model.generate([qs[i]], ms[i], images=[imgs[i]], max_new_tokens=4)[0]
+        assert alone.token_ids == together[i].token_ids  # left padding changes nothing
+        assert alone.mean_logprob == pytest.approx(together[i].mean_logprob, abs=1e-4)
+        assert together[i].num_visual_tokens == ms[i]
+        assert 1 <= together[i].new_tokens <= 4 and together[i].mean_logprob < 0
+
+
+def test_generate_rejects_mismatched_lengths(model):
+    with pytest.raises(ValueError, match="num_visual_tokens"):
+        model.generate(["a", "b"], [1, 2, 3], images=images(2))
+
+
+def test_embed_checks_image_token_count(model):
+    batch = build_batch(model.tokenizer, model.format_prompts(["hi"]), 3)
+    with pytest.raises(ValueError, match="image tokens per row"):
+        model.embed(batch["input_ids"], torch.zeros(1, 4, model.cfg.lm.hidden_size))
+
+
+def test_labels_mask_image_and_prompt(model):
+    batch = build_batch(model.tokenizer, model.format_prompts(["q1", "longer q2"]), 5,
+                        answers=["yes", "a red circle"], padding_side="right")
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert (labels[ids == model.image_token_id] == IGNORE_INDEX).all()
+    kept = [model.tokenizer.decode([t for t in row if t != IGNORE_INDEX]) for row in labels]
+    assert kept == ["yes", "a red circle"]
+
+
+def test_training_step_lowers_loss():
+    model = build_model(tiny(), seed=1).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    pv = model.preprocess(images(4, seed=1))
+    batch = build_batch(model.tokenizer, model.format_prompts(["colour?"] * 4), 8,
+                        answers=["red", "blue", "red", "green"], padding_side="right")
+    losses = []
+    for _ in range(15):
+        out = model(batch["input_ids"], batch["attention_mask"], 8, pixel_values=pv,
+                    labels=batch["labels"])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_checkpoint_round_trip(model, tmp_path):
+    save_checkpoint(model, tmp_path / "ck")
+    again = load_checkpoint(tmp_path / "ck")
+    pv = model.preprocess(images(2))
+    torch.testing.assert_close(again.encode_images(pv, 16), model.encode_images(pv, 16),
+                               atol=0, rtol=0)
+    a = model.generate(["what?", "which?"], [3, 9], pixel_values=pv, max_new_tokens=5)
+    b = again.generate(["what?", "which?"], [3, 9], pixel_values=pv, max_new_tokens=5)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_checkpoint_loads_strictly(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = save_checkpoint(model, tmp_path / "ck", parts=("query",))
+    t = load_file(str(path / "query.safetensors"))
+    t.pop("ln_v.bias")
+    save_file(t, str(path / "query.safetensors"))
+    with pytest.raises(RuntimeError, match="ln_v.bias"):
+        load_checkpoint(path)
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b = build_model(tiny(), seed=5), build_model(tiny(), seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
