@@ -104,11 +104,20 @@ def _coerce_dict(value: Any, where: str) -> dict:
 def _coerce_scalar(tp: type, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        return _float(value, where)  # YAML 1.1 reads "3e-3" as a string
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # e.g. a path or name that YAML read as a number
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+
+def _float(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected float, got {text!r}") from None
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -20,8 +20,8 @@ Conventions (those of `torch.utils.flop_counter.FlopCounterMode`):
 Prompt-length assumption for the paper (MQT-LLaVA, arXiv 2405.19315, TFLOPs per
 image-question): `PAPER_PROMPT_TOKENS = 60`, `PAPER_NEW_TOKENS = 1`. The 60 are LLaMA
 tokens of a LLaVA-1.5 VQA prompt: 35 before the image (BOS, the Vicuna v1 system message of
-mqt.text and " USER:", the image start index that FastV-style pruning code hard-codes for
-LLaVA-1.5), about 7 for the newline and " ASSISTANT:", and about 18 for a short VQAv2
+mqt.text and " USER:"; FastV-style pruning code takes 35 as LLaVA-1.5's default system
+length), about 7 for the newline and " ASSISTANT:", and about 18 for a short VQAv2
 question (~7) plus LLaVA-1.5's "Answer the question using a single word or phrase." (~11).
 One new token because the paper prices one forward pass (prefill). The same T also follows
 from the authors' own fit 1.13 + 0.0132 m: its intercept minus vision and MQT is ~59 LM
@@ -76,11 +76,38 @@ def lm_visual_tokens(cfg: VLMConfig, m: int) -> int:
     return m
 
 
+# MobileNetV2 inverted-residual stages: expansion t, channels c, repeats n, stride s
+MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _conv(h: int, w: int, c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
+    return 2 * h * w * (c_in // groups) * c_out * k * k  # per output pixel, no bias
+
+
+def mobilenet_flops(image_size: int, stride: int) -> int:
+    """MobileNetV2 up to the end of the last stage at `stride` (the grid encoder's cut);
+    stride 32 includes the final 1x1 conv to 1280 channels."""
+    size, c_in = image_size // 2, 32
+    flops = _conv(size, size, 3, 32, k=3)  # stem, stride 2
+    for t, c, n, s in MOBILENET_V2:
+        if (image_size // size) * s > stride:
+            return flops
+        for i in range(n):
+            out = size // (s if i == 0 else 1)
+            hidden = c_in * t
+            flops += (_conv(size, size, c_in, hidden) if t != 1 else 0)  # expand
+            flops += _conv(out, out, hidden, hidden, k=3, groups=hidden)  # depthwise
+            flops += _conv(out, out, hidden, c)  # project
+            size, c_in = out, c
+    return flops + _conv(size, size, c_in, 1280)  # stride 32: the final 1x1 conv
+
+
 def vision_flops(cfg: VLMConfig) -> int:
     """Per image: CLIP patch conv, then the layers run over N + 1 tokens (CLS included)."""
     v = cfg.vision
-    if v.kind != "clip":
-        raise NotImplementedError(f"vision.kind={v.kind!r} has no cost model yet (only 'clip')")
+    if v.kind == "mobilenet_v2":
+        return mobilenet_flops(v.image_size, v.patch_size)
     N, D, S = v.num_patches, v.hidden_size, v.num_patches + 1
     conv = 2 * N * 3 * v.patch_size**2 * D  # a P x P x 3 -> D matmul per patch, no bias
     layer = (4 * _linear(S, D, D) + _attention(S, S, D)

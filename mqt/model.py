@@ -51,8 +51,11 @@ class VisionLanguageModel(nn.Module):
 
     def encode_images(self, pixel_values: torch.Tensor, num_visual_tokens: int) -> torch.Tensor:
         """(B, 3, S, S) -> (B, m, H_lm) visual tokens."""
-        feats = self.vision(pixel_values)  # (B, N, D)
-        return self.query(feats, num_visual_tokens, self.vision.grid_hw)
+        return self.encode_features(self.vision(pixel_values), num_visual_tokens)
+
+    def encode_features(self, grid_features: torch.Tensor, num_visual_tokens: int) -> torch.Tensor:
+        """(B, N, D) grid features (e.g. cached: the vision encoder is frozen) -> (B, m, H_lm)."""
+        return self.query(grid_features, num_visual_tokens, self.vision.grid_hw)
 
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """Text embeddings with the image tokens replaced by `image_embeds` (B, m, H)."""
@@ -69,10 +72,16 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 num_visual_tokens: int, pixel_values: torch.Tensor | None = None,
-                image_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None):
-        """LM output (logits, and loss when labels are given) with m visual tokens per row."""
+                image_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                grid_features: torch.Tensor | None = None):
+        """LM output (logits, and loss when labels are given) with m visual tokens per row.
+
+        The image comes as pixel_values, grid_features (B, N, D) or image_embeds (B, >=m, H).
+        """
         m = check_num_tokens(num_visual_tokens, self.num_queries)
-        if image_embeds is None:
+        if image_embeds is None and grid_features is not None:
+            image_embeds = self.encode_features(grid_features, m)
+        elif image_embeds is None:
             image_embeds = self.encode_images(pixel_values, m)
         embeds = self.embed(input_ids, image_embeds[:, :m])
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
@@ -84,15 +93,19 @@ class VisionLanguageModel(nn.Module):
     def generate(self, questions: Sequence[str], num_visual_tokens: int | Sequence[int],
                  images=None, pixel_values: torch.Tensor | None = None,
                  image_embeds: torch.Tensor | None = None,
+                 grid_features: torch.Tensor | None = None,
                  max_new_tokens: int = 16) -> list[Generation]:
-        """Greedy answers, one per question; images, pixel_values or (B, M, H) image_embeds."""
+        """Greedy answers, one per question; the image as images, pixel_values, grid_features
+        or (B, >= max m, H) image_embeds."""
         n = len(questions)
         ms = [num_visual_tokens] * n if isinstance(num_visual_tokens, int) else list(
             num_visual_tokens)
         if len(ms) != n:
             raise ValueError(f"{len(ms)} values of num_visual_tokens for {n} questions")
         ms = [check_num_tokens(m, self.num_queries) for m in ms]
-        if image_embeds is None:
+        if image_embeds is None and grid_features is not None:
+            image_embeds = self.encode_features(grid_features, max(ms))
+        elif image_embeds is None:
             pv = pixel_values if pixel_values is not None else self.preprocess(images)
             image_embeds = self.encode_images(pv, max(ms))  # once, at the largest m needed
         prompts = self.format_prompts(questions)

@@ -95,10 +95,14 @@ def test_bad_arguments_raise():
         cost.total_flops(preset("llava-7b"), 257, T, K)
     with pytest.raises(ValueError, match=">= 1"):
         cost.prefill_flops(tiny(), 0, T)
-    cfg = tiny()
-    cfg.vision.kind = "mobilenet_v2"
-    with pytest.raises(NotImplementedError, match="mobilenet_v2"):
-        cost.vision_flops(cfg)
+
+
+def test_mobilenet_v2_matches_its_paper():
+    """Sandler et al. 2018 (arXiv 1801.04381): 300M multiply-adds at 224 px; our stride-32
+    cut is everything but the 1280 x 1000 classifier."""
+    macs = (cost.mobilenet_flops(224, 32) + 2 * 1280 * 1000) / 2
+    assert abs(macs / 300e6 - 1) < 0.01
+    assert cost.mobilenet_flops(224, 8) < cost.mobilenet_flops(224, 16) < macs * 2
 
 
 def test_importing_the_cost_model_needs_no_torch():

@@ -1,0 +1,121 @@
+"""The pieces of MQT training that do not depend on how processes are launched.
+
+Plain PyTorch: the single-process `mqt train` and the Ray Train workers use the same
+functions. The vision encoder is frozen, so its grid features are computed once per image
+and cached (`FeatureCache`); a training step then costs the MQT and the LM only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from mqt.data import Example
+from mqt.model import VisionLanguageModel
+from mqt.text import build_batch
+from pipeline.tasks import get_task
+
+
+def image_key(ex: Example) -> str:
+    """Examples that share an image share this key (one feature row per image)."""
+    src, img = ex.meta.get("source", ""), ex.meta.get("image_id")
+    return f"{src}:{img}" if img is not None else ex.id.rsplit("/", 1)[0]
+
+
+class FeatureCache:
+    """Grid features (N, D) per image key, computed once with the frozen vision encoder."""
+
+    def __init__(self, model: VisionLanguageModel, path: str | Path | None = None,
+                 batch_size: int = 32, dtype: torch.dtype = torch.float16):
+        self.model, self.batch_size, self.dtype = model, batch_size, dtype
+        self.path = Path(path) if path else None
+        self.index: dict[str, int] = {}
+        self.rows: list[torch.Tensor] = []
+        if self.path and self.path.exists():
+            saved = torch.load(self.path, weights_only=True)
+            self.index, self.rows = saved["index"], list(saved["features"])
+
+    def add(self, examples: Sequence[Example], progress=None) -> None:
+        todo = {}
+        for ex in examples:
+            key = image_key(ex)
+            if key not in self.index and key not in todo:
+                todo[key] = ex
+        items = list(todo.items())
+        for i in range(0, len(items), self.batch_size):
+            self._encode(items[i: i + self.batch_size])
+            if progress is not None:
+                progress.update(len(items[i: i + self.batch_size]))
+        if todo and self.path:
+            self.save()
+
+    @torch.no_grad()
+    def _encode(self, items: list[tuple[str, Example]]) -> None:
+        pv = self.model.preprocess([ex.load_image() for _, ex in items])
+        feats = self.model.vision(pv).to(self.dtype)  # (B, N, D)
+        for (key, _), f in zip(items, feats, strict=True):
+            self.index[key] = len(self.rows)
+            self.rows.append(f)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"index": self.index, "features": torch.stack(self.rows)}, tmp)
+        tmp.replace(self.path)
+
+    def get(self, examples: Sequence[Example]) -> torch.Tensor:
+        return torch.stack([self.rows[self.index[image_key(ex)]] for ex in examples]).float()
+
+
+def task_question(ex: Example) -> str:
+    """The question as the task's prompt template words it."""
+    return get_task(ex.task).format(ex.question, ex.options)
+
+
+def batches(n: int, batch_size: int, seed: int, start_step: int) -> Iterator[list[int]]:
+    """Indices of each step's batch: a seeded permutation per epoch, resumable at any step."""
+    per_epoch = max(1, n // batch_size)
+    step = start_step
+    while True:
+        epoch, k = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        yield perm[k * batch_size: (k + 1) * batch_size].tolist()
+        step += 1
+
+
+def loss_on(model: VisionLanguageModel, examples: Sequence[Example], feats: torch.Tensor,
+            m: int) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens with m visual tokens."""
+    prompts = model.format_prompts([task_question(ex) for ex in examples])
+    answers = [ex.answer + model.template.answer_suffix for ex in examples]
+    batch = build_batch(model.tokenizer, prompts, m, answers=answers, padding_side="right")
+    out = model(batch["input_ids"], batch["attention_mask"], m, grid_features=feats,
+                labels=batch["labels"])
+    return out.loss
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+@torch.no_grad()
+def accuracy(model: VisionLanguageModel, examples: Sequence[Example], feats: torch.Tensor,
+             m: int, batch_size: int = 32) -> tuple[float, list[bool]]:
+    """Exact match after the task's normalisation; greedy answers with m visual tokens."""
+    right = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i: i + batch_size]
+        gens = model.generate([task_question(ex) for ex in chunk], m,
+                              grid_features=feats[i: i + batch_size],
+                              max_new_tokens=max(get_task(ex.task).max_new_tokens
+                                                 for ex in chunk))
+        right += [get_task(ex.task).is_correct(g.text, ex.answer)
+                  for ex, g in zip(chunk, gens, strict=True)]
+    return sum(right) / max(1, len(right)), right
