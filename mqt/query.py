@@ -102,7 +102,7 @@ class QueryTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.query, std=0.02)
-        nn.init.normal_(self.proj, std=self.proj.shape[1] ** -0.5)
+        nn.init.normal_(self.proj, std=self.cfg.proj_init_std or self.proj.shape[1] ** -0.5)
         for mod in self.modules():
             if isinstance(mod, nn.Linear):
                 nn.init.trunc_normal_(mod.weight, std=0.02)

@@ -192,3 +192,20 @@ def test_tiny_end_to_end_generate_matches_total(setup):
     assert gen.new_tokens >= 2  # decode steps ran (an early stop ends generation there)
     expected = cost.total_flops(cfg, 4, gen.prompt_tokens, gen.new_tokens).total
     assert fc.get_total_flops() == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize("stride,channels", [(8, 32), (16, 96), (32, 1280)])
+def test_mobilenet_grid_encoder_flops_are_measured_exactly(stride, channels):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mqt.config import VisionConfig, preset
+    from mqt.vision import build_vision
+
+    cfg = preset("mqt-smol")
+    cfg.vision = VisionConfig(kind="mobilenet_v2", image_size=224, patch_size=stride,
+                              hidden_size=channels)
+    encoder = build_vision(cfg.vision)
+    with FlopCounterMode(display=False) as counter:
+        encoder(torch.zeros(1, 3, 224, 224))
+    assert counter.get_total_flops() == cost.vision_flops(cfg)
