@@ -21,6 +21,7 @@ JOBS = {
     "demo": ("jobs.demo", "the main job on the embedded default"),
     "generate": ("jobs.generate", "images + question + m -> answers"),
     "cost": ("jobs.cost", "FLOPs per number of visual tokens for a preset"),
+    "eval": ("jobs.evaluate", "accuracy per task at many m, the oracle, calibration data"),
     "train": ("jobs.train", "two-stage Matryoshka training of the query transformer"),
 }
 

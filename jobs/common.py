@@ -13,11 +13,12 @@ from mqt.configtree import merge, save_yaml
 @dataclass
 class ModelArgs:
     """Which model: a preset (with field overrides), a checkpoint folder, or a published
-    MQT-LLaVA folder. The first of llava, checkpoint, preset that is set wins."""
+    MQT-LLaVA folder. The first of llava, checkpoint, preset that is set wins. A preset
+    with shipped weights (mqt-smol) loads them unless checkpoint=none."""
 
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # overrides of the preset, e.g. {query: {depth: 2}}
-    checkpoint: str = ""
+    checkpoint: str = ""  # a folder; "" = the preset's shipped weights if any; "none" = random
     llava: str = ""
     seed: int = 0  # initialises whatever the weights do not cover
 
@@ -30,20 +31,23 @@ def model_config(args: ModelArgs) -> VLMConfig:
 def validate_model(args: ModelArgs) -> None:
     if args.llava and not Path(args.llava).is_dir():
         raise ValueError(f"llava={args.llava!r} is not a folder")
-    if args.checkpoint and not (Path(args.checkpoint) / "config.yaml").exists():
+    if args.checkpoint not in ("", "none") and not (Path(args.checkpoint) / "config.yaml").exists():
         raise ValueError(f"checkpoint={args.checkpoint!r} is not a checkpoint folder")
     model_config(args)
 
 
 def load_model(args: ModelArgs):
-    from mqt.checkpoint import load_checkpoint
+    from mqt.checkpoint import load_checkpoint, shipped_checkpoint
     from mqt.llava import load_mqt_llava
     from mqt.model import build_model
 
     if args.llava:
         return load_mqt_llava(args.llava)
-    if args.checkpoint:
+    if args.checkpoint not in ("", "none"):
         return load_checkpoint(args.checkpoint)
+    shipped = shipped_checkpoint(args.preset) if args.checkpoint == "" else None
+    if shipped is not None:
+        return load_checkpoint(shipped, cfg=model_config(args))
     return build_model(model_config(args), seed=args.seed)
 
 

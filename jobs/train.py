@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
 from jobs.trainloop import FeatureCache, accuracy, batches, image_key, loss_on, lr_at
-from mqt.checkpoint import PARTS, save_checkpoint
+from mqt.checkpoint import load_part, save_checkpoint
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.matryoshka import MSchedule
 
@@ -30,6 +31,8 @@ class DataArgs:
     easyvqa_images: int = 0  # easy-vqa train images to use (with all their questions); 0 = all
     mosaic_images: int = 0  # training mosaics; 0 = none
     tasks: list[str] = field(default_factory=lambda: ["vqa", "caption"])
+    # easy-vqa is 74% yes/no questions; keeping a fraction of them balances the kinds
+    yesno_keep: float = 1.0
     eval_examples: int = 128  # held out from easy-vqa test (and mosaic test) for progress
     seed: int = 0
 
@@ -43,8 +46,21 @@ class StageArgs:
 
 
 @dataclass
+class AlignArgs:
+    """Stage 0, without the LM: the mean visual token, read through the LM's output
+    embeddings, must name the image's colours, shapes and digits (jobs.trainloop)."""
+
+    steps: int = 0
+    lr: float = 3e-3
+    batch_size: int = 64
+    schedule: MSchedule = field(default_factory=lambda: MSchedule(kind="log_uniform"))
+
+
+@dataclass
 class Config(ModelArgs):
+    checkpoint: str = "none"  # train from scratch; a folder fine-tunes those weights
     data: DataArgs = field(default_factory=DataArgs)
+    align: AlignArgs = field(default_factory=AlignArgs)
     stage1: StageArgs = field(default_factory=lambda: StageArgs(
         steps=50, schedule=MSchedule(kind="fixed")))  # m = M
     stage2: StageArgs = field(default_factory=lambda: StageArgs(steps=150))
@@ -54,6 +70,7 @@ class Config(ModelArgs):
     eval_ms: list[int] = field(default_factory=list)  # empty: 1, 4 and M
     checkpoint_every: int = 50
     output: str = "runs/train"
+    feature_cache: str = ""  # file of cached grid features; "" = <output>/features.pt
     threads: int = 0  # torch threads; 0 = torch's default
 
 
@@ -61,6 +78,7 @@ def validate(cfg: Config) -> None:
     validate_model(cfg)
     vlm = model_config(cfg)
     M = vlm.query.num_queries
+    cfg.align.schedule.validate(M)
     cfg.stage1.schedule.validate(M)
     cfg.stage2.schedule.validate(M)
     if not vlm.vision.frozen:
@@ -79,13 +97,28 @@ def load_data(cfg: DataArgs) -> tuple[list, list]:
         train += mosaic_examples("train", cfg.mosaic_images, seed=cfg.seed, tasks=("vqa",))
         test += mosaic_examples("test", max(8, cfg.eval_examples // 8), seed=cfg.seed)
     train = [ex for ex in train if ex.task != "mc"]  # multiple choice is scored, not generated
+    train = [ex for ex in train if ex.meta.get("kind") != "yesno" or keep(ex, cfg)]
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(test), generator=g)[: cfg.eval_examples].tolist()
     return train, [test[i] for i in pick]
 
 
+def keep(ex, cfg: DataArgs) -> bool:
+    """A seeded, per-example coin: the same examples are kept on every run and rank."""
+    g = torch.Generator().manual_seed(cfg.seed * 7919 + zlib.crc32(ex.id.encode()))
+    return float(torch.rand((), generator=g)) < cfg.yesno_keep
+
+
 def trainable_parts(model) -> tuple[str, ...]:
-    return tuple(p for p in PARTS if any(q.requires_grad for q in getattr(model, p).parameters()))
+    """Parts with trainable parameters; a frozen LM with adapters saves only the adapters."""
+    parts = [p for p in ("vision", "query") if any(q.requires_grad for q in
+                                                   getattr(model, p).parameters())]
+    lm_trainable = {n for n, q in model.lm.named_parameters() if q.requires_grad}
+    if lm_trainable and all(".lora_" in n for n in lm_trainable):
+        parts.append("lm_lora")
+    elif lm_trainable:
+        parts.append("lm")
+    return tuple(parts)
 
 
 def save_state(path: Path, model, opt, step: int) -> None:
@@ -104,12 +137,10 @@ def save_state(path: Path, model, opt, step: int) -> None:
 
 
 def load_state(path: Path, model, opt) -> int:
-    from safetensors.torch import load_model
-
     if not (path / "state.pt").exists():
         return 0
     for part in trainable_parts(model):
-        load_model(getattr(model, part), str(path / f"{part}.safetensors"), strict=True)
+        load_part(model, part, path / f"{part}.safetensors")
     state = torch.load(path / "state.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])
@@ -130,7 +161,7 @@ def main(cfg: Config) -> dict:
     model = load_model(cfg).train()
     model.vision.eval()
     train, held_out = load_data(cfg.data)
-    cache = FeatureCache(model, out / "features.pt")
+    cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
     with tqdm(total=len({image_key(ex) for ex in train + held_out}), desc="features",
               unit="img", leave=False) as bar:
         cache.add(train + held_out, progress=bar)
@@ -139,12 +170,39 @@ def main(cfg: Config) -> dict:
     start = load_state(out / "checkpoint", model, opt)
     if start:
         log(f"resuming from step {start} ({out / 'checkpoint'})")
+    elif cfg.align.steps:
+        run_align(cfg, model, train, cache)
     total = cfg.stage1.steps + cfg.stage2.steps
     metrics = run_steps(cfg, model, opt, params, (train, held_out), cache, start, total, out)
     final = evaluate(cfg, model, held_out, cache)
     save_checkpoint(model, out / "model", parts=trainable_parts(model))
     log(f"trained {total} steps; eval {final}; model in {out / 'model'}")
     return {"eval": final, "last": metrics}
+
+
+def run_align(cfg: Config, model, train, cache) -> None:
+    """Stage 0 on the query transformer alone; deterministic, so a rerun repeats it."""
+    from jobs.trainloop import WordTargets, align_loss
+    from mqt.data import easyvqa_answers, mosaic_answers
+
+    words = WordTargets(model.tokenizer, [w for w in easyvqa_answers() + mosaic_answers()
+                                          if w not in ("yes", "no")])
+    images = list({image_key(ex): ex for ex in train}.values())
+    opt = torch.optim.AdamW(model.query.parameters(), lr=cfg.align.lr, weight_decay=0.0)
+    order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
+    bar = tqdm(range(cfg.align.steps), desc="align", unit="step")
+    for step in bar:
+        chunk = [images[i] for i in next(order)]
+        m = cfg.align.schedule.sample(step, model.num_queries, cfg.data.seed + 1)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
+        loss = align_loss(model, cache.get(chunk), words.distribution(chunk), words.token_ids, m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=round(loss.item(), 4), m=m)
+    append_csv(Path(cfg.output) / "align.csv", {"steps": cfg.align.steps,
+                                                 "final_loss": round(loss.item(), 4)})
 
 
 def run_steps(cfg, model, opt, params, data, cache, start, total, out: Path) -> dict:

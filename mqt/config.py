@@ -77,6 +77,9 @@ class LMConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
     frozen: bool = False
+    lora_rank: int = 0  # > 0: low-rank adapters on `lora_targets` train, the rest stays frozen
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
     @property
     def head_dim(self) -> int:

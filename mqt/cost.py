@@ -134,7 +134,18 @@ def _lm_linear_per_token(cfg: VLMConfig) -> int:
     H, kv = lm.hidden_size, lm.num_kv_heads * lm.head_dim
     mlp = 3 * _linear(1, H, lm.intermediate_size)  # gate, up, down
     per_layer = 2 * _linear(1, H, H) + 2 * _linear(1, H, kv) + mlp
-    return lm.num_layers * per_layer
+    return lm.num_layers * (per_layer + _lora_per_token(cfg))
+
+
+def _lora_per_token(cfg: VLMConfig) -> int:
+    """Low-rank adapters: x A^T (in -> r) then B^T (r -> out) per wrapped projection."""
+    lm = cfg.lm
+    if not lm.lora_rank:
+        return 0
+    H, kv = lm.hidden_size, lm.num_kv_heads * lm.head_dim
+    out = {"q_proj": H, "k_proj": kv, "v_proj": kv, "o_proj": H}
+    return sum(_linear(1, H, lm.lora_rank) + _linear(1, lm.lora_rank, out.get(t, H))
+               for t in lm.lora_targets)
 
 
 def _lm_head(cfg: VLMConfig) -> int:

@@ -24,6 +24,7 @@ class MSchedule:
     kind: str = "uniform_even"
     values: list[int] = field(default_factory=list)  # for "fixed"
     min_m: int = 1  # for "log_uniform" and "uniform"
+    even_only: bool = False  # draw only m = 1 and even m: odd m > 1 stay unseen (for eval)
 
     def validate(self, M: int) -> MSchedule:
         if self.kind not in KINDS:
@@ -35,6 +36,12 @@ class MSchedule:
 
     def sample(self, step: int, M: int, seed: int = 0) -> int:
         """The m of training step `step`: same on every rank, same after a resume."""
+        m = self._draw(step, M, seed)
+        if self.even_only and m > 1 and m % 2:
+            m = m + 1 if m < M else m - 1
+        return m
+
+    def _draw(self, step: int, M: int, seed: int) -> int:
         if self.kind == "fixed":
             return self.values[step % len(self.values)] if self.values else M
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -16,8 +16,16 @@ import torch
 from torch import nn
 
 from mqt.config import LMConfig, VLMConfig
+from mqt.lora import add_lora
 from mqt.query import QueryTransformer, check_num_tokens
-from mqt.text import IMAGE_TOKEN, build_batch, byte_tokenizer, get_template, load_tokenizer
+from mqt.text import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    build_batch,
+    byte_tokenizer,
+    get_template,
+    load_tokenizer,
+)
 from mqt.vision import build_vision, preprocess
 
 
@@ -118,6 +126,29 @@ class VisionLanguageModel(nn.Module):
                 out[i] = gen
         return out
 
+    @torch.no_grad()
+    def option_logprobs(self, questions: Sequence[str], options: Sequence[Sequence[str]],
+                        num_visual_tokens: int, grid_features: torch.Tensor | None = None,
+                        image_embeds: torch.Tensor | None = None,
+                        pixel_values: torch.Tensor | None = None) -> list[list[float]]:
+        """Summed log-probability of each option as the answer: multiple choice by likelihood."""
+        m = check_num_tokens(num_visual_tokens, self.num_queries)
+        if image_embeds is None:
+            image_embeds = (self.encode_features(grid_features, m) if grid_features is not None
+                            else self.encode_images(pixel_values, m))
+        rows = [(i, opt) for i, opts in enumerate(options) for opt in opts]
+        prompts = self.format_prompts([questions[i] for i, _ in rows])
+        batch = build_batch(self.tokenizer, prompts, m, answers=[o for _, o in rows],
+                            padding_side="right")
+        logits = self(batch["input_ids"], batch["attention_mask"], m,
+                      image_embeds=image_embeds[[i for i, _ in rows], :m]).logits
+        scores = _label_logprob_sums(logits, batch["labels"]).tolist()
+        out, k = [], 0
+        for opts in options:
+            out.append(scores[k: k + len(opts)])
+            k += len(opts)
+        return out
+
     def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
                         max_new_tokens: int) -> list[Generation]:
         m = image_embeds.shape[1]
@@ -161,6 +192,15 @@ def lm_folder(cfg: LMConfig) -> str:
     if cfg.kind != "pretrained" or not cfg.path:
         raise ValueError(f"lm.kind={cfg.kind!r} with lm.path={cfg.path!r} names no folder")
     return cfg.path
+
+
+def _label_logprob_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) sum over answer positions of log p(label): logits at t predict the token at t+1."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return (picked * keep).sum(dim=1)
 
 
 def build_lm(cfg: LMConfig) -> nn.Module:
@@ -213,4 +253,8 @@ def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguage
     model = VisionLanguageModel(cfg, vision, query, lm, tokenizer)
     model.vision.requires_grad_(not cfg.vision.frozen)
     model.lm.requires_grad_(not cfg.lm.frozen)
+    if cfg.lm.lora_rank:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            add_lora(model.lm, cfg.lm.lora_targets, cfg.lm.lora_rank, cfg.lm.lora_alpha)
     return model.eval()

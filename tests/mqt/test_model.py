@@ -131,3 +131,28 @@ def test_build_is_seeded_and_leaves_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                  b.state_dict().values(), strict=True))
+
+
+def test_lora_starts_as_identity_and_round_trips(tmp_path):
+    from mqt.configtree import merge
+
+    base = build_model(tiny(), seed=0)  # unsaved parts rebuild from seed 0 on load
+    cfg = merge(tiny(), {"lm": {"frozen": True, "lora_rank": 4}})
+    model = build_model(cfg, seed=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("query.") or ".lora_" in n for n in trainable)
+    pv = model.preprocess(images(2))
+    batch = build_batch(model.tokenizer, model.format_prompts(["a", "b"]), 4)
+    same = [m(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits
+            for m in (base, model)]
+    torch.testing.assert_close(same[0], same[1])  # B = 0 at init: the LM is unchanged
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_b" in n:
+                p.normal_()
+    path = save_checkpoint(model, tmp_path / "ck", parts=("query", "lm_lora"))
+    assert not (path / "lm.safetensors").exists()
+    again = load_checkpoint(path)
+    torch.testing.assert_close(
+        again(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits,
+        model(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits)

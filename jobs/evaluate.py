@@ -1,0 +1,197 @@
+"""`mqt eval`: accuracy per task at many m, the per-question oracle, calibration data.
+
+For every m (trained ones and, separately, m never drawn in training) each held-out
+question is answered greedily (caption, vqa: exact match after the task's normalisation)
+or scored by likelihood (multiple choice). Each row records whether it was right, its
+confidence and its FLOPs from the cost model. The oracle is, per question, the smallest m
+that answers it right: its accuracy and mean cost are the headroom a per-image scheduler
+can chase. Outputs: `results.parquet` (one row per question and m), `calibration.json`
+(what other jobs read), `eval.md` and two PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
+from jobs.trainloop import FeatureCache, task_question
+from mqt.cost import total_flops
+from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.text import encode_prompt
+from pipeline.tasks import get_task
+
+
+@dataclass
+class Config(ModelArgs):
+    preset: str = "mqt-smol"
+    ms: list[int] = field(default_factory=list)  # empty: 1, 2, 4, 8, 16, 32, M (those <= M)
+    unseen_ms: list[int] = field(default_factory=list)  # m never drawn in training
+    easyvqa_questions: int = 600  # from easy-vqa test, a seeded sample
+    captions: int = 100
+    mosaic_images: int = 150  # test mosaics; 4 questions each, plus their multiple choice
+    multiple_choice: bool = True
+    batch_size: int = 32
+    seed: int = 0
+    output: str = "runs/eval"
+    docs: str = ""  # also write eval.md and the plots here (e.g. docs/eval)
+    feature_cache: str = ""
+    threads: int = 0
+
+
+def validate(cfg: Config) -> None:
+    validate_model(cfg)
+    M = model_config(cfg).query.num_queries
+    bad = [m for m in cfg.ms + cfg.unseen_ms if not 1 <= m <= M]
+    if bad:
+        raise ValueError(f"ms/unseen_ms: {bad[0]} is outside 1..{M}")
+
+
+def default_ms(M: int) -> list[int]:
+    return sorted({m for m in (1, 2, 4, 8, 16, 32) if m <= M} | {M})
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    if n >= len(items):
+        return items
+    idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n]
+    return [items[i] for i in sorted(idx.tolist())]
+
+
+def eval_examples(cfg: Config) -> list:
+    tasks = ("vqa", "caption", "mc") if cfg.multiple_choice else ("vqa", "caption")
+    ev = easyvqa_examples("test", tasks=tasks)
+    out = sample([e for e in ev if e.task == "vqa"], cfg.easyvqa_questions, cfg.seed)
+    out += sample([e for e in ev if e.task == "caption"], cfg.captions, cfg.seed)
+    if cfg.mosaic_images:
+        mtasks = ("vqa", "mc") if cfg.multiple_choice else ("vqa",)
+        out += mosaic_examples("test", cfg.mosaic_images, seed=cfg.seed, tasks=mtasks)
+    return out
+
+
+def kind_of(ex) -> str:
+    src = "mosaic" if ex.meta.get("source") == "mosaic" else "easy-vqa"
+    return f"{src}/{ex.meta.get('kind', ex.task)}"
+
+
+def run_m(model, examples, feats, m: int, batch_size: int) -> list[dict]:
+    """One row per example at m visual tokens."""
+    rows = []
+    for i in range(0, len(examples), batch_size):
+        chunk, f = examples[i: i + batch_size], feats[i: i + batch_size]
+        embeds = model.encode_features(f, m)  # (b, m, H)
+        rows += _generated(model, chunk, embeds, m) + _scored(model, chunk, embeds, m)
+    return rows
+
+
+def _generated(model, chunk, embeds, m: int) -> list[dict]:
+    idx = [j for j, ex in enumerate(chunk) if get_task(ex.task).scoring == "exact"]
+    if not idx:
+        return []
+    gens = model.generate([task_question(chunk[j]) for j in idx], m, image_embeds=embeds[idx],
+                          max_new_tokens=max(get_task(chunk[j].task).max_new_tokens for j in idx))
+    return [_row(model, chunk[j], m, get_task(chunk[j].task).is_correct(g.text, chunk[j].answer),
+                 g.mean_logprob, g.text, total_flops(model.cfg, m, g.prompt_tokens,
+                                                     max(1, g.new_tokens)).total)
+            for j, g in zip(idx, gens, strict=True)]
+
+
+def _scored(model, chunk, embeds, m: int) -> list[dict]:
+    idx = [j for j, ex in enumerate(chunk) if get_task(ex.task).scoring == "loglik"]
+    if not idx:
+        return []
+    qs = [task_question(chunk[j]) for j in idx]
+    scores = model.option_logprobs(qs, [chunk[j].options for j in idx], m,
+                                   image_embeds=embeds[idx])
+    rows = []
+    for j, q, s in zip(idx, qs, scores, strict=True):
+        ex, best = chunk[j], max(range(len(s)), key=s.__getitem__)
+        probs = torch.softmax(torch.tensor(s), 0)
+        T = len(encode_prompt(model.tokenizer, model.format_prompts([q])[0], m)) - m
+        flops = len(s) * total_flops(model.cfg, m, T + 2, 1).total  # each option's prefill
+        rows.append(_row(model, ex, m, ex.options[best] == ex.answer,
+                         math.log(float(probs[best])), ex.options[best], flops))
+    return rows
+
+
+def _row(model, ex, m, correct, confidence, output, flops) -> dict:
+    return {"id": ex.id, "task": ex.task, "kind": kind_of(ex), "m": m, "correct": bool(correct),
+            "confidence": round(float(confidence), 5), "output": output,
+            "answer": ex.answer, "flops": float(flops)}
+
+
+def oracle(rows: list[dict], ms: list[int]) -> dict:
+    """Per question the smallest m that is right (else the smallest m): accuracy and cost."""
+    by_id = defaultdict(dict)
+    for r in rows:
+        if r["m"] in ms:
+            by_id[r["id"]][r["m"]] = r
+    picks = []
+    for per_m in by_id.values():
+        right = [m for m in sorted(per_m) if per_m[m]["correct"]]
+        picks.append(per_m[right[0]] if right else per_m[min(per_m)])
+    return summarize(picks)
+
+
+def summarize(rows: list[dict]) -> dict:
+    n = max(1, len(rows))
+    return {"accuracy": sum(r["correct"] for r in rows) / n,
+            "mean_flops": sum(r["flops"] for r in rows) / n, "n": len(rows)}
+
+
+def table(rows: list[dict], key: str) -> dict:
+    """{group: {m: summary}} for group = task or kind."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[r[key]][r["m"]].append(r)
+    return {g: {m: summarize(rs) for m, rs in sorted(per.items())} for g, per in groups.items()}
+
+
+def main(cfg: Config) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output)
+    save_config(cfg, out)
+    model = load_model(cfg).eval()
+    M = model.num_queries
+    ms, unseen = cfg.ms or default_ms(M), sorted(set(cfg.unseen_ms))
+    examples = eval_examples(cfg)
+    cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
+    cache.add(examples)
+    feats = cache.get(examples)
+    rows, t0 = [], time.perf_counter()
+    for m in tqdm(sorted(set(ms) | set(unseen)), desc="eval m", unit="m"):
+        with torch.no_grad():
+            rows += run_m(model, examples, feats, m, cfg.batch_size)
+    log(f"evaluated {len(examples)} questions at {len(set(ms) | set(unseen))} m values "
+        f"in {time.perf_counter() - t0:.0f} s")
+    return write_outputs(cfg, model, rows, ms, unseen)
+
+
+def write_outputs(cfg: Config, model, rows: list[dict], ms: list[int], unseen: list[int]):
+    from jobs.evalreport import markdown, plots, write_rows
+
+    out = Path(cfg.output)
+    cal = {"model": model.cfg.name, "checkpoint": cfg.checkpoint, "ms": ms, "unseen_ms": unseen,
+           "by_task": table(rows, "task"), "by_kind": table(rows, "kind"),
+           "oracle": {t: oracle([r for r in rows if r["task"] == t], ms)
+                      for t in sorted({r["task"] for r in rows})},
+           "oracle_all": oracle(rows, ms)}
+    (out / "calibration.json").write_text(json.dumps(cal, indent=1, default=str))
+    write_rows(rows, out / "results.parquet")
+    text = markdown(cal, cfg)
+    (out / "eval.md").write_text(text)
+    plots(cal, out)
+    if cfg.docs:
+        Path(cfg.docs).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.docs) / "eval.md").write_text(text)
+        plots(cal, Path(cfg.docs))
+    print(text)
+    return cal

@@ -1,0 +1,37 @@
+"""The embedded default (`mqt-smol`): real bundled backbones, shipped MQT weights."""
+
+import pytest
+
+from jobs.cli import resolve
+from jobs.common import load_model
+from jobs.train import main as train
+from jobs.trainloop import FeatureCache, accuracy
+from mqt.checkpoint import shipped_checkpoint
+from mqt.data import easyvqa_examples
+
+pytestmark = pytest.mark.bundled
+
+
+def test_default_trains_a_few_steps_and_the_loss_falls(tmp_path):
+    _, cfg = resolve("train", None, [
+        "preset=mqt-smol", "data.easyvqa_images=6", "data.tasks=[vqa]", "data.eval_examples=4",
+        "stage1.steps=0", "stage2.steps=12", "stage2.lr=5e-3",
+        "stage2.schedule.kind=fixed", "stage2.schedule.values=[2]", "batch_size=4",
+        "model.query.proj_init_std=0.17", "checkpoint_every=0", f"output={tmp_path}",
+    ], None)
+    cfg.data.tasks = ["vqa"]
+    train(cfg)
+    losses = [float(r.split(",")[3]) for r in
+              (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+@pytest.mark.skipif(shipped_checkpoint("mqt-smol") is None, reason="no shipped weights yet")
+def test_shipped_default_answers_easy_vqa_test_questions():
+    _, args = resolve("generate", None, ["preset=mqt-smol", "images=[x]"], None, check=False)
+    model = load_model(args)
+    examples = easyvqa_examples("test", tasks=("vqa",), limit=12)[:48]
+    cache = FeatureCache(model)
+    cache.add(examples)
+    acc, _ = accuracy(model, examples, cache.get(examples), model.num_queries)
+    assert acc >= 0.8

@@ -1,0 +1,44 @@
+"""`mqt eval` on the tiny preset: every output is written and consistent with the rows."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from jobs.cli import resolve
+from jobs.evaluate import main, oracle
+
+
+def test_eval_writes_calibration_consistent_with_rows(tmp_path):
+    _, cfg = resolve("eval", None, [
+        "preset=tiny", "easyvqa_questions=12", "captions=4", "mosaic_images=3",
+        "ms=[1,4,16]", "unseen_ms=[3]", f"output={tmp_path}", f"docs={tmp_path / 'docs'}",
+    ], None)
+    cal = main(cfg)
+    rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    n_questions = 12 + 4 + 3 * 4 * 2  # vqa, captions, mosaic vqa + multiple choice
+    assert len(rows) == n_questions * 4  # every question at m = 1, 3, 4, 16
+    assert {r["task"] for r in rows} == {"vqa", "caption", "mc"}
+    for task, per_m in cal["by_task"].items():
+        for m, s in per_m.items():
+            mine = [r for r in rows if r["task"] == task and r["m"] == m]
+            assert s["n"] == len(mine)
+            assert abs(s["accuracy"] - sum(r["correct"] for r in mine) / len(mine)) < 1e-9
+    # flops grow with m for the same question
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["id"], {})[r["m"]] = r["flops"]
+    assert all(f[1] < f[16] for f in by_id.values())
+    assert json.loads((tmp_path / "calibration.json").read_text())["unseen_ms"] == [3]
+    assert (tmp_path / "docs" / "eval.md").exists()
+    assert (tmp_path / "docs" / "accuracy.png").exists()
+
+
+def test_oracle_takes_the_smallest_right_m():
+    rows = [{"id": "a", "m": 1, "correct": False, "flops": 1.0},
+            {"id": "a", "m": 4, "correct": True, "flops": 4.0},
+            {"id": "a", "m": 16, "correct": True, "flops": 16.0},
+            {"id": "b", "m": 1, "correct": False, "flops": 1.0},
+            {"id": "b", "m": 4, "correct": False, "flops": 4.0},
+            {"id": "b", "m": 16, "correct": False, "flops": 16.0}]
+    o = oracle(rows, [1, 4, 16])
+    assert o == {"accuracy": 0.5, "mean_flops": 2.5, "n": 2}
