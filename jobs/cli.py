@@ -23,6 +23,7 @@ JOBS = {
     "cost": ("jobs.cost", "FLOPs per number of visual tokens for a preset"),
     "eval": ("jobs.evaluate", "accuracy per task at many m, the oracle, calibration data"),
     "train": ("jobs.train", "two-stage Matryoshka training of the query transformer"),
+    "annotate": ("jobs.annotate", "captions / answers for an image folder or manifest (Ray Data)"),
 }
 
 

@@ -36,19 +36,42 @@ def validate_model(args: ModelArgs) -> None:
     model_config(args)
 
 
+def weights_folder(args: ModelArgs) -> Path | None:
+    """The checkpoint folder the model loads from: given, shipped with the preset, or none."""
+    from mqt.checkpoint import shipped_checkpoint
+
+    if args.checkpoint not in ("", "none"):
+        return Path(args.checkpoint)
+    return shipped_checkpoint(args.preset) if args.checkpoint == "" else None
+
+
+def resolved_config(args: ModelArgs) -> VLMConfig | None:
+    """The config of the model `load_model` builds, read without building it; None for a
+    published MQT-LLaVA folder (its config needs its weights). A shipped checkpoint keeps
+    its own config with the user's `model` overrides on top."""
+    from mqt.checkpoint import load_config
+
+    if args.llava:
+        return None
+    folder = weights_folder(args)
+    if folder is None:
+        return model_config(args)
+    if args.checkpoint:
+        return load_config(folder)
+    return merge(load_config(folder), args.model).validate()
+
+
 def load_model(args: ModelArgs):
-    from mqt.checkpoint import load_checkpoint, shipped_checkpoint
+    from mqt.checkpoint import load_checkpoint
     from mqt.llava import load_mqt_llava
     from mqt.model import build_model
 
     if args.llava:
         return load_mqt_llava(args.llava)
-    if args.checkpoint not in ("", "none"):
-        return load_checkpoint(args.checkpoint)
-    shipped = shipped_checkpoint(args.preset) if args.checkpoint == "" else None
-    if shipped is not None:
-        return load_checkpoint(shipped, cfg=model_config(args))
-    return build_model(model_config(args), seed=args.seed)
+    folder = weights_folder(args)
+    if folder is None:
+        return build_model(model_config(args), seed=args.seed)
+    return load_checkpoint(folder, cfg=resolved_config(args))
 
 
 def save_config(cfg, output_dir: str | Path) -> Path:

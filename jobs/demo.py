@@ -1,9 +1,10 @@
 """`mqt demo`: the main job on the embedded default, end to end on this machine.
 
-Today it runs the smallest honest end-to-end path: real photos that ship inside
-scikit-image, the `tiny` preset (random weights, so the answers are noise: this shows the
-plumbing, not accuracy), answers at several m from one query-transformer pass, and the
-cost table of the `llava-7b` preset beside the paper's figures.
+The default model `mqt-smol` (frozen MobileNetV2 and SmolLM2-135M from packages, the MQT
+and adapters shipped in mqt/weights) answers real held-out questions: easy-vqa test images
+and test mosaics, at several numbers of visual tokens m from one MQT pass per image. It
+prints accuracy per question kind and the FLOPs per question at each m, a few answers, and
+the cost table of the llava-7b preset beside the paper's figures. Nothing is trained.
 """
 
 from __future__ import annotations
@@ -11,53 +12,47 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import cost, generate
-from jobs.common import ModelArgs, log, save_config, validate_model
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+from jobs import cost, evaluate
+from jobs.common import ModelArgs, log, validate_model
 
 
 @dataclass
 class Config(ModelArgs):
+    preset: str = "mqt-smol"
     output: str = "runs/demo"
-    m: list[int] = field(default_factory=lambda: [1, 4, 16])
-    question: str = "What is in the image?"
-    max_new_tokens: int = 8
+    ms: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    easyvqa_questions: int = 48
+    captions: int = 8
+    mosaic_images: int = 8
+    show: int = 6  # example answers printed
 
 
 def validate(cfg: Config) -> None:
     validate_model(cfg)
 
 
-def bundled_photos(folder: Path) -> list[str]:
-    """Real photos from scikit-image's wheel, written as PNG files."""
-    import skimage.data
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in PHOTOS:
-        path = folder / f"{name}.png"
-        if not path.exists():
-            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path)
-        paths.append(str(path))
-    return paths
-
-
 def main(cfg: Config) -> int:
     out = Path(cfg.output)
-    save_config(cfg, out)
-    images = bundled_photos(out / "images")
-    log(f"== mqt generate: preset={cfg.preset} on {len(images)} bundled photos, m={cfg.m}")
-    if cfg.preset == "tiny" and not cfg.checkpoint:
-        log("   (tiny preset = random weights: the answers are noise, the path is real)")
-    gen_cfg = generate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
-                              llava=cfg.llava, seed=cfg.seed, images=images,
-                              question=cfg.question, m=cfg.m,
-                              max_new_tokens=cfg.max_new_tokens, output=str(out / "generate"))
-    generate.validate(gen_cfg)
-    generate.main(gen_cfg)
+    log(f"== mqt eval on held-out questions: preset={cfg.preset}, m={cfg.ms}")
+    ev = evaluate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
+                         llava=cfg.llava, seed=cfg.seed, ms=cfg.ms,
+                         easyvqa_questions=cfg.easyvqa_questions, captions=cfg.captions,
+                         mosaic_images=cfg.mosaic_images, output=str(out / "eval"))
+    evaluate.validate(ev)
+    evaluate.main(ev)
+    show_answers(out / "eval" / "results.parquet", cfg.show, max(cfg.ms))
     log("\n== mqt cost --preset llava-7b (paper figures beside ours)")
     cost.main(cost.Config(output=str(out / "cost")))
-    log(f"\noutputs in {out}/")
+    log(f"\noutputs in {out}/ (results.parquet, calibration.json, eval.md, accuracy.png)")
     return 0
+
+
+def show_answers(path: Path, n: int, m: int) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(path).to_pylist() if r["m"] == m]
+    step = max(1, len(rows) // max(1, n))
+    print(f"\nSome answers at m = {m}:")
+    for r in rows[::step][:n]:
+        mark = "ok " if r["correct"] else "BAD"
+        print(f"  [{mark}] {r['kind']:<22} {r['output']!r:<20} (reference {r['answer']!r})")

@@ -168,12 +168,15 @@ def mqt_smol() -> VLMConfig:
     """The embedded default: real frozen backbones that ship in packages, our trained MQT.
 
     MobileNetV2 (ImageNet) cut at stride 16: 96 channels on a 14 x 14 grid at 224 px;
-    SmolLM2-135M-Instruct frozen; M = 64 queries (grid of 196 positions > M).
+    SmolLM2-135M-Instruct frozen with rank-8 adapters on q_proj and v_proj (mqt/lora.py
+    says why); M = 64 queries (grid of 196 positions > M). `proj` starts at the norm of
+    SmolLM2's token embeddings.
     """
     vision = VisionConfig(kind="mobilenet_v2", image_size=224, patch_size=16, hidden_size=96,
                           intermediate_size=0, num_layers=0, num_heads=0, select_layer=-1)
-    query = QueryConfig(num_queries=64, mode="content", depth=1, num_heads=4)
-    lm = LMConfig(kind="bundled", path="smollm2-135m-instruct", frozen=True, **SMOLLM2_135M)
+    query = QueryConfig(num_queries=64, mode="content", depth=1, num_heads=4, proj_init_std=0.17)
+    lm = LMConfig(kind="bundled", path="smollm2-135m-instruct", frozen=True, lora_rank=8,
+                  **SMOLLM2_135M)
     return VLMConfig(name="mqt-smol", vision=vision, query=query, lm=lm, template="chatml",
                      tokenizer="lm")
 

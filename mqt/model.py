@@ -140,9 +140,10 @@ class VisionLanguageModel(nn.Module):
         prompts = self.format_prompts([questions[i] for i, _ in rows])
         batch = build_batch(self.tokenizer, prompts, m, answers=[o for _, o in rows],
                             padding_side="right")
-        logits = self(batch["input_ids"], batch["attention_mask"], m,
+        dev = image_embeds.device
+        logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), m,
                       image_embeds=image_embeds[[i for i, _ in rows], :m]).logits
-        scores = _label_logprob_sums(logits, batch["labels"]).tolist()
+        scores = _label_logprob_sums(logits, batch["labels"].to(dev)).tolist()
         out, k = [], 0
         for opts in options:
             out.append(scores[k: k + len(opts)])

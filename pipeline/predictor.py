@@ -1,0 +1,140 @@
+"""The model stage of a batch job: a callable class for `Dataset.map_batches`.
+
+`Predictor.__init__` loads the model once per actor. `__call__` takes decoded rows
+(pipeline.decode.DECODED_SCHEMA), asks the token policy for m per row, runs the vision
+encoder and the MQT once at the largest m of the batch, slices each row's first m visual
+tokens (prefix property), and answers rows in groups of (task, m): caption and VQA rows
+generate text, multiple-choice rows score their options by log-likelihood. Rows come out
+in input order as OUTPUT_SCHEMA; error rows pass through with only their error set, and a
+group the model fails on becomes error rows too. No Ray import: Ray only calls this class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import torch
+
+from mqt.cost import lm_visual_tokens, total_flops
+from mqt.text import encode_prompt
+from pipeline.decode import pixels_to_image
+from pipeline.tasks import get_task
+
+OUTPUT_SCHEMA = pa.schema([
+    ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
+    ("output", pa.string()), ("m", pa.int32()), ("visual_tokens", pa.int32()),
+    ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("flops", pa.int64()),
+    ("seconds", pa.float64()), ("confidence", pa.float64()), ("error", pa.string()),
+])
+
+
+@dataclass
+class Answer:
+    """What the model said for one row and what it cost."""
+
+    output: str
+    prompt_tokens: int
+    new_tokens: int
+    flops: int
+    confidence: float
+
+
+class Predictor:
+    """One model per actor; maps a pyarrow batch of decoded rows to OUTPUT_SCHEMA rows."""
+
+    def __init__(self, model_args: dict, policy, threads: int = 0):
+        from jobs.common import ModelArgs, load_model
+        from mqt.configtree import from_dict
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(from_dict(ModelArgs, model_args)).eval().to(self.device)
+        self.policy = policy.bind(self.model.num_queries) if hasattr(policy, "bind") else policy
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out = [_error_row(r, r["error"]) for r in rows]
+        ok = [i for i, r in enumerate(rows) if not r["error"]]
+        if ok:
+            self._answer([rows[i] for i in ok], [out[i] for i in ok])
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+    def _answer(self, rows: list[dict], out: list[dict]) -> None:
+        """Fill `out` (same order as `rows`) in place, one (task, m) group at a time."""
+        ms = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
+        t0 = time.perf_counter()
+        embeds = self._encode(rows, max(ms))  # (B, max m, H), once per image
+        share = (time.perf_counter() - t0) / len(rows)
+        for (task, m), idx in _groups(rows, ms).items():
+            t1 = time.perf_counter()
+            try:
+                answers = self._run_group(task, m, [rows[i] for i in idx], embeds[idx, :m])
+            except Exception as e:  # a model failure loses this group, not the job
+                for i in idx:
+                    out[i].update(error=f"model: {type(e).__name__}: {e}")
+                continue
+            per_row = share + (time.perf_counter() - t1) / len(idx)
+            for i, a in zip(idx, answers, strict=True):
+                out[i].update(_answer_columns(self.model.cfg, m, a, per_row))
+
+    @torch.no_grad()
+    def _encode(self, rows: list[dict], m: int) -> torch.Tensor:
+        # decoded at the encoder's size, so preprocess only normalises (or resizes a guess)
+        images = [pixels_to_image(r["pixels"]) for r in rows]
+        pv = self.model.preprocess(images).to(self.device)  # (B, 3, S, S)
+        return self.model.encode_images(pv, m)
+
+    def _run_group(self, task: str, m: int, rows: list[dict], embeds) -> list[Answer]:
+        t = get_task(task)
+        questions = [t.format(r["question"] or "", r["options"] or ()) for r in rows]
+        if t.scoring == "loglik":
+            return self._score(questions, [r["options"] for r in rows], m, embeds)
+        return self._generate(questions, m, embeds, t.max_new_tokens)
+
+    def _generate(self, questions, m: int, embeds, max_new_tokens: int) -> list[Answer]:
+        gens = self.model.generate(questions, m, image_embeds=embeds,
+                                   max_new_tokens=max_new_tokens)
+        return [Answer(g.text, g.prompt_tokens, g.new_tokens,
+                       total_flops(self.model.cfg, m, g.prompt_tokens, max(1, g.new_tokens)).total,
+                       g.mean_logprob) for g in gens]
+
+    def _score(self, questions, options, m: int, embeds) -> list[Answer]:
+        scores = self.model.option_logprobs(questions, options, m, image_embeds=embeds)
+        return [self._pick(q, opts, s, m) for q, opts, s in zip(questions, options, scores,
+                                                                strict=True)]
+
+    def _pick(self, question: str, options: list[str], scores: list[float], m: int) -> Answer:
+        """The most likely option; confidence is its log-probability among the options."""
+        best = max(range(len(scores)), key=scores.__getitem__)
+        logp = float(torch.log_softmax(torch.tensor(scores), 0)[best])
+        prompt = self.model.format_prompts([question])[0]
+        T = len(encode_prompt(self.model.tokenizer, prompt, m)) - m
+        cost = total_flops(self.model.cfg, m, T + 2, 1)  # each option: a prefill of ~T + 2
+        flops = cost.vision + cost.query + len(options) * cost.prefill
+        return Answer(options[best], T, 0, flops, logp)
+
+
+def _groups(rows: list[dict], ms: list[int]) -> dict[tuple[str, int], list[int]]:
+    """Row indices per (task, m), in first-seen order."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (r, m) in enumerate(zip(rows, ms, strict=True)):
+        groups.setdefault((r["task"], m), []).append(i)
+    return groups
+
+
+def _error_row(row: dict, error: str | None) -> dict:
+    """An output row with only the identity columns and the error set."""
+    return {"id": row["id"], "task": row["task"], "question": row["question"], "output": None,
+            "m": None, "visual_tokens": None, "prompt_tokens": None, "new_tokens": None,
+            "flops": None, "seconds": None, "confidence": None, "error": error}
+
+
+def _answer_columns(cfg, m: int, a: Answer, seconds: float) -> dict:
+    confidence = a.confidence if math.isfinite(a.confidence) else None
+    return {"output": a.output, "m": m, "visual_tokens": lm_visual_tokens(cfg, m),
+            "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "flops": int(a.flops),
+            "seconds": round(seconds, 6), "confidence": confidence, "error": None}
