@@ -1,33 +1,44 @@
 """`mqt annotate`: caption, answer or choose for every image of a folder or manifest on Ray Data.
 
     mqt annotate source=IMAGES/ task=caption output=runs/annotate policy.m.caption=4
+    mqt annotate source=s3://bucket/rows.jsonl output=s3://bucket/out storage.endpoint_url=...
 
 Stages: source rows (pipeline.sources) -> decode + resize in Ray tasks (pipeline.decode)
--> the model in an actor pool, one model per actor (pipeline.predictor) -> Parquet files in
-`output/data/`. Bad images become error rows. The summary (rows, errors, rows/s, FLOPs, m
-histogram per task) is computed by streaming the written Parquet back, never by collecting
-the dataset on the driver; it is printed and saved as `output/summary.json`, next to the
-resolved `output/config.yaml`. Schema and limits: docs/annotate.md.
+-> the model in an actor pool, one model per actor (pipeline.predictor) -> streamed back to
+the driver and written as whole Parquet part files in `output/data/` (pipeline.writer).
+Bad images become error rows. Re-running the same job into the same output resumes: ids
+already written are skipped at the source, so after any crash every id ends up exactly
+once. The summary (rows, errors, rows/s, FLOPs, m histogram and accuracy per task) is
+computed by streaming the written Parquet back, never by collecting the dataset on the
+driver; it is printed and saved as `output/summary.json`, next to the resolved
+`output/config.yaml`. Schema and limits: docs/annotate.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from jobs.common import ModelArgs, log, resolved_config, save_config, validate_model
+from jobs.common import ModelArgs, log, resolved_config, validate_model
 from mqt.config import VLMConfig
 from mqt.configtree import to_dict
+from pipeline.budget import QuotaArgs
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.policy import FixedPolicy
-from pipeline.sources import Defaults, check_source, row_error
-from pipeline.tasks import TASKS
+from pipeline.sources import Defaults, Source, open_source, row_error
+from pipeline.storage import StorageArgs, locate
+from pipeline.tasks import TASKS, Task
+from pipeline.writer import OutputFolder
 
 LLAVA_IMAGE_SIZE = 336
+TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
+# Fields that make a job the same job: a resume into an output written with other values
+# would mix answers of two jobs. The policy, batch sizes and actors may change.
+JOB_IDENTITY = ("source", "task", "question", "tasks", "preset", "model", "checkpoint",
+                "llava", "seed")
 
 
 @dataclass
@@ -40,34 +51,89 @@ class PolicyArgs:
 
 @dataclass
 class Config(ModelArgs):
-    source: str = ""  # a folder of images, or a manifest .jsonl / .parquet
+    source: str = ""  # a folder of images, or a manifest .jsonl / .parquet; local or s3://
     task: str = "caption"  # for rows that do not name one (every row of a folder)
     question: str = ""  # for rows that do not have one
+    tasks: dict = field(default_factory=dict)  # per task: {prompt: ..., max_new_tokens: N}
     output: str = "runs/annotate"  # folder: data/*.parquet, summary.json, config.yaml
-    overwrite: bool = False  # replace earlier rows in output/data (no resume yet)
+    overwrite: bool = False  # drop earlier rows in output/data instead of resuming
+    storage: StorageArgs = field(default_factory=StorageArgs)  # for s3:// and other URLs
     policy: PolicyArgs = field(default_factory=PolicyArgs)
+    quota: QuotaArgs = field(default_factory=QuotaArgs)  # with a quota, the plan picks m
     batch_size: int = 16  # rows per model call
+    block_rows: int = 64  # rows per Ray block between stages: the unit of progress
     actors: int = 1  # predictor actors, one model each
     cpus_per_actor: float = 0.5  # fractional: a whole CPU per actor starves the read tasks
     gpus_per_actor: float = 0.0  # > 0 on a GPU cluster
     threads: int = 1  # torch threads per actor; 0 = torch's default
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows (decompression bombs)
     limit: int = 0  # only the first rows of the source; 0 = all
+    rows_per_part: int = 1000  # output rows per Parquet part file
+    flush_seconds: float = 30.0  # ... or a part at least this often: what a crash can lose
+    progress: bool = True  # a progress bar with rows/s and ETA on stderr
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config) -> Source:
     """Everything that can be checked without Ray or a model; errors name the field."""
     validate_model(cfg)
-    check_source(cfg.source)
-    if cfg.task not in TASKS:
-        raise ValueError(f"task={cfg.task!r} is not one of {sorted(TASKS)}")
-    if Path(cfg.source).is_dir() and (why := row_error(cfg.task, cfg.question, None)):
+    _check_numbers(cfg)
+    tasks = job_tasks(cfg)
+    if cfg.task not in tasks:
+        raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+    src = open_source(cfg.source, cfg.storage)
+    if src.kind == "folder" and (why := row_error(cfg.task, cfg.question, None, tasks)):
         raise ValueError(f"task/question: folder rows would all fail: {why}")
     _check_policy(cfg)
-    _check_numbers(cfg)
-    if not cfg.overwrite and any(Path(cfg.output, "data").glob("*.parquet")):
-        raise ValueError(f"output={cfg.output!r} already holds rows; resume is not implemented "
-                         "yet: pass overwrite=true or another folder")
+    _check_output(cfg)
+    if cfg.quota.enabled:
+        budget_plan(cfg, src)  # an infeasible quota fails here, with the minimum it needs
+    return src
+
+
+def ledger_state(cfg: Config) -> str:
+    """Where the job's ledger keeps its spend: next to the output unless given."""
+    if cfg.quota.ledger_state:
+        return cfg.quota.ledger_state
+    out = output_folder(cfg).loc
+    if not out.is_local:
+        raise ValueError("quota.ledger_state: give a local file for the ledger of a job whose "
+                         f"output is remote ({cfg.output})")
+    return out.join("ledger.json").path
+
+
+def budget_plan(cfg: Config, src: Source):
+    """(plan, FLOPs spent by earlier runs) for the rows still to do; errors name the field."""
+    from pipeline.budget import prepare, task_counts
+    from pipeline.plan import InfeasibleQuota
+
+    if cfg.policy.m or cfg.policy.default:
+        raise ValueError("policy: a job with a quota takes m from its plan; drop policy.*")
+    todo = task_counts(src, cfg.task, cfg.limit)
+    done = output_folder(cfg).done_tasks() if not cfg.overwrite else {}
+    todo.subtract(done)
+    try:
+        return prepare(cfg.quota, todo, ledger_state(cfg))
+    except InfeasibleQuota as e:
+        raise ValueError(f"quota: {e}") from None
+
+
+def job_tasks(cfg: Config) -> dict[str, Task]:
+    """The task registry with this job's `tasks.<name>` overrides (prompt, max_new_tokens)."""
+    tasks = dict(TASKS)
+    for name, over in cfg.tasks.items():
+        if name not in TASKS:
+            raise ValueError(f"tasks.{name}: unknown task; known: {sorted(TASKS)}")
+        if not isinstance(over, dict) or (bad := sorted(set(over) - set(TASK_FIELDS))):
+            what = bad[0] if isinstance(over, dict) else "(not a mapping)"
+            raise ValueError(f"tasks.{name}.{what}: a task may override only {TASK_FIELDS}")
+        if "max_new_tokens" in over and not (isinstance(over["max_new_tokens"], int)
+                                             and over["max_new_tokens"] >= 1):
+            raise ValueError(f"tasks.{name}.max_new_tokens must be an integer >= 1")
+        try:
+            tasks[name] = dataclasses.replace(TASKS[name], **over)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"tasks.{name}.prompt: {e}") from None
+    return tasks
 
 
 def _check_policy(cfg: Config) -> None:
@@ -85,20 +151,48 @@ def target_config(cfg: Config) -> VLMConfig | None:
 
 
 def _check_numbers(cfg: Config) -> None:
-    for name in ("batch_size", "actors", "max_pixels"):
+    for name in ("batch_size", "block_rows", "actors", "max_pixels", "rows_per_part"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not 0 < cfg.cpus_per_actor or cfg.gpus_per_actor < 0 or cfg.limit < 0 or cfg.threads < 0:
         raise ValueError("cpus_per_actor must be > 0; gpus_per_actor, limit, threads >= 0")
+    if cfg.flush_seconds <= 0:
+        raise ValueError(f"flush_seconds must be > 0, got {cfg.flush_seconds}")
     if not cfg.output:
         raise ValueError("output: give a folder for the Parquet rows")
+
+
+def _check_output(cfg: Config) -> None:
+    """The output is reachable, and rows already there come from this same job (resume)."""
+    out = output_folder(cfg)
+    try:
+        has_rows = bool(out.parts())
+        old = out.read_text("config.yaml") if has_rows and not cfg.overwrite else None
+    except OSError as e:
+        raise ValueError(f"output: cannot reach {cfg.output}: {e}") from None
+    if old is None:
+        return
+    import yaml
+
+    before, now = yaml.safe_load(old) or {}, to_dict(cfg)
+    for name in JOB_IDENTITY:
+        if before.get(name) != now.get(name):
+            raise ValueError(
+                f"{name}: output={cfg.output!r} holds rows of a job with {name}="
+                f"{before.get(name)!r}, not {now.get(name)!r}; resuming would mix two jobs. "
+                "Use another output, or overwrite=true to drop the earlier rows")
+
+
+def output_folder(cfg: Config) -> OutputFolder:
+    return OutputFolder(locate(cfg.output, cfg.storage))
 
 
 def policy(cfg: Config) -> FixedPolicy:
     return FixedPolicy(dict(cfg.policy.m), cfg.policy.default)
 
 
-def build(cfg: Config):
+def build(cfg: Config, src: Source, done: frozenset[str] = frozenset(), token_policy=None,
+          ledger=None):
     """The lazy dataset of output rows: source -> decode (tasks) -> predictor (actors)."""
     import ray.data
 
@@ -109,62 +203,177 @@ def build(cfg: Config):
     target = target_config(cfg)
     # LLaVA's CLIP-336 when unknown: the predictor resizes again if the guess is wrong
     size = target.vision.image_size if target is not None else LLAVA_IMAGE_SIZE
-    ds = build_dataset(cfg.source, Defaults(cfg.task, cfg.question), cfg.limit)
-    ds = ds.map_batches(decode_batch, batch_format="pyarrow",
-                        fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels})
+    tasks = job_tasks(cfg)
+    ds = build_dataset(src, Defaults(cfg.task, cfg.question, tasks), cfg.limit, done)
+    # Small blocks (streaming, no shuffle): a source file read as one big block would
+    # otherwise reach the actors, the progress bar and the part files whole.
+    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=cfg.block_rows,
+                        fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels,
+                                   "storage": cfg.storage})
     model_args = {k: v for k, v in to_dict(cfg).items() if k in ModelArgs.__dataclass_fields__}
     return ds.map_batches(
         Predictor, batch_format="pyarrow", batch_size=cfg.batch_size,
-        fn_constructor_kwargs={"model_args": model_args, "policy": policy(cfg),
-                               "threads": cfg.threads},
+        fn_constructor_kwargs={"model_args": model_args,
+                               "policy": token_policy or policy(cfg), "threads": cfg.threads,
+                               "tasks": tasks, "ledger": ledger},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
 
 
 def main(cfg: Config) -> dict:
-    validate(cfg)  # before Ray starts or any model loads
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
-    out = Path(cfg.output)
+    src = validate(cfg)  # before Ray starts or any model loads
+    out = output_folder(cfg)
     if cfg.overwrite:
-        shutil.rmtree(out / "data", ignore_errors=True)
-    save_config(cfg, out)
+        out.clear()
+    out.drop_temporaries()
+    done = frozenset(out.done_ids())
+    todo = max(0, (min(src.rows, cfg.limit) if cfg.limit else src.rows) - len(done))
+    log(f"source {cfg.source}: {src.rows} rows ({src.kind}); "
+        + (f"resuming: {len(done)} already in {cfg.output}, {todo} to do" if done
+           else f"{todo} to do"))
+    out.write_text("config.yaml", _yaml(cfg))
+    budget = None
+    if cfg.quota.enabled:
+        from jobs.plan import table
+
+        plan, spent = budget_plan(cfg, src)
+        log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {spent:.4g} spent by earlier "
+            f"runs; plan for the rows left:\n{table(plan)}")
+        budget = (plan, spent)
     t0 = time.perf_counter()
-    build(cfg).write_parquet(str(out / "data"))
-    summary = summarize(out / "data", time.perf_counter() - t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    written, first, ledger = run(cfg, src, out, done, todo, budget)
+    t_end = time.perf_counter()
+    summary = summarize(out, job_tasks(cfg), t_end - t0, written)
+    summary["this_run"].update(_steady(first, t0, t_end, written))
+    if ledger is not None:
+        summary["quota"] = quota_summary(cfg, summary, ledger, budget[1])
+    out.write_text("summary.json", json.dumps(summary, indent=1))
     print_summary(summary)
-    log(f"wrote {out / 'data'} and {out / 'summary.json'}")
+    log(f"rows in {out.data.uri}/ (Parquet), summary in {out.loc.join('summary.json').uri}")
     return summary
 
 
-def summarize(data_dir: Path, seconds: float) -> dict:
-    """Rows, errors, rows/s, FLOPs and m per task, streamed from the written Parquet."""
-    import pyarrow.dataset as pads
+def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo: int,
+        budget=None) -> tuple[int, tuple[float, int] | None, dict | None]:
+    """Stream the output rows to part files; returns the rows written by this run,
+    (time, rows) of the first batch that came back (None if none did), and the ledger's
+    totals at the end (None without a quota)."""
+    import ray
+    from tqdm import tqdm
 
+    from pipeline.predictor import OUTPUT_SCHEMA
+    from pipeline.writer import PartWriter
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows rows/s, ETA
+    writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
+    first, actor, client, token_policy = None, None, None, None
+    if budget is not None:
+        from pipeline.budget import LedgerClient
+        from pipeline.ledger import get_or_create_ledger
+
+        actor = get_or_create_ledger(_job_id(out), cfg.quota.quota().total_flops,
+                                     ledger_state(cfg))
+        client, token_policy = LedgerClient(actor), budget[0].policy()
+    with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
+              desc="annotate") as bar:
+        for batch in build(cfg, src, done, token_policy, client).iter_batches(
+                batch_format="pyarrow", batch_size=None):
+            first = first or (time.perf_counter(), batch.num_rows)
+            writer.add(batch)
+            bar.update(batch.num_rows)
+        writer.flush()
+    return writer.written, first, _close_ledger(actor)
+
+
+def _job_id(out: OutputFolder) -> str:
+    import hashlib
+
+    return hashlib.sha1(out.loc.uri.encode()).hexdigest()[:16]
+
+
+def _close_ledger(actor) -> dict | None:
+    """The ledger's totals, its state saved; the actor lives as long as the job."""
+    if actor is None:
+        return None
+    import ray
+
+    ray.get(actor.save.remote())
+    totals = ray.get(actor.totals.remote())
+    ray.kill(actor)
+    return totals
+
+
+def quota_summary(cfg: Config, summary: dict, totals: dict, spent_before: int) -> dict:
+    q = cfg.quota.quota()
+    return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
+            "this_run_flops": totals["spent"] - spent_before,
+            "share": round(totals["spent"] / max(q.total_flops, 1), 4),
+            "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
+                "quota", 0), "flops_per_task": summary["flops_per_task"]}
+
+
+def _steady(first: tuple[float, int] | None, t0: float, t_end: float, written: int) -> dict:
+    """Start-up (Ray, actors, model load: until the first rows came back) and the rate after."""
+    if first is None or written <= first[1]:
+        return {"startup_s": None, "steady_rows_per_s": None}
+    t_first, n_first = first
+    rate = (written - n_first) / max(t_end - t_first, 1e-9)
+    return {"startup_s": round(t_first - t0, 3), "steady_rows_per_s": round(rate, 3)}
+
+
+def _yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written: int) -> dict:
+    """Rows, errors, FLOPs, m and accuracy per task, streamed from the written Parquet;
+    rows/s is this run's (the rows it wrote over its wall time)."""
     rows = errors = flops = 0
+    per_task: Counter = Counter()
     hist: dict[str, Counter] = defaultdict(Counter)
     reasons: Counter = Counter()
-    for b in pads.dataset(str(data_dir), format="parquet").to_batches(
-            columns=["task", "m", "flops", "error"]):
-        for task, m, f, err in zip(*(b.column(i).to_pylist() for i in range(4)), strict=True):
+    scored: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # task -> [correct, labelled]
+    cols = ["task", "m", "flops", "error", "output", "answer"]
+    for b in out.batches(cols):
+        for task, m, f, err, output, answer in zip(*(b.column(c).to_pylist() for c in cols),
+                                                   strict=True):
             rows, flops = rows + 1, flops + (f or 0)
+            per_task[task] += f or 0
             if err:
                 errors += 1
                 reasons[err.split(":")[0]] += 1
-            else:
-                hist[task][m] += 1
+                continue
+            hist[task][m] += 1
+            if answer is not None:
+                scored[task][0] += tasks[task].is_correct(output or "", answer)
+                scored[task][1] += 1
     return {"rows": rows, "errors": errors, "error_kinds": dict(reasons.most_common()),
-            "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 3),
-            "flops": flops, "m_histogram": {t: dict(sorted(c.items())) for t, c in hist.items()}}
+            "this_run": {"rows": written, "seconds": round(seconds, 3),
+                         "rows_per_s": round(written / max(seconds, 1e-9), 3)},
+            "flops": flops, "flops_per_task": dict(sorted(per_task.items())),
+            "m_histogram": {t: dict(sorted(c.items())) for t, c in hist.items()},
+            "accuracy": {t: {"correct": c, "labelled": n, "accuracy": round(c / n, 4)}
+                         for t, (c, n) in sorted(scored.items()) if n}}
 
 
 def print_summary(s: dict) -> None:
-    print(f"rows {s['rows']}  errors {s['errors']}  {s['rows_per_s']} rows/s  "
-          f"{s['seconds']} s  {s['flops'] / 1e9:.3f} GFLOPs")
+    r = s["this_run"]
+    print(f"rows {s['rows']}  errors {s['errors']}  {s['flops'] / 1e9:.3f} GFLOPs  "
+          f"(this run: {r['rows']} rows in {r['seconds']} s, {r['rows_per_s']} rows/s)")
     for task, hist in sorted(s["m_histogram"].items()):
-        print(f"  {task}: " + ", ".join(f"m={m}: {n}" for m, n in hist.items()))
+        acc = s["accuracy"].get(task)
+        score = f"  accuracy {100 * acc['accuracy']:.1f}% of {acc['labelled']}" if acc else ""
+        print(f"  {task}: " + ", ".join(f"m={m}: {n}" for m, n in hist.items()) + score)
     for kind, n in s["error_kinds"].items():
         print(f"  error {kind}: {n}")
+    if "quota" in s:
+        q = s["quota"]
+        print(f"quota {q['quota_flops']:.4g} FLOPs: spent {q['spent_flops']:.4g} "
+              f"({100 * q['share']:.1f}%), this run {q['this_run_flops']:.4g}, "
+              f"refused rows {q['refused_rows']}; per task: " + ", ".join(
+                  f"{t} {f:.3g}" for t, f in q["flops_per_task"].items()))

@@ -1,29 +1,37 @@
 """`mqt demo`: the main job on the embedded default, end to end on this machine.
 
-The default model `mqt-smol` (frozen MobileNetV2 and SmolLM2-135M from packages, the MQT
-and adapters shipped in mqt/weights) answers real held-out questions: easy-vqa test images
-and test mosaics, at several numbers of visual tokens m from one MQT pass per image. It
-prints accuracy per question kind and the FLOPs per question at each m, a few answers, and
-the cost table of the llava-7b preset beside the paper's figures. Nothing is trained.
+Writes the bundled corpus (real easy-vqa test images with their questions and captions,
+test mosaics of shapes and digits with questions about one cell and counts, some as
+multiple choice; all labelled) as a manifest, and runs `mqt annotate` on it with a local
+Ray and the default model `mqt-smol` (frozen MobileNetV2 and SmolLM2-135M from packages,
+the MQT and adapters shipped in mqt/weights). Prints the job summary with accuracy, accuracy
+per question kind, a few answers, and where the Parquet rows are. Nothing is trained.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import cost, evaluate
+from jobs import annotate
 from jobs.common import ModelArgs, log, validate_model
+from jobs.evaluate import sample
+from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.data.corpus import write_corpus
 
 
 @dataclass
 class Config(ModelArgs):
     preset: str = "mqt-smol"
     output: str = "runs/demo"
-    ms: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
-    easyvqa_questions: int = 48
-    captions: int = 8
-    mosaic_images: int = 8
+    easyvqa_questions: int = 96
+    captions: int = 24
+    mc_questions: int = 24  # easy-vqa questions asked as multiple choice
+    mosaic_images: int = 16  # four questions each
+    m: dict = field(default_factory=lambda: {"caption": 4, "vqa": 16, "mc": 4})
+    actors: int = 1
+    batch_size: int = 16
     show: int = 6  # example answers printed
 
 
@@ -31,28 +39,50 @@ def validate(cfg: Config) -> None:
     validate_model(cfg)
 
 
+def corpus_examples(cfg: Config) -> list:
+    ev = easyvqa_examples("test", tasks=("vqa", "caption", "mc"))
+    out = sample([e for e in ev if e.task == "vqa"], cfg.easyvqa_questions, cfg.seed)
+    out += sample([e for e in ev if e.task == "caption"], cfg.captions, cfg.seed)
+    out += sample([e for e in ev if e.task == "mc"], cfg.mc_questions, cfg.seed + 1)
+    return out + mosaic_examples("test", cfg.mosaic_images, seed=cfg.seed)
+
+
 def main(cfg: Config) -> int:
     out = Path(cfg.output)
-    log(f"== mqt eval on held-out questions: preset={cfg.preset}, m={cfg.ms}")
-    ev = evaluate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
-                         llava=cfg.llava, seed=cfg.seed, ms=cfg.ms,
-                         easyvqa_questions=cfg.easyvqa_questions, captions=cfg.captions,
-                         mosaic_images=cfg.mosaic_images, output=str(out / "eval"))
-    evaluate.validate(ev)
-    evaluate.main(ev)
-    show_answers(out / "eval" / "results.parquet", cfg.show, max(cfg.ms))
-    log("\n== mqt cost --preset llava-7b (paper figures beside ours)")
-    cost.main(cost.Config(output=str(out / "cost")))
-    log(f"\noutputs in {out}/ (results.parquet, calibration.json, eval.md, accuracy.png)")
+    examples = corpus_examples(cfg)
+    manifest = write_corpus(out / "corpus", examples)
+    log(f"== bundled corpus: {len(examples)} labelled rows in {manifest}")
+    job = annotate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
+                          llava=cfg.llava, seed=cfg.seed, source=str(manifest),
+                          output=str(out / "annotate"), overwrite=True,
+                          policy=annotate.PolicyArgs(m=dict(cfg.m)), actors=cfg.actors,
+                          batch_size=cfg.batch_size)
+    log(f"== mqt annotate source={manifest} output={job.output} policy.m={cfg.m}")
+    annotate.main(job)
+    report(Path(job.output) / "data", manifest, cfg.show)
     return 0
 
 
-def show_answers(path: Path, n: int, m: int) -> None:
+def report(data: Path, manifest: Path, show: int) -> None:
+    """Accuracy per question kind (easy-vqa colour, mosaic cell digit, ...) and some answers."""
+    import json
+
     import pyarrow.parquet as pq
 
-    rows = [r for r in pq.read_table(path).to_pylist() if r["m"] == m]
-    step = max(1, len(rows) // max(1, n))
-    print(f"\nSome answers at m = {m}:")
-    for r in rows[::step][:n]:
-        mark = "ok " if r["correct"] else "BAD"
-        print(f"  [{mark}] {r['kind']:<22} {r['output']!r:<20} (reference {r['answer']!r})")
+    from pipeline.tasks import get_task
+
+    kinds = {r["id"]: r["kind"] for r in map(json.loads, manifest.read_text().splitlines())}
+    rows = pq.read_table(data).to_pylist()
+    per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        ok = r["error"] is None and get_task(r["task"]).is_correct(r["output"], r["answer"])
+        per[f"{r['task']:<8} {kinds[r['id']]}"][0] += ok
+        per[f"{r['task']:<8} {kinds[r['id']]}"][1] += 1
+    print("\nAccuracy per question kind:")
+    for kind, (c, n) in sorted(per.items()):
+        print(f"  {kind:<32} {100 * c / n:5.1f}%  ({c}/{n})")
+    print("\nSome answers:")
+    for r in rows[:: max(1, len(rows) // max(1, show))][:show]:
+        print(f"  m={r['m']:<3} {r['task']:<8} {(r['question'] or '(caption)')[:44]:<46}"
+              f"-> {r['output']!r} (reference {r['answer']!r})")
+    print(f"\nrows: {data}/*.parquet (schema: docs/annotate.md)")

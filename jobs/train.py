@@ -1,4 +1,4 @@
-"""`mqt train`: two-stage Matryoshka training of the query transformer, one process.
+"""`mqt train`: two-stage Matryoshka training of the query transformer.
 
 Stage 1 trains at m = M; stage 2 draws m per step from a schedule (see mqt.matryoshka).
 The vision encoder is frozen and its features are cached on disk. Progress bar with loss,
@@ -6,6 +6,10 @@ m and samples/s; a CSV of metrics; periodic evaluation; checkpoints every
 `checkpoint_every` steps; running the same command again resumes from the last one. The
 trained parts are exported as a checkpoint folder (`<output>/model`) that `mqt generate
 checkpoint=...` and the other jobs load.
+
+`backend=local` trains in this process; `backend=ddp` runs the same `fit` on
+`scaling.workers` Ray Train workers with DistributedDataParallel (jobs.train_ray). What
+differs is the *session*: the process's ranks, where checkpoints go, how the run ends.
 """
 
 from __future__ import annotations
@@ -20,10 +24,22 @@ import torch
 from tqdm import tqdm
 
 from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
-from jobs.trainloop import FeatureCache, accuracy, batches, image_key, loss_on, lr_at
+from jobs.trainloop import (
+    FeatureCache,
+    Ranks,
+    accuracy,
+    batches,
+    image_key,
+    loss_on,
+    lr_at,
+    unwrap,
+)
 from mqt.checkpoint import load_part, save_checkpoint
+from mqt.configtree import ConfigError
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.matryoshka import MSchedule
+
+BACKENDS = ("local", "ddp", "deepspeed")
 
 
 @dataclass
@@ -57,6 +73,16 @@ class AlignArgs:
 
 
 @dataclass
+class ScalingArgs:
+    """Ray Train workers (backend ddp): one training process per worker."""
+
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0  # worker failures survived, each by a restart from the last checkpoint
+
+
+@dataclass
 class Config(ModelArgs):
     checkpoint: str = "none"  # train from scratch; a folder fine-tunes those weights
     data: DataArgs = field(default_factory=DataArgs)
@@ -64,7 +90,7 @@ class Config(ModelArgs):
     stage1: StageArgs = field(default_factory=lambda: StageArgs(
         steps=50, schedule=MSchedule(kind="fixed")))  # m = M
     stage2: StageArgs = field(default_factory=lambda: StageArgs(steps=150))
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: with ddp, each worker takes batch_size / workers
     grad_clip: float = 1.0
     eval_every: int = 0  # steps; 0 = only at the end
     eval_ms: list[int] = field(default_factory=list)  # empty: 1, 4 and M
@@ -72,6 +98,10 @@ class Config(ModelArgs):
     output: str = "runs/train"
     feature_cache: str = ""  # file of cached grid features; "" = <output>/features.pt
     threads: int = 0  # torch threads; 0 = torch's default
+    backend: str = "local"  # local: this process; ddp: Ray Train workers; deepspeed: planned
+    scaling: ScalingArgs = field(default_factory=ScalingArgs)
+    storage_path: str = ""  # Ray Train checkpoints (a folder all workers see); "" = <output>/ray
+    name: str = ""  # the Ray Train run; the same name resumes it; "" = the output folder's name
 
 
 def validate(cfg: Config) -> None:
@@ -88,6 +118,21 @@ def validate(cfg: Config) -> None:
     bad = [m for m in cfg.eval_ms if not 1 <= m <= M]
     if bad:
         raise ValueError(f"eval_ms: {bad[0]} is outside 1..{M}")
+    validate_backend(cfg)
+
+
+def validate_backend(cfg: Config) -> None:
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend={cfg.backend!r} is not one of {BACKENDS}")
+    if cfg.backend == "deepspeed":
+        raise ConfigError("backend=deepspeed is not implemented yet; use backend=ddp")
+    if "://" in cfg.storage_path:
+        raise ConfigError(f"storage_path={cfg.storage_path!r}: only local or mounted folders "
+                          "are supported yet (s3:// is planned)")
+    w = cfg.scaling.workers
+    if cfg.backend == "ddp" and (w < 1 or cfg.batch_size % w):
+        raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be a multiple "
+                          f"of scaling.workers={w}")
 
 
 def load_data(cfg: DataArgs) -> tuple[list, list]:
@@ -121,11 +166,40 @@ def trainable_parts(model) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def save_state(path: Path, model, opt, step: int) -> None:
-    """Trainable parts + optimizer + step, written to a temp folder and renamed into place."""
+def write_state(folder: Path, model, opt, step: int, ranks: Ranks) -> None:
+    """A resumable checkpoint. Rank 0 writes the trainable parts (mqt.checkpoint's folder,
+    so the checkpoint loads as a model), the optimizer and the step (the learning rate is a
+    function of the step); every rank writes its own RNG state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        save_checkpoint(model, folder, parts=trainable_parts(model))
+        torch.save({"optimizer": opt.state_dict(), "step": step}, folder / "state.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, folder / f"rng-{ranks.rank}.pt")
+
+
+def load_state(path: Path, model, opt, ranks: Ranks) -> int:
+    """The step a checkpoint folder resumes at (0 if there is none), with its state loaded."""
+    if not (path / "state.pt").exists():
+        return 0
+    for part in trainable_parts(model):
+        load_part(model, part, path / f"{part}.safetensors")
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    opt.load_state_dict(state["optimizer"])
+    if (path / f"rng-{ranks.rank}.pt").exists():  # absent if the world grew since
+        rng = torch.load(path / f"rng-{ranks.rank}.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["step"])
+
+
+def save_state(path: Path, model, opt, step: int, ranks: Ranks) -> None:
+    """`write_state` into a temp folder renamed into place: a crash never leaves half."""
     tmp = path.with_name(path.name + ".tmp")
-    save_checkpoint(model, tmp, parts=trainable_parts(model))
-    torch.save({"optimizer": opt.state_dict(), "step": step}, tmp / "state.pt")
+    write_state(tmp, model, opt, step, ranks)
     old = path.with_name(path.name + ".old")
     if path.exists():
         path.rename(old)
@@ -136,16 +210,6 @@ def save_state(path: Path, model, opt, step: int) -> None:
         shutil.rmtree(old)
 
 
-def load_state(path: Path, model, opt) -> int:
-    if not (path / "state.pt").exists():
-        return 0
-    for part in trainable_parts(model):
-        load_part(model, part, path / f"{part}.safetensors")
-    state = torch.load(path / "state.pt", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    return int(state["step"])
-
-
 def stage_at(cfg: Config, step: int) -> tuple[StageArgs, int]:
     """The stage of a global step and the step within it."""
     if step < cfg.stage1.steps:
@@ -153,35 +217,91 @@ def stage_at(cfg: Config, step: int) -> tuple[StageArgs, int]:
     return cfg.stage2, step - cfg.stage1.steps
 
 
+class LocalSession:
+    """One process alone: checkpoints in <output>/checkpoint, the model in <output>/model."""
+
+    def __init__(self, out: Path):
+        self.out, self.ranks = out, Ranks()
+
+    def restore(self, model, opt) -> int:
+        step = load_state(self.out / "checkpoint", model, opt, self.ranks)
+        if step:
+            log(f"resuming from step {step} ({self.out / 'checkpoint'})")
+        return step
+
+    def checkpoint_due(self, step: int, total: int, every: int) -> bool:
+        return bool(every) and (step % every == 0 or step == total)
+
+    def save(self, model, opt, step: int, metrics: dict) -> None:
+        save_state(self.out / "checkpoint", model, opt, step, self.ranks)
+
+    def finish(self, model, opt, step: int, metrics: dict, trained: bool) -> None:
+        save_checkpoint(model, self.out / "model", parts=trainable_parts(model))
+
+
+@dataclass
+class Loop:
+    """What the training steps work on: the model (DDP-wrapped on several ranks), its
+    optimizer, the data and the session (ranks, checkpoints, output folder)."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    params: list
+    train: list
+    held_out: list
+    cache: FeatureCache
+    session: object
+
+
 def main(cfg: Config) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.backend != "local":
+        from jobs.train_ray import run  # Ray is imported only when it is used
+
+        return run(cfg)
     out = Path(cfg.output)
     save_config(cfg, out)
+    return fit(cfg, LocalSession(out))
+
+
+def fit(cfg: Config, session) -> dict:
+    """One training process, the same for `local` and for each rank of a Ray Train job."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ranks = session.ranks
+    model, train, held_out, cache = ranks.local_first(
+        lambda: prepare(cfg, session.out, ranks.main))
+    model.to(ranks.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.stage1.lr, weight_decay=0.0)
+    start = session.restore(model, opt)
+    if not start and cfg.align.steps:
+        run_align(cfg, model, train, cache, ranks.main)
+    total = cfg.stage1.steps + cfg.stage2.steps
+    loop = Loop(ranks.wrap(model), opt, params, train, held_out, cache, session)
+    row = run_steps(cfg, loop, start, total)
+    final = evaluate(cfg, model, held_out, cache) if ranks.main else {}
+    session.finish(model, opt, total, {**row, **final}, trained=start < total)
+    if ranks.main:
+        log(f"trained {total} steps; eval {final}")
+    return {"eval": final, "last": row}
+
+
+def prepare(cfg: Config, out: Path, main: bool) -> tuple:
+    """The model, the data, and the grid features of every image (computed once, cached)."""
     model = load_model(cfg).train()
     model.vision.eval()
     train, held_out = load_data(cfg.data)
     cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
     with tqdm(total=len({image_key(ex) for ex in train + held_out}), desc="features",
-              unit="img", leave=False) as bar:
+              unit="img", leave=False, disable=not main) as bar:
         cache.add(train + held_out, progress=bar)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.stage1.lr, weight_decay=0.0)
-    start = load_state(out / "checkpoint", model, opt)
-    if start:
-        log(f"resuming from step {start} ({out / 'checkpoint'})")
-    elif cfg.align.steps:
-        run_align(cfg, model, train, cache)
-    total = cfg.stage1.steps + cfg.stage2.steps
-    metrics = run_steps(cfg, model, opt, params, (train, held_out), cache, start, total, out)
-    final = evaluate(cfg, model, held_out, cache)
-    save_checkpoint(model, out / "model", parts=trainable_parts(model))
-    log(f"trained {total} steps; eval {final}; model in {out / 'model'}")
-    return {"eval": final, "last": metrics}
+    return model, train, held_out, cache
 
 
-def run_align(cfg: Config, model, train, cache) -> None:
-    """Stage 0 on the query transformer alone; deterministic, so a rerun repeats it."""
+def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
+    """Stage 0 on the query transformer alone; deterministic, so a rerun repeats it. Every
+    rank runs all of it (minutes against hours of LM steps); DDP then starts all ranks
+    from rank 0's weights."""
     from jobs.trainloop import WordTargets, align_loss
     from mqt.data import easyvqa_answers, mosaic_answers
 
@@ -190,56 +310,67 @@ def run_align(cfg: Config, model, train, cache) -> None:
     images = list({image_key(ex): ex for ex in train}.values())
     opt = torch.optim.AdamW(model.query.parameters(), lr=cfg.align.lr, weight_decay=0.0)
     order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
-    bar = tqdm(range(cfg.align.steps), desc="align", unit="step")
+    dev = model.query.proj.device
+    bar = tqdm(range(cfg.align.steps), desc="align", unit="step", disable=not main)
     for step in bar:
         chunk = [images[i] for i in next(order)]
         m = cfg.align.schedule.sample(step, model.num_queries, cfg.data.seed + 1)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
-        loss = align_loss(model, cache.get(chunk), words.distribution(chunk), words.token_ids, m)
+        loss = align_loss(model, cache.get(chunk).to(dev), words.distribution(chunk).to(dev),
+                          words.token_ids.to(dev), m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         bar.set_postfix(loss=round(loss.item(), 4), m=m)
-    append_csv(Path(cfg.output) / "align.csv", {"steps": cfg.align.steps,
-                                                 "final_loss": round(loss.item(), 4)})
+    if main:
+        append_csv(Path(cfg.output) / "align.csv", {"steps": cfg.align.steps,
+                                                     "final_loss": round(loss.item(), 4)})
 
 
-def run_steps(cfg, model, opt, params, data, cache, start, total, out: Path) -> dict:
-    (train, held_out), M, row = data, model.num_queries, {}
-    order = batches(len(train), cfg.batch_size, cfg.data.seed, start)
-    bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="step")
+def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
+    """Steps start..total-1. Every rank draws the same global batch and m, trains on its
+    slice of the batch; rank 0 shows the progress bar and writes metrics.csv."""
+    ranks, session, inner, row = loop.session.ranks, loop.session, unwrap(loop.model), {}
+    order = batches(len(loop.train), cfg.batch_size, cfg.data.seed, start)
+    bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="step",
+               disable=not ranks.main)
     t0 = time.perf_counter()
     for step in bar:
         stage, local = stage_at(cfg, step)
-        m = stage.schedule.sample(step, M, cfg.data.seed)
-        for g in opt.param_groups:
+        m = stage.schedule.sample(step, inner.num_queries, cfg.data.seed)
+        ranks.check_same("m", m, step)  # a pure function of (seed, step): cheap to prove
+        for g in loop.opt.param_groups:
             g["lr"] = lr_at(local, stage.steps, stage.lr, stage.warmup)
         idx = next(order)
-        loss = loss_on(model, [train[i] for i in idx], cache.get([train[i] for i in idx]), m)
-        opt.zero_grad(set_to_none=True)
+        mine = [loop.train[i] for i in ranks.shard(idx)]
+        feats = loop.cache.get(mine).to(ranks.device)
+        loss = loss_on(loop.model, mine, feats, m, ranks.denominator)
+        loop.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
+        loop.opt.step()
         dt, t0 = time.perf_counter() - t0, time.perf_counter()
         row = {"step": step + 1, "stage": 1 if stage is cfg.stage1 else 2, "m": m,
-               "loss": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"],
+               "loss": round(ranks.mean(loss), 4), "lr": loop.opt.param_groups[0]["lr"],
                "samples_per_s": round(len(idx) / dt, 2)}
-        bar.set_postfix(loss=row["loss"], m=m, sps=row["samples_per_s"])
-        append_csv(out / "metrics.csv", row)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
-            ev = evaluate(cfg, model, held_out, cache)
-            append_csv(out / "eval.csv", {"step": step + 1, **ev})
+        if ranks.main:
+            bar.set_postfix(loss=row["loss"], m=m, sps=row["samples_per_s"])
+            append_csv(session.out / "metrics.csv", row)
+        if ranks.main and cfg.eval_every and (step + 1) % cfg.eval_every == 0 \
+                and step + 1 < total:
+            ev = evaluate(cfg, inner, loop.held_out, loop.cache)
+            append_csv(session.out / "eval.csv", {"step": step + 1, **ev})
             bar.write(f"step {step + 1}: {ev}")
-        if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-            save_state(out / "checkpoint", model, opt, step + 1)
+        if session.checkpoint_due(step + 1, total, cfg.checkpoint_every):
+            session.save(inner, loop.opt, step + 1, row)
     return row
 
 
 def evaluate(cfg: Config, model, held_out, cache) -> dict:
     model.eval()
     ms = cfg.eval_ms or sorted({1, min(4, model.num_queries), model.num_queries})
-    feats = cache.get(held_out)
+    feats = cache.get(held_out).to(model.query.proj.device)
     result = {f"acc@{m}": round(accuracy(model, held_out, feats, m)[0], 4) for m in ms}
     model.train()
     model.vision.eval()

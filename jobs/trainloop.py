@@ -2,20 +2,26 @@
 
 Plain PyTorch: the single-process `mqt train` and the Ray Train workers use the same
 functions. The vision encoder is frozen, so its grid features are computed once per image
-and cached (`FeatureCache`); a training step then costs the MQT and the LM only.
+and cached (`FeatureCache`); a training step then costs the MQT and the LM only. `Ranks`
+is a process's place among data-parallel ranks (torch.distributed); `Ranks()` is one
+process alone, and every collective is then skipped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from mqt.data import Example
 from mqt.model import VisionLanguageModel
-from mqt.text import build_batch
+from mqt.text import IGNORE_INDEX, build_batch
 from pipeline.tasks import get_task
 
 
@@ -86,15 +92,27 @@ def batches(n: int, batch_size: int, seed: int, start_step: int) -> Iterator[lis
         step += 1
 
 
-def loss_on(model: VisionLanguageModel, examples: Sequence[Example], feats: torch.Tensor,
-            m: int) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens with m visual tokens."""
-    prompts = model.format_prompts([task_question(ex) for ex in examples])
-    answers = [ex.answer + model.template.answer_suffix for ex in examples]
-    batch = build_batch(model.tokenizer, prompts, m, answers=answers, padding_side="right")
-    out = model(batch["input_ids"], batch["attention_mask"], m, grid_features=feats,
-                labels=batch["labels"])
-    return out.loss
+def unwrap(model) -> VisionLanguageModel:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def loss_on(model, examples: Sequence[Example], feats: torch.Tensor, m: int,
+            denominator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross-entropy of the answer tokens with m visual tokens: summed, then divided by
+    `denominator(n)` for this batch's n answer tokens (default n: the mean). `model` may be
+    DDP-wrapped; `feats` (B, N, D) sit on the model's device."""
+    inner = unwrap(model)
+    prompts = inner.format_prompts([task_question(ex) for ex in examples])
+    answers = [ex.answer + inner.template.answer_suffix for ex in examples]
+    batch = build_batch(inner.tokenizer, prompts, m, answers=answers, padding_side="right")
+    batch = {k: v.to(feats.device) for k, v in batch.items()}
+    logits = model(batch["input_ids"], batch["attention_mask"], m, grid_features=feats).logits
+    target = batch["labels"][:, 1:]  # logits at t predict the token at t + 1
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    n = (target != IGNORE_INDEX).sum()
+    return total / (denominator(n) if denominator else n)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -119,6 +137,80 @@ def accuracy(model: VisionLanguageModel, examples: Sequence[Example], feats: tor
         right += [get_task(ex.task).is_correct(g.text, ex.answer)
                   for ex, g in zip(chunk, gens, strict=True)]
     return sum(right) / max(1, len(right)), right
+
+
+# ----------------------------------------------------------------- data-parallel ranks
+
+
+@dataclass
+class Ranks:
+    """This process among `world` data-parallel ranks of a torch.distributed group.
+
+    Each step's global batch (the same seeded indices on every rank) is cut into `world`
+    contiguous slices; rank r trains on slice r. Collectives run on `device` (CPU for
+    gloo, the rank's GPU for NCCL)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: list[int]) -> list[int]:
+        """Rank r's rows [r*b, (r+1)*b) of a global batch of world*b indices."""
+        b = len(idx) // self.world
+        return idx[self.rank * b: (self.rank + 1) * b]
+
+    def denominator(self, n: torch.Tensor) -> torch.Tensor:
+        """Divide each rank's summed loss by (global answer tokens / world): DDP averages
+        the gradients over ranks, so the result is the gradient of the token mean over the
+        whole global batch, as one process computes it (ranks' batches differ in tokens)."""
+        if self.world == 1:
+            return n
+        total = n.detach().to(self.device, torch.float64)
+        dist.all_reduce(total)
+        return (total / self.world).to(n.device)
+
+    def mean(self, value: torch.Tensor) -> float:
+        """The mean over ranks of a scalar (with `denominator`: the global batch's loss)."""
+        if self.world == 1:
+            return float(value.detach())
+        t = value.detach().to(self.device, torch.float64).reshape(1)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def check_same(self, what: str, value: int, step: int) -> None:
+        """Fail loudly unless every rank holds the same integer (e.g. the step's m)."""
+        if self.world == 1:
+            return
+        got = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
+        dist.all_gather(got, torch.tensor([value], device=self.device))
+        values = [int(t) for t in got]
+        if len(set(values)) > 1:
+            raise RuntimeError(f"step {step}: ranks disagree on {what}: {values} (by rank)")
+
+    def local_first(self, fn: Callable):
+        """fn() on each node's local rank 0, then on the node's other ranks: what fn caches
+        on disk (grid features, converted weights) is written once and read by the rest."""
+        out = fn() if self.local_rank == 0 else None
+        if self.world > 1:
+            dist.barrier()
+        return fn() if self.local_rank != 0 else out
+
+    def wrap(self, model: VisionLanguageModel):
+        """DDP over the trainable parameters. Frozen parameters (the vision encoder, a
+        frozen LM) and buffers (position tables, rotary frequencies, frozen norm statistics)
+        are the same on every rank and never change: DDP neither broadcasts nor syncs them."""
+        if self.world == 1:
+            return model
+        fixed = [n for n, p in model.named_parameters() if not p.requires_grad]
+        fixed += [n for n, _ in model.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, fixed)
+        ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
 
 
 # ----------------------------------------------------------------- alignment stage (no LM)

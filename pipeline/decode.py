@@ -17,12 +17,15 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.storage import StorageArgs, locate, read_bytes
+
 # Pillow's own default (~89 M pixels) only warns; this job sets its limit explicitly.
 DEFAULT_MAX_PIXELS = 50_000_000
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
-    ("options", pa.list_(pa.string())), ("pixels", pa.binary()), ("error", pa.string()),
+    ("options", pa.list_(pa.string())), ("answer", pa.string()), ("pixels", pa.binary()),
+    ("error", pa.string()),
 ])
 
 
@@ -69,24 +72,15 @@ def resize_for_encoder(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def read_bytes(path: str, filesystem=None) -> bytes:
-    """The file's bytes, from the local disk or a pyarrow filesystem (s3:// later)."""
-    if filesystem is None:
-        with open(path, "rb") as f:
-            return f.read()
-    with filesystem.open_input_stream(path) as f:
-        return f.read()
-
-
-def decode_row(row: dict, size: int, max_pixels: int, filesystem=None) -> tuple[bytes | None,
-                                                                                  str | None]:
+def decode_row(row: dict, size: int, max_pixels: int,
+               storage: StorageArgs | None = None) -> tuple[bytes | None, str | None]:
     """(pixels, error) for one source row; a row that already has an error keeps it."""
     if row.get("error"):
         return None, row["error"]
     try:
         data = row.get("image")
         if data is None:
-            data = read_bytes(row["path"], filesystem)
+            data = read_bytes(locate(row["path"], storage))
         return decode_image(data, size, max_pixels).tobytes(), None
     except FileNotFoundError:
         return None, f"missing file: {row.get('path')}"
@@ -97,14 +91,15 @@ def decode_row(row: dict, size: int, max_pixels: int, filesystem=None) -> tuple[
 
 
 def decode_batch(batch: pa.Table, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 filesystem=None) -> pa.Table:
+                 storage: StorageArgs | None = None) -> pa.Table:
     """`map_batches` function: source rows -> DECODED_SCHEMA rows (raw bytes dropped)."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # explicit, in every worker process
     out = []
     for row in batch.to_pylist():
-        pixels, error = decode_row(row, image_size, max_pixels, filesystem)
+        pixels, error = decode_row(row, image_size, max_pixels, storage)
         out.append({"id": row["id"], "task": row["task"], "question": row["question"],
-                    "options": row.get("options"), "pixels": pixels, "error": error})
+                    "options": row.get("options"), "answer": row.get("answer"),
+                    "pixels": pixels, "error": error})
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
 
 

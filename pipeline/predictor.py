@@ -20,12 +20,14 @@ import torch
 
 from mqt.cost import lm_visual_tokens, total_flops
 from mqt.text import encode_prompt
+from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
-from pipeline.tasks import get_task
+from pipeline.tasks import TASKS, Task
 
 OUTPUT_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
-    ("output", pa.string()), ("m", pa.int32()), ("visual_tokens", pa.int32()),
+    ("output", pa.string()), ("answer", pa.string()), ("m", pa.int32()),
+    ("visual_tokens", pa.int32()),
     ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("flops", pa.int64()),
     ("seconds", pa.float64()), ("confidence", pa.float64()), ("error", pa.string()),
 ])
@@ -45,7 +47,8 @@ class Answer:
 class Predictor:
     """One model per actor; maps a pyarrow batch of decoded rows to OUTPUT_SCHEMA rows."""
 
-    def __init__(self, model_args: dict, policy, threads: int = 0):
+    def __init__(self, model_args: dict, policy, threads: int = 0,
+                 tasks: dict[str, Task] | None = None, ledger=None):
         from jobs.common import ModelArgs, load_model
         from mqt.configtree import from_dict
 
@@ -54,6 +57,8 @@ class Predictor:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model(from_dict(ModelArgs, model_args)).eval().to(self.device)
         self.policy = policy.bind(self.model.num_queries) if hasattr(policy, "bind") else policy
+        self.tasks = dict(TASKS) if tasks is None else tasks  # with the job's overrides
+        self.ledger = ledger  # pipeline.budget.LedgerClient when the job has a quota
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -66,6 +71,10 @@ class Predictor:
     def _answer(self, rows: list[dict], out: list[dict]) -> None:
         """Fill `out` (same order as `rows`) in place, one (task, m) group at a time."""
         ms = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
+        if self.ledger is not None:
+            rows, out, ms, keys = self._reserve(rows, out, ms)
+            if not rows:
+                return
         t0 = time.perf_counter()
         embeds = self._encode(rows, max(ms))  # (B, max m, H), once per image
         share = (time.perf_counter() - t0) / len(rows)
@@ -80,6 +89,37 @@ class Predictor:
             per_row = share + (time.perf_counter() - t1) / len(idx)
             for i, a in zip(idx, answers, strict=True):
                 out[i].update(_answer_columns(self.model.cfg, m, a, per_row))
+        if self.ledger is not None:
+            self._settle(keys, out)
+
+    def _reserve(self, rows, out, ms):
+        """Ask the ledger for each row's upper bound; refused rows become error rows and
+        drop out. Returns the granted (rows, out, ms) and their ledger keys."""
+        bounds = [self._bound(r, m) for r, m in zip(rows, ms, strict=True)]
+        keys, granted = self.ledger.reserve([r["id"] for r in rows], bounds)
+        for o, ok in zip(out, granted, strict=True):
+            if not ok:
+                o.update(error=REFUSED)
+        keep = [i for i, ok in enumerate(granted) if ok]
+        return ([rows[i] for i in keep], [out[i] for i in keep], [ms[i] for i in keep],
+                [keys[i] for i in keep])
+
+    def _settle(self, keys: list[str], out: list[dict]) -> None:
+        """Charge what each answered row cost; free the hold of rows the model failed on."""
+        done = [(k, o["flops"]) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
+        self.ledger.commit([k for k, _ in done], [f for _, f in done])
+        self.ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
+
+    def _bound(self, row: dict, m: int) -> int:
+        """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""
+        t = self.tasks[row["task"]]
+        prompt = self.model.format_prompts([t.format(row["question"] or "",
+                                                     row["options"] or ())])[0]
+        T = len(encode_prompt(self.model.tokenizer, prompt, m)) - m
+        if t.scoring == "loglik":  # as `_pick` charges: one prefill per option
+            cost = total_flops(self.model.cfg, m, T + 8, 1)
+            return int(cost.vision + cost.query + len(row["options"]) * cost.prefill)
+        return int(total_flops(self.model.cfg, m, T, t.max_new_tokens).total)
 
     @torch.no_grad()
     def _encode(self, rows: list[dict], m: int) -> torch.Tensor:
@@ -89,7 +129,7 @@ class Predictor:
         return self.model.encode_images(pv, m)
 
     def _run_group(self, task: str, m: int, rows: list[dict], embeds) -> list[Answer]:
-        t = get_task(task)
+        t = self.tasks[task]
         questions = [t.format(r["question"] or "", r["options"] or ()) for r in rows]
         if t.scoring == "loglik":
             return self._score(questions, [r["options"] for r in rows], m, embeds)
@@ -129,7 +169,8 @@ def _groups(rows: list[dict], ms: list[int]) -> dict[tuple[str, int], list[int]]
 def _error_row(row: dict, error: str | None) -> dict:
     """An output row with only the identity columns and the error set."""
     return {"id": row["id"], "task": row["task"], "question": row["question"], "output": None,
-            "m": None, "visual_tokens": None, "prompt_tokens": None, "new_tokens": None,
+            "answer": row.get("answer"), "m": None, "visual_tokens": None, "prompt_tokens": None,
+            "new_tokens": None,
             "flops": None, "seconds": None, "confidence": None, "error": error}
 
 

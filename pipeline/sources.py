@@ -1,30 +1,35 @@
-"""Sources of a batch job: image folders and manifests, as lazy Ray datasets of SOURCE rows.
+"""Sources of a batch job: image folders and manifests, local or remote, as lazy Ray datasets.
 
-Three kinds, told apart by the path:
-- a folder: every image file below it (recursive; IMAGE_EXTENSIONS, any case), one row each
-  with the job's default task and question; the id is the path relative to the folder;
+Three kinds, told apart by the path (a local path, `s3://…` or any fsspec URL; pipeline.storage):
+- a folder: every image file below it (recursive; IMAGE_EXTENSIONS, any case; names starting
+  with "." or "_" skipped), one row each with the job's default task and question; the id is
+  the path relative to the folder;
 - a JSONL manifest (`.jsonl`/`.json`): one object per line {id, image, task?, question?,
-  options?}; `image` is a path, relative paths are taken from the manifest's folder;
+  options?, answer?}; `image` is a path or URL, relative paths are taken from the manifest's
+  folder;
 - a Parquet file (`.parquet`): the same columns; `image` holds paths or the image bytes.
 
 Every source becomes rows of SOURCE_SCHEMA: {id, path, image (bytes or null), task,
-question, options, error}. Bytes are read lazily (in Ray read tasks for folders, in the
-decode stage for paths), so a bad file becomes an error row, never a crash. A row with an
-unknown task or missing options gets its error here. `check_source` runs on the driver
-before any model work and names what is wrong. A pyarrow `filesystem` can be passed for
-s3:// and other remote paths later; today only local paths are checked and tested.
+question, options, answer, error}. Bytes are read lazily (in Ray read tasks for folders, in
+the decode stage for paths), so a bad file becomes an error row, never a crash. A row with an
+unknown task or missing options gets its error here. `open_source` runs on the driver before
+any model work: it names what is wrong, and counts the rows for the progress bar. Rows whose
+ids a resumed job already wrote are dropped here, before any image is read.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import posixpath
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.tasks import TASKS, get_task
+from pipeline.storage import Location, StorageArgs, list_files, locate
+from pipeline.tasks import TASKS, Task
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff")
 MANIFEST_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -32,7 +37,8 @@ REQUIRED_COLUMNS = ("id", "image")
 
 SOURCE_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("image", pa.binary()), ("task", pa.string()),
-    ("question", pa.string()), ("options", pa.list_(pa.string())), ("error", pa.string()),
+    ("question", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.string()),
+    ("error", pa.string()),
 ])
 
 
@@ -42,75 +48,109 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class Defaults:
-    """What rows get when the source does not say: the job's task and question."""
+    """What rows get when the source does not say: the job's task and question; `tasks` is the
+    job's task table (the registry with its per-task overrides)."""
 
     task: str = "caption"
     question: str = ""
+    tasks: dict[str, Task] = field(default_factory=lambda: dict(TASKS), compare=False)
 
 
-def source_kind(path: str) -> str:
-    """"folder", "jsonl" or "parquet"; SourceError for anything else or a missing path."""
-    p = Path(path)
-    if not path:
+@dataclass(frozen=True)
+class Source:
+    """A checked source: its kind, where it is, how many rows it has, and for a folder the
+    image files (listed once, on the driver)."""
+
+    kind: str  # "folder", "jsonl" or "parquet"
+    loc: Location
+    rows: int
+    files: tuple[str, ...] = ()
+
+
+def open_source(uri: str, storage: StorageArgs | None = None) -> Source:
+    """Check the source (cheap: a listing or a header) and count its rows; SourceError names
+    what is wrong, including an unreachable server."""
+    if not uri:
         raise SourceError("source: give a folder of images or a manifest (.jsonl, .parquet)")
-    if p.is_dir():
-        return "folder"
-    if not p.exists():
-        raise SourceError(f"source: no such file or folder: {path}")
-    if p.suffix.lower() not in MANIFEST_SUFFIXES:
-        raise SourceError(f"source: {path} is not a folder, .jsonl or .parquet file")
-    return MANIFEST_SUFFIXES[p.suffix.lower()]
+    loc = locate(uri, storage)
+    try:
+        return _open(loc)
+    except OSError as e:  # connection refused, access denied, no such bucket
+        raise SourceError(f"source: cannot read {uri}: {e}") from None
 
 
-def check_source(path: str) -> str:
-    """The source's kind, after checking it holds something usable (cheap: headers only)."""
-    kind = source_kind(path)
-    columns = {"folder": _folder_columns, "jsonl": _jsonl_columns,
-               "parquet": _parquet_columns}[kind](path)
+def _open(loc: Location) -> Source:
+    info = loc.info()
+    if info.type == pafs.FileType.Directory:
+        files = tuple(image_files(loc))
+        if not files:
+            raise SourceError(f"source: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                              f"under {loc.uri}")
+        return Source("folder", loc, len(files), files)
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(f"source: no such file or folder: {loc.uri}")
+    suffix = posixpath.splitext(loc.path)[1].lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise SourceError(f"source: {loc.uri} is not a folder, .jsonl or .parquet file")
+    kind = MANIFEST_SUFFIXES[suffix]
+    columns, rows = (_jsonl_header if kind == "jsonl" else _parquet_header)(loc)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise SourceError(f"source: {path} has no {missing[0]!r} column; "
+        raise SourceError(f"source: {loc.uri} has no {missing[0]!r} column; "
                           f"a manifest needs {list(REQUIRED_COLUMNS)}, found {sorted(columns)}")
-    return kind
+    return Source(kind, loc, rows)
 
 
-def _folder_columns(path: str) -> set[str]:
-    if next(iter_images(path), None) is None:
-        raise SourceError(f"source: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
-    return set(REQUIRED_COLUMNS)
-
-
-def _jsonl_columns(path: str) -> set[str]:
-    with open(path) as f:
-        first = next((line for line in f if line.strip()), None)
+def _jsonl_header(loc: Location) -> tuple[set[str], int]:
+    """Columns of the first object and the number of non-empty lines (streamed)."""
+    first, rows = None, 0
+    with loc.fs.open_input_stream(loc.path) as f:
+        for line in _lines(f):
+            if line.strip():
+                rows += 1
+                first = first or line
     if first is None:
-        raise SourceError(f"source: {path} is empty")
+        raise SourceError(f"source: {loc.uri} is empty")
     try:
-        return set(json.loads(first))
+        return set(json.loads(first)), rows
     except (json.JSONDecodeError, TypeError) as e:
-        raise SourceError(f"source: {path} line 1 is not a JSON object: {e}") from None
+        raise SourceError(f"source: {loc.uri} line 1 is not a JSON object: {e}") from None
 
 
-def _parquet_columns(path: str) -> set[str]:
+def _lines(stream, chunk: int = 1 << 20):
+    rest = b""
+    while data := stream.read(chunk):
+        *lines, rest = (rest + data).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _parquet_header(loc: Location) -> tuple[set[str], int]:
     try:
-        return set(pq.read_schema(path).names)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise SourceError(f"source: cannot read Parquet {path}: {e}") from None
+        with loc.fs.open_input_file(loc.path) as f:
+            meta = pq.ParquetFile(f).metadata
+            return set(meta.schema.to_arrow_schema().names), meta.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"source: cannot read Parquet {loc.uri}: {e}") from None
 
 
-def iter_images(folder: str):
-    """Image files below `folder` (recursive), by extension; hidden files are skipped."""
-    for p in sorted(Path(folder).rglob("*")):
-        if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and not any(
-                part.startswith((".", "_")) for part in p.relative_to(folder).parts):
-            yield p
+def image_files(folder: Location):
+    """Image files below `folder` (recursive), by extension; hidden and `_*` names skipped."""
+    root = folder.path.rstrip("/") + "/"
+    for path in list_files(folder):
+        rel = path[len(root):] if path.startswith(root) else path
+        ext = posixpath.splitext(path)[1].lower().lstrip(".")
+        if ext in IMAGE_EXTENSIONS and not any(p.startswith((".", "_")) for p in rel.split("/")):
+            yield path
 
 
-def row_error(task: str | None, question: str | None, options) -> str | None:
+def row_error(task: str | None, question: str | None, options,
+              tasks: dict[str, Task] = TASKS) -> str | None:
     """Why a row cannot be answered (unknown task, missing question or options), else None."""
-    if task not in TASKS:
-        return f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}"
-    t = get_task(task)
+    if task not in tasks:
+        return f"unknown task {task!r}; known tasks: {', '.join(sorted(tasks))}"
+    t = tasks[task]
     if "{question}" in t.prompt and not (question or "").strip():
         return f"task {task!r} needs a question"
     if "{options}" in t.prompt and len(options or []) < 2:
@@ -118,30 +158,45 @@ def row_error(task: str | None, question: str | None, options) -> str | None:
     return None
 
 
-def folder_rows(batch: pa.Table, root: str, defaults: Defaults) -> pa.Table:
+def folder_rows(batch: pa.Table, root: str, scheme: str, defaults: Defaults) -> pa.Table:
     """`map_batches` function: read_binary_files rows {bytes, path} -> SOURCE rows."""
-    root_abs = Path(root).resolve()
+    error = row_error(defaults.task, defaults.question, None, defaults.tasks)
     out = []
     for path, data in zip(batch.column("path").to_pylist(), batch.column("bytes").to_pylist(),
                           strict=True):
-        out.append({"id": _relative(path, root_abs), "path": path, "image": data,
+        out.append({"id": relative_id(path, root), "path": scheme + path, "image": data,
                     "task": defaults.task, "question": defaults.question, "options": None,
-                    "error": row_error(defaults.task, defaults.question, None)})
+                    "answer": None, "error": error})
     return pa.Table.from_pylist(out, schema=SOURCE_SCHEMA)
 
 
-def _relative(path: str, root: Path) -> str:
-    p = Path(path if path.startswith("/") else "/" + path)  # Ray may drop the leading /
-    try:
-        return p.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return path
+def relative_id(path: str, root: str) -> str:
+    """The id of a folder row: its path below the folder (Ray may drop a leading "/")."""
+    root = root.strip("/") + "/"
+    path = path.lstrip("/")
+    return path[len(root):] if path.startswith(root) else path
 
 
-def manifest_rows(batch: pa.Table, base_dir: str, defaults: Defaults) -> pa.Table:
-    """`map_batches` function: manifest rows -> SOURCE rows (defaults fill what is missing)."""
-    return pa.Table.from_pylist([_manifest_row(r, base_dir, defaults) for r in batch.to_pylist()],
+def manifest_rows(batch: pa.Table, base_dir: str, defaults: Defaults,
+                  jsonl: bool = False) -> pa.Table:
+    """`map_batches` function: manifest rows (Parquet rows, or JSONL lines in a `text`
+    column) -> SOURCE rows (defaults fill what is missing)."""
+    rows = ([_parse_line(t) for t in batch.column("text").to_pylist()] if jsonl
+            else batch.to_pylist())
+    return pa.Table.from_pylist([_manifest_row(r, base_dir, defaults) for r in rows],
                                 schema=SOURCE_SCHEMA)
+
+
+def _parse_line(text: str) -> dict:
+    """One JSONL line; a bad line becomes a row whose error says why (its id is the line)."""
+    try:
+        row = json.loads(text)
+        if isinstance(row, dict) and "id" in row:
+            return row
+        why = "not a JSON object with an id"
+    except json.JSONDecodeError as e:
+        why = f"not JSON: {e}"
+    return {"id": f"line:{text[:80]}", "image": None, "_error": f"bad manifest line: {why}"}
 
 
 def _manifest_row(r: dict, base_dir: str, defaults: Defaults) -> dict:
@@ -149,33 +204,53 @@ def _manifest_row(r: dict, base_dir: str, defaults: Defaults) -> dict:
     question = r.get("question") or defaults.question
     options = [str(o) for o in r["options"]] if r.get("options") is not None else None
     path = image if isinstance(image, str) else None
-    if path and "://" not in path and not Path(path).is_absolute():
-        path = str(Path(base_dir) / path)  # relative paths are relative to the manifest
-    error = row_error(task, question, options) if image is not None else "no image in row"
+    if path and "://" not in path and not path.startswith("/"):
+        path = posixpath.join(base_dir, path)  # relative paths are relative to the manifest
+    error = r.get("_error") or (row_error(task, question, options, defaults.tasks)
+                                if image is not None else "no image in row")
+    answer = r.get("answer")
     return {"id": str(r["id"]), "path": path, "image": image if isinstance(image, bytes) else None,
-            "task": task, "question": question, "options": options, "error": error}
+            "task": task, "question": question, "options": options,
+            "answer": None if answer is None else str(answer), "error": error}
 
 
-def build_dataset(path: str, defaults: Defaults = Defaults(), limit: int = 0, filesystem=None):
-    """A lazy `ray.data.Dataset` of SOURCE rows; nothing is read until the job runs."""
+def skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:
+    """`map_batches` function: drop rows whose id is in `done` (written by an earlier run)."""
+    ids = pc.cast(batch.column("id"), pa.string())
+    return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+
+
+def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
+                  done: frozenset[str] = frozenset()):
+    """A lazy `ray.data.Dataset` of SOURCE rows, without the rows in `done`; nothing is read
+    until the job runs. `limit` counts source rows, before `done` is taken out, so a
+    resumed job with the same limit sees the same rows."""
     import ray.data
 
-    kind = check_source(path)
-    if kind == "folder":
-        ds = ray.data.read_binary_files(path, include_paths=True, filesystem=filesystem,
-                                        file_extensions=list(IMAGE_EXTENSIONS))
-        fn, kwargs = folder_rows, {"root": path, "defaults": defaults}
-    else:
-        reader = ray.data.read_parquet if kind == "parquet" else _read_jsonl
-        ds = reader(path, filesystem=filesystem)
-        fn, kwargs = manifest_rows, {"base_dir": str(Path(path).parent), "defaults": defaults}
+    loc, scheme = src.loc, _scheme(src.loc)
+    if src.kind == "folder":
+        files = list(src.files[:limit] if limit else src.files)
+        files = [f for f in files if relative_id(f, loc.path) not in done] if done else files
+        if not files:
+            return ray.data.from_arrow(SOURCE_SCHEMA.empty_table())
+        ds = ray.data.read_binary_files(files, include_paths=True, filesystem=loc.ray_filesystem)
+        return ds.map_batches(folder_rows, batch_format="pyarrow", fn_kwargs={
+            "root": loc.path, "scheme": scheme, "defaults": defaults})
+    if src.kind == "parquet":
+        ds = ray.data.read_parquet(loc.path, filesystem=loc.ray_filesystem)
+    else:  # lines as text, parsed by us: mixed types per line are fine, bad lines are rows
+        ds = ray.data.read_text(loc.path, filesystem=loc.ray_filesystem, drop_empty_lines=True)
     if limit:
         ds = ds.limit(limit)
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow")
+    base_dir = scheme + posixpath.dirname(loc.path)
+    ds = ds.map_batches(manifest_rows, batch_format="pyarrow", fn_kwargs={
+        "base_dir": base_dir, "defaults": defaults, "jsonl": src.kind == "jsonl"})
+    if done:
+        ds = ds.map_batches(skip_done, batch_format="pyarrow",
+                            fn_kwargs={"done": pa.array(sorted(done), pa.string())})
+    return ds
 
 
-def _read_jsonl(path: str, filesystem=None):
-    import ray.data
-
-    return ray.data.read_json(path, lines=True, filesystem=filesystem,
-                              file_extensions=["jsonl", "json"])
+def _scheme(loc: Location) -> str:
+    """How paths in rows are written: plain for local files, `s3://…` (URL) otherwise."""
+    return "" if loc.is_local else loc.uri.split("://", 1)[0] + "://"

@@ -129,8 +129,11 @@ def test_parquet_with_image_bytes(ray_local, tmp_path):
     assert rows["p1"]["task"] == "vqa" and rows["p1"]["question"] == "Is there a shape?"
     assert "not an image" in rows["p2"]["error"]
     assert summary["m_histogram"] == {"vqa": {5: 2}}
-    with pytest.raises(ValueError, match="already holds rows"):  # no resume yet: no duplicates
+    with pytest.raises(ValueError, match="task: .* holds rows of a job with task='vqa'"):
         annotate.main(config(f"source={tmp_path / 'images.parquet'}", f"output={out}"))
+    again = annotate.main(config(f"source={tmp_path / 'images.parquet'}", f"output={out}",
+                                 "task=vqa", "question=Is there a shape?", "policy.default=5"))
+    assert again["this_run"]["rows"] == 0 and again["rows"] == 3  # a finished job: a no-op
     summary = annotate.main(config(f"source={tmp_path / 'images.parquet'}", f"output={out}",
                                    "overwrite=true", "limit=2"))
     assert summary["rows"] == 2 and len(read_rows(out)) == 2
@@ -145,6 +148,12 @@ def test_parquet_with_image_bytes(ray_local, tmp_path):
     (["task=poetry"], "task"),
     (["task=vqa"], "question"),  # folder rows would have no question
     (["cpus_per_actor=0"], "cpus_per_actor"),
+    (["block_rows=0"], "block_rows"),
+    (["tasks.poetry.prompt=x"], "tasks.poetry"),
+    (["tasks.vqa.temperature=0.5"], "tasks.vqa.temperature"),
+    (["tasks.vqa.max_new_tokens=0"], "tasks.vqa.max_new_tokens"),
+    (["tasks.caption.prompt='Say {what}'"], "tasks.caption.prompt"),
+    (["storage.endpoint_url=http://127.0.0.1:1", "source=s3://bucket/x"], "source"),
 ])
 def test_bad_config_fails_before_any_work(monkeypatch, tmp_path, overrides, field):
     (tmp_path / "a.png").write_bytes(image_bytes(0))
@@ -218,3 +227,27 @@ def test_checkpoint_config_not_the_preset_sets_M_and_image_size(ray_local, folde
     annotate.main(config(*args))
     rows = read_rows(tmp_path / "out")
     assert_answered(rows["a.png"], 8)  # the default m is this checkpoint's M
+
+
+def test_per_task_prompt_and_max_new_tokens_from_config():
+    """`tasks.<name>` overrides reach the predictor: a longer caption prompt costs more prompt
+    tokens, and max_new_tokens caps every generated answer."""
+    from pipeline.decode import decode_batch
+    from pipeline.policy import FixedPolicy
+    from pipeline.predictor import Predictor
+
+    src = [{"id": str(i), "path": None, "image": image_bytes(i), "task": "caption",
+            "question": "", "options": None, "error": None} for i in range(3)]
+    batch = decode_batch(pa.Table.from_pylist(src), image_size=32)
+    rows = {}
+    for name, over in {"default": {}, "short": {"max_new_tokens": 2},
+                       "long": {"prompt": "Look closely and describe the image in a few words."}
+                       }.items():
+        tasks = annotate.job_tasks(annotate.Config(tasks={"caption": over}))
+        pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy({"caption": 4}),
+                         tasks=tasks)
+        rows[name] = pred(batch).to_pylist()
+    assert all(r["new_tokens"] <= 2 for r in rows["short"])
+    assert max(r["new_tokens"] for r in rows["default"]) > 2  # random weights run to the cap
+    assert all(long["prompt_tokens"] > d["prompt_tokens"]
+               for long, d in zip(rows["long"], rows["default"], strict=True))

@@ -1,0 +1,193 @@
+"""`mqt plan`: per-task visual-token budgets that fit a compute quota.
+
+    mqt plan rows.vqa=1000 rows.mc=200 quota=1.5e13          # mqt-smol's shipped calibration
+    mqt plan prior=llava-7b rows.vqav2=400000 rows.gqa=200000 \\
+        quota_seconds=1.8e6 flops_per_second=4e14 match_m=256
+
+Reads quality curves (an `mqt eval` calibration.json, or the llava-7b prior), solves the
+per-task plan (pipeline/plan.py) and prints: task, rows, m, expected accuracy, spend and
+share of the quota, with totals; then the best single m for all tasks that fits, and with
+`match_m`, the quota at which the plan matches fixed m on every row. Writes plan.json
+(`PlanPolicy.from_dict` reads it), plan.md and config.yaml to `output`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.common import log, save_config
+from pipeline.plan import (
+    InfeasibleQuota,
+    Plan,
+    Quota,
+    best_fixed_plan,
+    fixed_plan,
+    plan,
+    quota_to_match,
+)
+from pipeline.quality import QualityCurve, from_calibration, prior_curves, shipped_calibration
+
+
+@dataclass
+class Config:
+    calibration: str = ""  # an `mqt eval` calibration.json; "" = the shipped one of mqt-smol
+    prior: str = ""  # "llava-7b": the paper's per-benchmark accuracy instead of a calibration
+    include_unseen: bool = False  # also plan with calibrated m never drawn in training
+    rows: dict = field(default_factory=dict)  # task -> rows, e.g. rows.vqa=1000
+    weights: dict = field(default_factory=dict)  # task -> weight (default 1)
+    quota: float | None = None  # FLOPs
+    quota_seconds: float | None = None  # accelerator-seconds, converted at flops_per_second
+    flops_per_second: float | None = None  # sustained FLOP/s of one accelerator (assumed)
+    match_m: int = 0  # also find the quota at which the plan matches fixed m on every row
+    match_within: float = 0.0  # ... or comes within this many points of accuracy of it
+    output: str = "runs/plan"  # folder for plan.json, plan.md and config.yaml
+
+
+def curves(cfg: Config) -> dict[str, QualityCurve]:
+    if cfg.prior:
+        try:
+            return prior_curves(cfg.prior)
+        except ValueError as e:
+            raise ValueError(f"prior: {e}") from None
+    path = Path(cfg.calibration) if cfg.calibration else shipped_calibration()
+    if not path.is_file():
+        raise ValueError(f"calibration: no such file {str(path)!r}")
+    return from_calibration(path, include_unseen=cfg.include_unseen)
+
+
+def quota(cfg: Config) -> Quota:
+    if (cfg.quota is None) == (cfg.quota_seconds is None):
+        raise ValueError("quota: give quota= (FLOPs) or quota_seconds= (with "
+                         "flops_per_second=), one of them")
+    if cfg.quota is not None:
+        if cfg.quota < 0:
+            raise ValueError(f"quota: must be >= 0 FLOPs, got {cfg.quota}")
+        return Quota(flops=cfg.quota)
+    if cfg.quota_seconds < 0:
+        raise ValueError(f"quota_seconds: must be >= 0, got {cfg.quota_seconds}")
+    if not cfg.flops_per_second or cfg.flops_per_second <= 0:
+        raise ValueError("flops_per_second: give the FLOP/s that converts quota_seconds (> 0)")
+    return Quota(seconds=cfg.quota_seconds, flops_per_second=cfg.flops_per_second)
+
+
+def validate(cfg: Config) -> None:
+    if cfg.prior and cfg.calibration:
+        raise ValueError("prior: give a prior or a calibration file, not both")
+    cs = curves(cfg)
+    if not cfg.rows:
+        raise ValueError(f"rows: give rows per task, e.g. rows.{next(iter(cs))}=1000; "
+                         f"tasks: {sorted(cs)}")
+    if cfg.match_m and any(cfg.match_m not in cs[t].ms for t in cfg.rows if t in cs):
+        raise ValueError(f"match_m: {cfg.match_m} is not an m of every task's curve")
+    if not 0 <= cfg.match_within <= 100:
+        raise ValueError(f"match_within: must be in 0..100 points, got {cfg.match_within}")
+    solve(cfg, cs)  # unknown tasks, bad rows or weights, an infeasible quota: fail here
+
+
+def solve(cfg: Config, cs: dict[str, QualityCurve]) -> Plan:
+    q = quota(cfg)
+    try:
+        return plan(cfg.rows, cs, q, cfg.weights)
+    except InfeasibleQuota as e:
+        raise ValueError(f"{'quota' if q.flops is not None else 'quota_seconds'}: {e}") from e
+
+
+def main(cfg: Config) -> dict:
+    cs = curves(cfg)
+    p = solve(cfg, cs)
+    best = best_fixed_plan(cfg.rows, cs, p.quota, cfg.weights)
+    match = matched(cfg, cs, p.quota) if cfg.match_m else None
+    text = report(cfg, p, best, match)
+    print(text)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = dict(p.to_dict(), source=source(cfg), best_fixed=best and best.to_dict(),
+                  match=match)
+    (out / "plan.json").write_text(json.dumps(result, indent=1))
+    (out / "plan.md").write_text(text + "\n")
+    save_config(cfg, out)
+    log(f"wrote {out / 'plan.json'}")
+    return result
+
+
+def source(cfg: Config) -> str:
+    if cfg.prior:
+        return f"prior {cfg.prior}"
+    return f"calibration {cfg.calibration}" if cfg.calibration else "calibration of mqt-smol"
+
+
+def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota) -> dict:
+    """Fixed match_m on every row against the plan that reaches its value, less
+    match_within points of accuracy on every row, for the fewest FLOPs."""
+    fixed = fixed_plan(cfg.rows, cs, cfg.match_m, q, cfg.weights)
+    slack = cfg.match_within / 100 * sum(t.weight * t.rows for t in fixed.tasks)
+    need = quota_to_match(cfg.rows, cs, fixed.value - slack, cfg.weights)
+    at = plan(cfg.rows, cs, Quota(flops=need), cfg.weights)
+    return {"m": cfg.match_m, "within": cfg.match_within, "fixed_spend": fixed.spend,
+            "fixed_accuracy": fixed.accuracy, "fixed_value": fixed.value,
+            "plan_spend": at.spend, "plan_accuracy": at.accuracy, "plan_value": at.value,
+            "saving": 1 - at.spend / fixed.spend if fixed.spend else 0.0, "plan": at.to_dict()}
+
+
+# ------------------------------------------------------------------------- the table
+
+
+def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None) -> str:
+    q = p.quota
+    given = q.flops if q.flops is not None else q.seconds
+    flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} FLOPs"
+    lines = [f"Plan for {p.rows} rows, quota {q.describe(given)}{flops} ({source(cfg)})", "",
+             table(p)]
+    lines += ["", f"Value {p.value:.6g} (weighted expected correct rows); no plan can "
+              f"exceed {p.bound:.6g} (LP bound)."]
+    lines.append(_fixed_line(p, best))
+    if match:
+        lines.append(_match_line(p, match))
+    return "\n".join(lines)
+
+
+def table(p: Plan) -> str:
+    hours = p.quota.flops is None  # a quota in seconds: spend in accelerator-hours too
+    head = "| task | rows | m | expected accuracy | spend (FLOPs) | share of Q |"
+    rule = "|---|---:|---|---:|---:|---:|"
+    if hours:
+        head, rule = head + " accelerator-hours |", rule + "---:|"
+    lines = [head, rule]
+    for t in p.tasks:
+        lines.append(_row(p, t.task, t.rows, _ms(t.parts), t.accuracy, t.spend, hours))
+    lines.append(_row(p, "**total**", p.rows, "", p.accuracy, p.spend, hours))
+    return "\n".join(lines)
+
+
+def _row(p: Plan, task, rows, ms, acc, spend, hours) -> str:
+    share = 100 * p.share(spend)
+    row = f"| {task} | {rows} | {ms} | {100 * acc:.2f}% | {spend:.4g} | {share:.1f}% |"
+    if hours:
+        row += f" {p.quota.in_unit(spend) / 3600:.1f} |"
+    return row
+
+
+def _ms(parts) -> str:
+    if len(parts) == 1:
+        return str(parts[0].m)
+    return " + ".join(f"{x.m} x{x.rows}" for x in parts)
+
+
+def _fixed_line(p: Plan, best: Plan | None) -> str:
+    if best is None:
+        return "No single m for all tasks fits in the quota."
+    m = best.tasks[0].parts[0].m
+    return (f"Best fixed m within the quota: m = {m} on every row, expected accuracy "
+            f"{100 * best.accuracy:.2f}%, spend {best.spend:.4g} FLOPs "
+            f"({100 * p.share(best.spend):.1f}% of Q).")
+
+
+def _match_line(p: Plan, match: dict) -> str:
+    within = f", less {match['within']:g} points," if match["within"] else ""
+    return (f"Fixed m = {match['m']} on every row: expected accuracy "
+            f"{100 * match['fixed_accuracy']:.2f}%, {match['fixed_spend']:.4g} FLOPs "
+            f"({100 * p.share(match['fixed_spend']):.1f}% of Q). The plan reaches its value"
+            f"{within} with {match['plan_spend']:.4g} FLOPs (accuracy "
+            f"{100 * match['plan_accuracy']:.2f}%): {100 * match['saving']:.1f}% less.")

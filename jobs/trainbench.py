@@ -1,0 +1,112 @@
+"""`mqt train-bench`: training throughput (samples/s) of one process against DDP workers.
+
+    mqt train-bench preset=tiny workers=[1,2] steps=30
+    mqt train-bench preset=mqt-smol workers=[1,2] batch_size=8 steps=12
+
+Each run is a short `mqt train` at a fixed m (stage 1 only, no alignment, one checkpoint at
+the end) on the same global batch; samples/s is the median over the steps after `skip`
+(the first steps warm caches and allocators). Prints a table, writes `bench.md`,
+`bench.png` and the config into `output`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs import train
+from jobs.common import ModelArgs, log, model_config, save_config, validate_model
+from mqt.configtree import merge, to_dict
+
+
+@dataclass
+class Config(ModelArgs):
+    checkpoint: str = "none"  # throughput does not depend on the weights
+    local: bool = True  # include one process without Ray (backend=local)
+    workers: list[int] = field(default_factory=lambda: [1, 2])  # one DDP run per entry
+    cpus_per_worker: float = 1.0
+    batch_size: int = 16  # global
+    m: int = 0  # visual tokens per step; 0 = M
+    steps: int = 20
+    skip: int = 3  # first steps left out of the median
+    easyvqa_images: int = 64
+    threads: int = 0  # torch threads of the local run; 0 = torch's default
+    output: str = "runs/train-bench"
+
+
+def validate(cfg: Config) -> None:
+    validate_model(cfg)
+    if not 0 <= cfg.m <= model_config(cfg).query.num_queries:
+        raise ValueError(f"m={cfg.m} is outside 0..M")
+    if cfg.steps <= cfg.skip or any(w < 1 for w in cfg.workers):
+        raise ValueError("steps must exceed skip, and workers must be >= 1")
+    for w in cfg.workers:
+        train.validate(run_config(cfg, "ddp", w))
+
+
+def run_config(cfg: Config, backend: str, workers: int) -> train.Config:
+    """The `mqt train` config of one run: stage 1 at a fixed m, one checkpoint at the end."""
+    label = "local" if backend == "local" else f"ddp-{workers}"
+    return merge(train.Config(), {
+        **{k: v for k, v in to_dict(cfg).items() if k in ("preset", "model", "checkpoint",
+                                                         "llava", "seed", "batch_size")},
+        "data": {"easyvqa_images": cfg.easyvqa_images, "eval_examples": 1},
+        "stage1": {"steps": cfg.steps, "schedule": {"kind": "fixed",
+                                                    "values": [cfg.m] if cfg.m else []}},
+        "stage2": {"steps": 0}, "align": {"steps": 0}, "eval_ms": [1], "checkpoint_every": 0,
+        "threads": cfg.threads if backend == "local" else 0, "backend": backend,
+        "scaling": {"workers": workers, "cpus_per_worker": cfg.cpus_per_worker},
+        "output": str(Path(cfg.output) / label), "name": label,
+        "feature_cache": str(Path(cfg.output) / "features.pt")})
+
+
+def main(cfg: Config) -> list[dict]:
+    save_config(cfg, cfg.output)
+    runs = ([("local", 1)] if cfg.local else []) + [("ddp", w) for w in cfg.workers]
+    rows = [measure(cfg, backend, w) for backend, w in runs]
+    text = markdown(rows, cfg)
+    print(text)
+    (Path(cfg.output) / "bench.md").write_text(text + "\n")
+    plot(rows, Path(cfg.output) / "bench.png")
+    log(f"wrote {Path(cfg.output) / 'bench.md'} and bench.png")
+    return rows
+
+
+def measure(cfg: Config, backend: str, workers: int) -> dict:
+    """One fresh run (its old output and Ray storage removed: the same name would resume)."""
+    tc = run_config(cfg, backend, workers)
+    shutil.rmtree(tc.output, ignore_errors=True)
+    train.main(tc)
+    rows = (Path(tc.output) / "metrics.csv").read_text().splitlines()
+    sps = [float(r.split(",")[5]) for r in rows[1 + cfg.skip:]]
+    median = statistics.median(sps)
+    return {"run": tc.name, "workers": workers, "per_worker": cfg.batch_size // workers,
+            "step_s": round(cfg.batch_size / median, 3), "samples_per_s": round(median, 2)}
+
+
+def markdown(rows: list[dict], cfg: Config) -> str:
+    base = rows[0]["samples_per_s"]
+    lines = [f"preset {cfg.preset}, global batch {cfg.batch_size}, m = {cfg.m or 'M'}, "
+             f"median over steps {cfg.skip + 1}..{cfg.steps}\n",
+             "| run | workers | batch per worker | s/step | samples/s | vs first row |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['run']} | {r['workers']} | {r['per_worker']} | {r['step_s']} | "
+              f"{r['samples_per_s']} | {r['samples_per_s'] / base:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([r["run"] for r in rows], [r["samples_per_s"] for r in rows], color="tab:blue")
+    ax.set_ylabel("samples/s")
+    ax.set_title("mqt train throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

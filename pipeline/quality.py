@@ -1,0 +1,131 @@
+"""Quality curves: expected accuracy and mean cost per row of a task, at each m.
+
+A `QualityCurve` is what the planner (pipeline/plan.py) trades off: for every m it offers,
+the expected accuracy of one row and the mean FLOPs one row costs. Two sources:
+
+- `from_calibration(path)`: the `calibration.json` that `mqt eval` writes (by_task -> m ->
+  {accuracy, mean_flops, n}); `shipped_calibration()` is the one of the default model.
+- `llava_7b_prior()`: the MQT paper's per-benchmark accuracy of MQT-LLaVA-7B (arXiv
+  2405.19315, the per-benchmark figure), priced with mqt/cost.py.
+
+Costs are whole FLOPs, rounded up from the means, so every spend the planner adds up is
+exact integer arithmetic and errs on the side of the quota. Pure Python, no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mqt import config as _mqt_config  # a light module that locates the mqt package
+
+SHIPPED_CALIBRATION = Path(_mqt_config.__file__).parent / "weights/mqt-smol/calibration.json"
+
+
+@dataclass(frozen=True)
+class QualityCurve:
+    """Per m (strictly increasing): expected accuracy in [0, 1] and mean FLOPs per row."""
+
+    task: str
+    ms: tuple[int, ...]
+    accuracy: tuple[float, ...]
+    flops: tuple[int, ...]
+
+    def __post_init__(self):
+        n = len(self.ms)
+        if n == 0 or len(self.accuracy) != n or len(self.flops) != n:
+            raise ValueError(f"curve {self.task!r}: ms, accuracy and flops need one value "
+                             f"per m, got {len(self.ms)}, {len(self.accuracy)}, "
+                             f"{len(self.flops)}")
+        if any(b <= a for a, b in zip(self.ms, self.ms[1:], strict=False)) or self.ms[0] < 1:
+            raise ValueError(f"curve {self.task!r}: ms must be >= 1 and increasing: {self.ms}")
+        if not all(0.0 <= a <= 1.0 for a in self.accuracy):
+            raise ValueError(f"curve {self.task!r}: accuracy must lie in [0, 1]")
+        if not all(isinstance(f, int) and f >= 0 for f in self.flops):
+            raise ValueError(f"curve {self.task!r}: flops must be ints >= 0")
+
+    def points(self) -> list[tuple[int, float, int]]:
+        """(m, accuracy, flops per row), in m order."""
+        return list(zip(self.ms, self.accuracy, self.flops, strict=True))
+
+    def at(self, m: int) -> tuple[float, int]:
+        """(accuracy, flops per row) at m; KeyError if the curve has no such m."""
+        if m not in self.ms:
+            raise KeyError(f"curve {self.task!r} has no m={m}; it has {list(self.ms)}")
+        i = self.ms.index(m)
+        return self.accuracy[i], self.flops[i]
+
+
+def from_calibration(path: str | Path = SHIPPED_CALIBRATION,
+                     include_unseen: bool = False) -> dict[str, QualityCurve]:
+    """One curve per task of an `mqt eval` calibration.json. Only the trained m (`ms`) unless
+    `include_unseen`: an m never drawn in training is a guess the planner should not make."""
+    cal = json.loads(Path(path).read_text())
+    allowed = set(cal.get("ms", [])) | (set(cal.get("unseen_ms", [])) if include_unseen else set())
+    curves = {}
+    for task, per_m in sorted(cal["by_task"].items()):
+        rows = sorted((int(m), s) for m, s in per_m.items())  # JSON keys are strings
+        rows = [(m, s) for m, s in rows if not allowed or m in allowed]
+        curves[task] = QualityCurve(task, tuple(m for m, _ in rows),
+                                    tuple(float(s["accuracy"]) for _, s in rows),
+                                    tuple(math.ceil(s["mean_flops"]) for _, s in rows))
+    return curves
+
+
+def shipped_calibration() -> Path:
+    """The calibration.json of the default model `mqt-smol` (docs/eval/eval.md made it)."""
+    return SHIPPED_CALIBRATION
+
+
+# ---------------------------------------------------------------- the llava-7b prior
+
+PRIOR_MS = (2, 4, 8, 16, 36, 64, 144, 256)
+# MQT-LLaVA-7B accuracy (%) per benchmark at PRIOR_MS, from the MQT paper's per-benchmark
+# figure (arXiv 2405.19315). m = 2, 36 and 256 are the exact published numbers; the others
+# were read off the plot and are good to about 0.1 point.
+LLAVA_7B_ACCURACY = {
+    "vqav2": (61.0, 64.1, 67.2, 71.1, 73.7, 75.3, 76.4, 76.8),
+    "gqa": (50.8, 53.0, 55.5, 57.6, 58.8, 60.0, 61.4, 61.6),
+    "mmbench": (54.4, 56.5, 58.6, 61.9, 63.4, 63.5, 64.4, 64.3),
+    "pope": (74.5, 77.5, 79.4, 80.8, 81.9, 83.6, 83.9, 84.4),
+    "scienceqa-img": (65.0, 65.1, 66.2, 67.5, 66.8, 67.0, 67.5, 67.6),
+}
+# (T, K): LLaMA prompt text tokens and new tokens per row, estimated, not tokenizer-counted.
+# Every prompt has the 42 tokens of LLaVA-1.5's frame (35 before the image: BOS, the Vicuna
+# system message, " USER:"; ~7 for the newline and " ASSISTANT:"), see mqt/cost.py.
+# - vqav2: T = PAPER_PROMPT_TOKENS = 60 (a ~7-token question + the ~11-token "Answer the
+#   question using a single word or phrase."); K = 3, a 1-2 token answer + end of sequence.
+# - gqa: same instruction, questions ~3 tokens longer than VQAv2's: T = 63, K = 3.
+# - pope: "Is there a <object> in the image?" (~9) + the same instruction: T = 62; K = 2,
+#   "Yes"/"No" + end of sequence.
+# - mmbench: question (~25), four lettered options (~30) and "Answer with the option's
+#   letter from the given choices directly." (~12): T = 110; K = 2, a letter + end.
+# - scienceqa-img: a context hint (~40), question (~15), options (~20) and the letter
+#   instruction: T = 130; K = 2.
+LLAVA_7B_TOKENS = {"vqav2": (60, 3), "gqa": (63, 3), "pope": (62, 2), "mmbench": (110, 2),
+                   "scienceqa-img": (130, 2)}
+
+
+def llava_7b_prior() -> dict[str, QualityCurve]:
+    """The paper's accuracy of MQT-LLaVA-7B per benchmark, priced by the cost model."""
+    from mqt.config import preset
+    from mqt.cost import total_flops
+
+    cfg = preset("llava-7b")
+    curves = {}
+    for task, acc in LLAVA_7B_ACCURACY.items():
+        T, K = LLAVA_7B_TOKENS[task]
+        flops = tuple(total_flops(cfg, m, T, K).total for m in PRIOR_MS)
+        curves[task] = QualityCurve(task, PRIOR_MS, tuple(a / 100 for a in acc), flops)
+    return curves
+
+
+PRIORS = {"llava-7b": llava_7b_prior}
+
+
+def prior_curves(name: str) -> dict[str, QualityCurve]:
+    if name not in PRIORS:
+        raise ValueError(f"unknown prior {name!r}; known: {sorted(PRIORS)}")
+    return PRIORS[name]()

@@ -1,0 +1,183 @@
+"""`mqt train backend=ddp` on Ray Train (gloo, CPU workers) with the tiny preset.
+
+One 2-worker run (a module fixture, ~35 s: starting the workers dominates) serves two
+tests: its loss trajectory equals one process's at the same global batch, and running the
+same name again resumes it (on 1 worker, ~20 s) and exports a model that loads strictly.
+The rank checks run in two plain torch.distributed processes, without Ray. Failure
+recovery (a worker killed with a real signal, ~60 s) is marked slow.
+"""
+
+import csv
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from jobs.cli import resolve
+from jobs.train import main
+from jobs.trainloop import Ranks
+from mqt.checkpoint import load_checkpoint
+from mqt.configtree import ConfigError
+
+ARGS = ["data.easyvqa_images=24", "data.eval_examples=8", "stage1.steps=6", "stage2.steps=8",
+        "batch_size=8", "checkpoint_every=5", "stage1.lr=3e-3", "stage2.lr=3e-3"]
+DDP = ["backend=ddp", "scaling.workers=2", "scaling.cpus_per_worker=1"]
+
+
+def config(out, *extra):
+    return resolve("train", None, [*ARGS, f"output={out}", *extra], None)[1]
+
+
+def metrics(out) -> list[dict]:
+    with (out / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ray_local, tmp_path_factory):
+    """14 steps on 2 workers x 4 examples; storage and run name unique to this session."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    return out, main(config(out, *DDP))
+
+
+def test_two_workers_follow_the_one_process_loss_trajectory(ddp_run, tmp_path):
+    """2 workers x batch 4 against 1 process x batch 8 (the same global batches and m).
+
+    The runs do the same arithmetic in a different order: answer-token sums split over
+    ranks, DDP's gradient all-reduce, matmuls padded to different widths. That is ~1e-7
+    relative per step; Adam amplifies it only on parameters whose true gradient is zero
+    (the key biases of `official` attention: softmax ignores a shift), and those do not
+    change the loss. Measured: equal to the 4 decimals the CSV keeps over all 14 steps;
+    the tolerance, 1e-4 relative (5e-4 at a loss of 5), leaves room for other CPUs."""
+    out, result = ddp_run
+    main(config(tmp_path / "one", "threads=1"))
+    one, two = metrics(tmp_path / "one"), metrics(out)[:14]
+    assert [r["m"] for r in one] == [r["m"] for r in two]
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in two]),
+                               torch.tensor([r["loss"] for r in one]), rtol=1e-4, atol=0)
+    for part, keys in (("lm", None), ("query", ("proj", "query"))):
+        a, b = (load_file(str(run / "model" / f"{part}.safetensors"))
+                for run in (out, tmp_path / "one"))
+        for k in keys or a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    assert result["last"]["step"] == 14 and set(result["eval"]) == {"acc@1", "acc@4", "acc@16"}
+
+
+def test_the_same_name_resumes_from_the_last_checkpoint(ddp_run):
+    """Run again with 4 more stage-2 steps, on 1 worker (the global batch, not the number
+    of workers, defines the run): steps 15..18 follow and the optimizer continues."""
+    out, first = ddp_run
+    result = main(config(out, *DDP, "stage2.steps=12", "scaling.workers=1"))
+    steps = [int(r["step"]) for r in metrics(out)]
+    assert steps == list(range(1, 19))
+    assert result["checkpoint"].endswith("checkpoint_000018")
+    state = torch.load(os.path.join(result["checkpoint"], "state.pt"), weights_only=True)
+    assert state["step"] == 18
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {18}  # Adam's t
+    assert first["checkpoint"].endswith("checkpoint_000014")
+    model = load_checkpoint(out / "model")  # the export loads strictly
+    assert model.num_queries == 16
+
+
+def test_bad_backends_fail_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="deepspeed is not implemented yet"):
+        config(tmp_path, "backend=deepspeed")
+    with pytest.raises(ConfigError, match="multiple of scaling.workers=3"):
+        config(tmp_path, *DDP, "scaling.workers=3")
+    with pytest.raises(ConfigError, match="s3:// is planned"):
+        config(tmp_path, *DDP, "storage_path=s3://bucket/runs")
+
+
+def _ranks_worker(rank: int, port: int, errors) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    ranks = Ranks(rank, 2, rank)
+    ranks.check_same("m", 8, step=0)  # agree: passes
+    assert ranks.shard(list(range(8))) == list(range(4 * rank, 4 * rank + 4))
+    n = torch.tensor(3 + 2 * rank)  # 3 and 5 answer tokens: the global mean divides by 8 / 2
+    assert float(ranks.denominator(n)) == 4.0
+    assert ranks.mean(torch.tensor(float(rank))) == 0.5
+    try:
+        ranks.check_same("m", 4 + rank, step=7)
+    except RuntimeError as e:
+        errors.put(str(e))
+    dist.destroy_process_group()
+
+
+def test_ranks_that_draw_different_m_fail_loudly():
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ranks_worker, args=(port, errors), nprocs=2)
+    got = sorted(errors.get(timeout=10) for _ in range(2))
+    assert got == ["step 7: ranks disagree on m: [4, 5] (by rank)"] * 2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path):
+    """SIGKILL one worker after the first checkpoint; with max_failures=1 Ray Train starts a
+    new worker group, which resumes from the last checkpoint: no step is lost, at most the
+    steps since that checkpoint are done twice, and they repeat the same losses."""
+    out, every = tmp_path / "run", 10
+    cfg = config(out, *DDP, "stage2.steps=54", f"checkpoint_every={every}",
+                 "scaling.max_failures=1")
+    killed = []
+
+    def kill_a_worker() -> None:
+        snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
+        while not (snapshot.exists() and "checkpoint_000010" in snapshot.read_text()):
+            time.sleep(0.05)  # registered by the controller, not only written
+        pid = train_worker_pids()[-1]  # processes this test started (through ray.init)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    threading.Thread(target=kill_a_worker, daemon=True).start()
+    result = main(cfg)
+    rows = metrics(out)
+    steps = [int(r["step"]) for r in rows]
+    assert killed and result["last"]["step"] == 60
+    assert set(steps) == set(range(1, 61))  # no step lost
+    assert steps.count(1) == 1 and len(steps) - 60 <= every  # resumed, not restarted
+    first_redone = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
+    if first_redone is not None:  # the kill came between checkpoints: resumed at one
+        assert (steps[first_redone] - 1) % every == 0
+        again = rows[first_redone:]
+        before = {r["step"]: r["loss"] for r in rows[:first_redone]}
+        assert all(r["loss"] == before[r["step"]] for r in again if r["step"] in before)
+
+
+def train_worker_pids() -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+def test_benchmark_runs_are_fresh_fixed_m_train_configs(tmp_path):
+    from jobs import trainbench
+
+    cfg = resolve("train-bench", None, [f"output={tmp_path}", "m=4", "workers=[1,2]"], None)[1]
+    two = trainbench.run_config(cfg, "ddp", 2)
+    assert (two.backend, two.scaling.workers, two.name) == ("ddp", 2, "ddp-2")
+    assert two.stage1.schedule.values == [4] and two.stage2.steps == 0
+    assert two.output == str(tmp_path / "ddp-2") and two.batch_size == 16
+    rows = [{"run": "local", "workers": 1, "per_worker": 16, "step_s": 0.5,
+             "samples_per_s": 32.0},
+            {"run": "ddp-2", "workers": 2, "per_worker": 8, "step_s": 0.25,
+             "samples_per_s": 64.0}]
+    assert trainbench.markdown(rows, cfg).splitlines()[-1].endswith("| 64.0 | 2.00x |")

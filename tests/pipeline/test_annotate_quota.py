@@ -1,0 +1,109 @@
+"""`mqt annotate` under a compute quota: the plan picks m per task before any work, the budget
+ledger refuses rows past the quota, spend never exceeds it, and a resumed job spends nothing
+twice (the ledger state is saved next to the output)."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from test_annotate import TINY, image_bytes
+
+from jobs import annotate, cli
+from jobs.common import ModelArgs, model_config
+from mqt.cost import total_flops
+from mqt.text import encode_prompt
+from pipeline.budget import REFUSED, LedgerClient
+from pipeline.ledger import Ledger
+from pipeline.tasks import get_task
+
+MS = (1, 4, 16)
+
+
+def tiny_row_bound(m: int) -> int:
+    """FLOPs of a tiny-model caption row at the most new tokens (what the predictor reserves)."""
+    from mqt.model import make_tokenizer
+
+    cfg = model_config(ModelArgs())
+    prompt_tokens = len(encode_prompt(make_tokenizer(cfg), _caption_prompt(cfg), m)) - m
+    return total_flops(cfg, m, prompt_tokens, get_task("caption").max_new_tokens).total
+
+
+def _caption_prompt(cfg) -> str:
+    from mqt.model import build_model
+
+    return build_model(cfg).format_prompts([get_task("caption").format()])[0]
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    """A calibration file for the tiny model: accuracy rises with m, costs from the cost model."""
+    path = tmp_path_factory.mktemp("cal") / "calibration.json"
+    per_m = {str(m): {"accuracy": acc, "mean_flops": tiny_row_bound(m), "n": 10}
+             for m, acc in zip(MS, (0.5, 0.7, 0.8), strict=True)}
+    path.write_text(json.dumps({"ms": list(MS), "by_task": {"caption": per_m}}))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(12):
+        (root / f"{i:02d}.png").write_bytes(image_bytes(i))
+    return root
+
+
+def test_infeasible_quota_fails_before_work_with_the_minimum(monkeypatch, folder, calibration,
+                                                             tmp_path):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    minimum = 12 * tiny_row_bound(1)
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}"]
+    with pytest.raises(ValueError, match=rf"quota: .*the minimum quota is {minimum}"):
+        cli.resolve("annotate", None, [*args, f"quota.flops={minimum - 1}"], "tiny")
+    cli.resolve("annotate", None, [*args, f"quota.flops={minimum}"], "tiny")  # feasible
+    with pytest.raises(ValueError, match="policy: a job with a quota"):
+        cli.resolve("annotate", None, [*args, f"quota.flops={minimum}", "policy.default=2"],
+                    "tiny")
+
+
+def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local, folder,
+                                                                      calibration, tmp_path):
+    quota = 8 * tiny_row_bound(1) + 4 * tiny_row_bound(16)  # room for 4 rows at m = 16
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}", f"quota.flops={quota}"]
+    cfg = cli.resolve("annotate", None, args, "tiny")[1]
+    plan, _ = annotate.budget_plan(cfg, annotate.validate(cfg))
+    assert [(p.m, p.rows) for p in plan.task("caption").parts] == [(4, 10), (16, 2)]
+    s = annotate.main(cfg)
+    q = s["quota"]
+    assert s["rows"] == 12 and s["errors"] == 0
+    assert s["m_histogram"]["caption"] == {4: 10, 16: 2}  # the rows followed the plan
+    assert 0.95 * quota <= q["spent_flops"] <= quota and q["quota_flops"] == quota
+    assert q["spent_flops"] == s["flops"] and q["overrun_flops"] == 0
+    state = json.loads((tmp_path / "o" / "ledger.json").read_text())
+    assert state["spent"] == q["spent_flops"] and len(state["committed"]) == 12
+    again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
+    assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_flops"] == 0
+    assert again["quota"]["spent_flops"] == q["spent_flops"]
+
+
+def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
+    """Without Ray: a plain Ledger behind the predictor; a quota of ~2.5 rows answers 2."""
+    from pipeline.decode import decode_batch
+    from pipeline.policy import FixedPolicy
+    from pipeline.predictor import Predictor
+
+    bound = tiny_row_bound(4)
+    ledger = Ledger(int(2.5 * bound))
+    pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=4),
+                     ledger=LedgerClient(ledger))
+    src = [{"id": str(i), "path": None, "image": image_bytes(i), "task": "caption",
+            "question": "", "options": None, "error": None} for i in range(5)]
+    out = pred(decode_batch(pa.Table.from_pylist(src), image_size=32)).to_pylist()
+    answered = [r for r in out if r["error"] is None]
+    assert len(answered) == 2 and all(r["error"] == REFUSED for r in out[2:])
+    assert ledger.spent == sum(r["flops"] for r in answered) <= ledger.quota
+    assert ledger.reserved == 0  # every hold was committed or released

@@ -1,0 +1,94 @@
+"""`mqt annotate` with s3:// sources and output against a real S3-protocol server (moto) on
+127.0.0.1: a folder of images, a JSONL manifest with relative image keys, Parquet output
+read back from the bucket; an unreachable endpoint or missing bucket fails before any work."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from test_annotate import TINY, assert_answered, image_bytes
+
+from jobs import annotate, cli
+from pipeline.predictor import OUTPUT_SCHEMA
+
+
+def put(fs, key: str, data: bytes) -> None:
+    with fs.open_output_stream(key) as f:
+        f.write(data)
+
+
+def s3_config(endpoint: str, *overrides: str):
+    return cli.resolve("annotate", None, [*TINY, f"storage.endpoint_url={endpoint}",
+                                          *overrides], "tiny")[1]
+
+
+def read_s3_rows(fs, prefix: str) -> dict[str, dict]:
+    table = pq.read_table(f"{prefix}/data", filesystem=fs)
+    assert table.schema.equals(OUTPUT_SCHEMA), table.schema
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "every input id exactly once"
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+def test_folder_on_s3_to_s3(ray_local, s3_bucket):
+    endpoint, bucket, fs = s3_bucket
+    put(fs, f"{bucket}/imgs/a.png", image_bytes(0))
+    put(fs, f"{bucket}/imgs/sub/b.jpg", image_bytes(1, "JPEG"))
+    put(fs, f"{bucket}/imgs/bad.png", b"not an image")
+    put(fs, f"{bucket}/imgs/notes.txt", b"skipped: not an image extension")
+    summary = annotate.main(s3_config(endpoint, f"source=s3://{bucket}/imgs",
+                                      f"output=s3://{bucket}/out", "policy.m.caption=3"))
+    rows = read_s3_rows(fs, f"{bucket}/out")
+    assert sorted(rows) == ["a.png", "bad.png", "sub/b.jpg"]
+    assert_answered(rows["a.png"], 3)
+    assert_answered(rows["sub/b.jpg"], 3)
+    assert "not an image" in rows["bad.png"]["error"]
+    saved = json.loads(fs.open_input_stream(f"{bucket}/out/summary.json").read())
+    assert saved["rows"] == summary["rows"] == 3 and saved["errors"] == 1
+    assert fs.get_file_info(f"{bucket}/out/config.yaml").size > 0
+    again = annotate.main(s3_config(endpoint, f"source=s3://{bucket}/imgs",
+                                    f"output=s3://{bucket}/out", "policy.m.caption=3"))
+    assert again["this_run"]["rows"] == 0 and len(read_s3_rows(fs, f"{bucket}/out")) == 3
+
+
+def test_manifest_on_s3_relative_and_absolute_keys(ray_local, s3_bucket, tmp_path):
+    endpoint, bucket, fs = s3_bucket
+    put(fs, f"{bucket}/set/img/x.png", image_bytes(5))
+    put(fs, f"{bucket}/elsewhere/y.png", image_bytes(6))
+    lines = [{"id": "x", "image": "img/x.png", "task": "vqa", "question": "Colour?",
+              "answer": "red"},
+             {"id": "y", "image": f"s3://{bucket}/elsewhere/y.png", "task": "mc",
+              "question": "Which?", "options": ["a", "b"]},
+             {"id": "gone", "image": "img/missing.png"}]
+    put(fs, f"{bucket}/set/rows.jsonl", "\n".join(json.dumps(r) for r in lines).encode())
+    out = tmp_path / "out"  # local output from an s3 source
+    annotate.main(s3_config(endpoint, f"source=s3://{bucket}/set/rows.jsonl", f"output={out}",
+                            "policy.default=4"))
+    rows = {r["id"]: r for r in pq.read_table(out / "data").to_pylist()}
+    assert_answered(rows["x"], 4)
+    assert rows["x"]["answer"] == "red"
+    assert rows["y"]["output"] in ("a", "b") and rows["y"]["error"] is None
+    assert rows["gone"]["error"].startswith("missing file"), rows["gone"]["error"]
+
+
+@pytest.mark.parametrize("what", ["endpoint", "bucket"])
+def test_unreachable_s3_fails_before_any_work(monkeypatch, s3_bucket, what):
+    import socket
+
+    endpoint, bucket, _ = s3_bucket
+    if what == "endpoint":
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        bucket = "no-such-bucket-here"
+    import ray
+
+    def forbidden(*a, **k):
+        raise AssertionError("Ray or the model was started before validation")
+
+    monkeypatch.setattr(ray, "init", forbidden)
+    monkeypatch.setattr("jobs.common.load_model", forbidden)
+    with pytest.raises(ValueError, match="source"):
+        s3_config(endpoint, f"source=s3://{bucket}/imgs", "output=/tmp/unused-out",
+                  "storage.region=us-east-1")

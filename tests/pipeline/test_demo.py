@@ -1,0 +1,39 @@
+"""The README's main command on a small scale: the bundled labelled corpus as a manifest, and
+`mqt demo` (= `mqt annotate` on it with the shipped default) answering it mostly right."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import demo
+from mqt.data.corpus import write_corpus
+from pipeline.sources import open_source
+
+
+def test_bundled_corpus_is_a_valid_manifest(tmp_path):
+    cfg = demo.Config(easyvqa_questions=5, captions=2, mc_questions=2, mosaic_images=2)
+    examples = demo.corpus_examples(cfg)
+    manifest = write_corpus(tmp_path, examples)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [e.id for e in examples] and len(rows) == 5 + 2 + 2 + 8
+    assert {r["task"] for r in rows} == {"vqa", "caption", "mc"}
+    assert all(r["answer"] for r in rows)
+    assert all(r["answer"] in r["options"] for r in rows if r["task"] == "mc")
+    assert len(list((tmp_path / "images").glob("*.png"))) == 2  # one file per mosaic
+    assert open_source(str(manifest)).rows == len(rows)
+
+
+@pytest.mark.bundled
+def test_demo_annotates_the_bundled_corpus(ray_local, tmp_path, capsys):
+    cfg = demo.Config(output=str(tmp_path), easyvqa_questions=16, captions=4, mc_questions=4,
+                      mosaic_images=2)
+    assert demo.main(cfg) == 0
+    table = pq.read_table(tmp_path / "annotate" / "data")
+    assert table.num_rows == 32 and table.column("error").null_count == 32
+    summary = json.loads((tmp_path / "annotate" / "summary.json").read_text())
+    assert summary["accuracy"]["caption"]["accuracy"] >= 0.75  # 100% in docs/eval
+    assert summary["accuracy"]["vqa"]["labelled"] == 24
+    assert summary["m_histogram"] == {"caption": {"4": 4}, "mc": {"4": 4}, "vqa": {"16": 24}}
+    out = capsys.readouterr().out
+    assert "Accuracy per question kind" in out and "mosaic/count" in out
