@@ -48,8 +48,8 @@ class Config(ModelArgs):
 
 def validate(cfg: Config) -> None:
     validate_model(cfg)
-    if cfg.rows < 1 or cfg.repeats < 1 or not cfg.ms or cfg.rss_rows < 0:
-        raise ValueError("rows, repeats >= 1; ms non-empty; rss_rows >= 0")
+    if cfg.rows < 1 or cfg.repeats < 0 or not cfg.ms or cfg.rss_rows < 0:
+        raise ValueError("rows >= 1; repeats >= 0 (0: memory only); ms non-empty; rss_rows >= 0")
 
 
 def main(cfg: Config) -> dict:
@@ -60,7 +60,7 @@ def main(cfg: Config) -> dict:
     manifest = easyvqa_manifest(out / "corpus", cfg.rows, cfg.seed)
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
-    result = {"throughput": throughput(cfg, manifest, out)}
+    result = {"throughput": throughput(cfg, manifest, out) if cfg.repeats else {}}
     if cfg.rss_rows:
         result["memory"] = memory(cfg, out)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
@@ -160,6 +160,7 @@ def memory(cfg: Config, out: Path) -> dict:
 
 
 def _sample_rss(samples: list, stop: threading.Event, every: float) -> None:
+    """(seconds, MB of the whole tree, MB of the driver alone) every `every` seconds."""
     import psutil
 
     me, t0 = psutil.Process(), time.perf_counter()
@@ -170,7 +171,8 @@ def _sample_rss(samples: list, stop: threading.Event, every: float) -> None:
                 total += p.memory_info().rss
             except psutil.Error:  # a worker that just exited
                 pass
-        samples.append((round(time.perf_counter() - t0, 1), round(total / 2**20, 1)))
+        samples.append((round(time.perf_counter() - t0, 1), round(total / 2**20, 1),
+                        round(me.memory_info().rss / 2**20, 1)))
 
 
 def generated_corpus(folder: Path, rows: int, per_dir: int = 1000) -> Path:
@@ -214,11 +216,14 @@ def table(result: dict, cfg: Config) -> str:
     if mem:
         mbs = [s[1] for s in mem["samples"]]
         half = len(mbs) // 2
+        driver = [s[2] for s in mem["samples"]]
         lines += ["", f"Memory: {mem['rows']} generated images in {mem['seconds']} s "
                   f"({cfg.rss_preset} preset): RSS of the whole Ray process tree, peak "
                   f"{mem['peak_mb']:.0f} MB; median of the first half of the run "
                   f"{statistics.median(mbs[:half] or mbs):.0f} MB, of the second half "
-                  f"{statistics.median(mbs[half:]):.0f} MB."]
+                  f"{statistics.median(mbs[half:]):.0f} MB. The driver alone: "
+                  f"{statistics.median(driver[:half] or driver):.0f} MB, then "
+                  f"{statistics.median(driver[half:]):.0f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +238,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ms = [int(m) for m in result["throughput"]]
+    ms = [int(m) for m in result["throughput"]]  # none for a memory-only run
     for kind in ("loop", "pipeline"):
         for how, style in (("total", "--o"), ("steady", "-o")):
             med = [statistics.median(result["throughput"][str(m)][kind][how]) for m in ms]
@@ -244,7 +249,11 @@ def plot(result: dict, path: Path) -> None:
     axes[0].legend()
     mem = result.get("memory")
     if mem:
-        axes[1].plot([s[0] for s in mem["samples"]], [s[1] for s in mem["samples"]])
+        axes[1].plot([s[0] for s in mem["samples"]], [s[1] for s in mem["samples"]],
+                     label="Ray process tree")
+        axes[1].plot([s[0] for s in mem["samples"]], [s[2] for s in mem["samples"]],
+                     label="driver")
+        axes[1].legend()
         axes[1].set(xlabel="seconds", ylabel="RSS of the Ray process tree (MB)",
                     title=f"{mem['rows']} images streamed", ylim=(0, None))
     for ax in axes:

@@ -21,7 +21,11 @@ multiple-choice knapsack. Rows of a task are interchangeable, so it is solved ov
 Rounding down row counts is the only loss: the plan's value is within one row's step gain of
 `Plan.bound`, hence within that of the best integer plan. All spends are exact integer
 FLOPs, so spend <= Q holds exactly. `Plan.policy()` turns a plan into a `TokenPolicy`.
-Pure Python, no Ray.
+
+An option is an m, or a `Cascade` when the curve offers them (pipeline/cascade.py): the
+planner does not care which; a cascade's FLOPs per row are an expectation (its escalation
+rate on calibration rows), so its plan spends <= Q in expectation and the ledger enforces Q
+row by row. Pure Python, no Ray.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.policy import _check_m
+from pipeline.policy import Choice, check_choice, choice_from_json, choice_key, choice_to_json
 from pipeline.quality import QualityCurve
 
 
@@ -96,9 +100,10 @@ class InfeasibleQuota(ValueError):
 
 @dataclass(frozen=True)
 class Part:
-    """`rows` rows of a task answered at `m`: accuracy and FLOPs per row."""
+    """`rows` rows of a task answered at `m` (an int, or a Cascade): accuracy and FLOPs per
+    row (for a cascade, expected over its escalations)."""
 
-    m: int
+    m: Choice
     rows: int
     accuracy: float
     flops: int
@@ -181,7 +186,8 @@ class Plan:
 def _task_dict(t: TaskPlan, plan: Plan) -> dict:
     return {"task": t.task, "rows": t.rows, "weight": t.weight, "accuracy": t.accuracy,
             "spend": t.spend, "share": plan.share(t.spend),
-            "parts": [{"m": p.m, "rows": p.rows, "accuracy": p.accuracy, "flops": p.flops}
+            "parts": [{"m": choice_to_json(p.m), "rows": p.rows, "accuracy": p.accuracy,
+                       "flops": p.flops}
                       for p in t.parts]}
 
 
@@ -190,7 +196,7 @@ def _task_dict(t: TaskPlan, plan: Plan) -> dict:
 
 @dataclass(frozen=True)
 class _Point:
-    m: int
+    m: Choice
     accuracy: float
     flops: int
     value: float  # weight x accuracy, per row
@@ -208,7 +214,7 @@ def hull(curve: QualityCurve, weight: float = 1.0) -> list[_Point]:
     """The upper concave hull of (flops, weight x accuracy), cheapest first. Each step costs
     more and gains more, and buys strictly less value per FLOP than the step before."""
     pts = sorted((_Point(m, a, f, weight * a) for m, a, f in curve.points()),
-                 key=lambda p: (p.flops, -p.value, p.m))
+                 key=lambda p: (p.flops, -p.value, choice_key(p.m)))
     frontier: list[_Point] = []
     for p in pts:  # drop dominated points: no more value than something as cheap
         if not frontier or p.value > frontier[-1].value:
@@ -250,7 +256,7 @@ def _specs(rows: Mapping[str, int], curves: Mapping[str, QualityCurve],
 
 def minimum_flops(rows: Mapping[str, int], curves: Mapping[str, QualityCurve]) -> int:
     """FLOPs of every row at its task's cheapest m: the least any plan can spend."""
-    return sum(n * min(curves[t].flops) for t, n in rows.items())
+    return sum(n * curves[t].cheapest for t, n in rows.items())
 
 
 def plan(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], quota: Quota,
@@ -333,7 +339,7 @@ def quota_to_match(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], 
         return plan(rows, curves, Quota(flops=q), weights).value >= value * (1 - 1e-12)
 
     lo = minimum_flops(rows, curves)
-    hi = sum(n * max(curves[t].flops) for t, n in rows.items())
+    hi = sum(n * curves[t].dearest for t, n in rows.items())
     if not reaches(hi):
         return None
     if reaches(lo):
@@ -351,7 +357,8 @@ def quota_to_match(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], 
 class PlanPolicy:
     """A plan as a `TokenPolicy` (pipeline/policy.py): one m per row from its task.
 
-    `parts[task]` is ((m, rows),) or ((m1, n1), (m2, n2)). For a split task, the c-th row
+    `parts[task]` is ((m, rows),) or ((m1, n1), (m2, n2)), each m an int or a Cascade
+    (then the row gets that cascade). For a split task, the c-th row
     this copy sees (c = 0, 1, ...) gets m2 when floor((c + 1) n2 / N) > floor(c n2 / N),
     N = n1 + n2: m2 rows are spread evenly, and after c rows exactly floor(c n2 / N) got m2.
     A predictor actor holds its own copy; over copies that see N rows in all, the m2 rows
@@ -359,24 +366,24 @@ class PlanPolicy:
     copies never spend more than the plan. Questions do not matter to a per-task plan.
     """
 
-    parts: dict[str, tuple[tuple[int, int], ...]]
+    parts: dict[str, tuple[tuple[Choice, int], ...]]
     seen: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, plan: dict) -> PlanPolicy:
         """From `Plan.to_dict()` (plan.json)."""
-        return cls({t["task"]: tuple((p["m"], p["rows"]) for p in t["parts"])
+        return cls({t["task"]: tuple((choice_from_json(p["m"]), p["rows"]) for p in t["parts"])
                     for t in plan["tasks"]})
 
     def check(self, num_queries: int) -> None:
         for task, parts in self.parts.items():
             for m, _ in parts:
-                _check_m(f"plan.{task}", m, num_queries)
+                check_choice(f"plan.{task}", m, num_queries)
 
-    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[int]:
+    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[Choice]:
         return [self._next(t) for t in tasks]
 
-    def _next(self, task: str) -> int:
+    def _next(self, task: str) -> Choice:
         if task not in self.parts:
             raise ValueError(f"task {task!r} is not in the plan; planned: {sorted(self.parts)}")
         parts, c = self.parts[task], self.seen.get(task, 0)

@@ -1,9 +1,12 @@
 """Token policies: how many visual tokens m each row of a batch job gets.
 
-The predictor asks a `TokenPolicy` for one m per row before it runs the vision encoder and
-the MQT, so it can run them once at the largest m needed. `FixedPolicy` gives a fixed m per
-task; the token-budget scheduler will be another `TokenPolicy` plugged in at the same place.
-No Ray here: policies are plain picklable objects that every predictor actor holds a copy of.
+The predictor asks a `TokenPolicy` for one choice per row before it runs the vision encoder
+and the MQT, so it can run them once at the largest m needed. A choice is an int m, or a
+`Cascade(m1, m2, threshold)`: answer at m1, and answer again at m2 (from the same MQT output,
+prefix property) when the m1 answer's confidence is below the threshold. `FixedPolicy` gives
+a fixed m per task; the planner's `PlanPolicy` (pipeline/plan.py) and `CascadePolicy`
+(pipeline/cascade.py) plug in at the same place. No Ray here: policies are plain picklable
+objects that every predictor actor holds a copy of.
 """
 
 from __future__ import annotations
@@ -13,12 +16,73 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
+@dataclass(frozen=True)
+class Cascade:
+    """Answer at `m1`; a row whose m1 confidence is below `threshold` is answered again at
+    `m2` (m1 < m2). A confidence that is missing or not a number counts as below."""
+
+    m1: int
+    m2: int
+    threshold: float
+
+    def __post_init__(self):
+        for name in ("m1", "m2"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"cascade: {name} must be an int >= 1, got {v!r}")
+        if self.m2 <= self.m1:
+            raise ValueError(f"cascade: m2 must exceed m1, got {self.m1} -> {self.m2}")
+        if self.threshold != self.threshold:  # NaN would never escalate anything
+            raise ValueError("cascade: threshold must be a number, got NaN")
+
+    def escalates(self, confidence: float | None) -> bool:
+        # `not >=` so that None and NaN escalate: no evidence the m1 answer is good
+        return not (confidence is not None and confidence >= self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.m1}->{self.m2} if conf<{self.threshold:.4g}"
+
+    def to_dict(self) -> dict:
+        return {"m1": self.m1, "m2": self.m2, "threshold": self.threshold}
+
+
+Choice = int | Cascade  # what a policy gives one row
+
+
+def first_m(choice: Choice) -> int:
+    """The m a row is answered at first."""
+    return choice.m1 if isinstance(choice, Cascade) else choice
+
+
+def top_m(choice: Choice) -> int:
+    """The most visual tokens a row may need (what the MQT must produce for it)."""
+    return choice.m2 if isinstance(choice, Cascade) else choice
+
+
+def choice_key(choice: Choice) -> tuple:
+    """A total order over ints and cascades (ties in sorts): m, then m1, m2, threshold."""
+    if isinstance(choice, Cascade):
+        return (choice.m1, choice.m2, choice.threshold)
+    return (choice, 0, 0.0)
+
+
+def choice_from_json(value) -> Choice:
+    """An int m, or a cascade from `Cascade.to_dict()` (plan.json)."""
+    if isinstance(value, dict):
+        return Cascade(int(value["m1"]), int(value["m2"]), float(value["threshold"]))
+    return value
+
+
+def choice_to_json(choice: Choice):
+    return choice.to_dict() if isinstance(choice, Cascade) else choice
+
+
 @runtime_checkable
 class TokenPolicy(Protocol):
-    """Picks m (1 <= m <= M) for each row from its task name and question."""
+    """Picks m (1 <= m <= M), or a `Cascade`, for each row from its task name and question."""
 
-    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[int]:
-        """One m per row, in row order."""
+    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[Choice]:
+        """One choice per row, in row order."""
         ...
 
     def check(self, num_queries: int) -> None:
@@ -55,3 +119,12 @@ class FixedPolicy:
 def _check_m(name: str, m, num_queries: int) -> None:
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= num_queries:
         raise ValueError(f"{name}={m!r} is outside 1..{num_queries} (M = query.num_queries)")
+
+
+def check_choice(name: str, choice, num_queries: int) -> None:
+    """`_check_m` for an int m, or for both m of a cascade."""
+    if isinstance(choice, Cascade):
+        _check_m(f"{name}.m1", choice.m1, num_queries)
+        _check_m(f"{name}.m2", choice.m2, num_queries)
+    else:
+        _check_m(name, choice, num_queries)

@@ -7,6 +7,17 @@ tokens (prefix property), and answers rows in groups of (task, m): caption and V
 generate text, multiple-choice rows score their options by log-likelihood. Rows come out
 in input order as OUTPUT_SCHEMA; error rows pass through with only their error set, and a
 group the model fails on becomes error rows too. No Ray import: Ray only calls this class.
+
+Cascades (pipeline/policy.py `Cascade(m1, m2, t)`): such a row is answered at m1 first; if
+its confidence is below t it is answered again at m2 from the same MQT output (the batch
+was encoded at the largest m2), and the m2 answer is the row's: `m`, `visual_tokens`,
+`prompt_tokens`, `new_tokens`, `confidence` are those of the final answer, `flops` is what
+the row spent in all, cost(m1) + cost(m2) - vision - query(m1) for an escalated row (the
+second attempt reuses the image encoding and the m1 queries), `seconds` both attempts.
+With a ledger, the m1 attempt is reserved first; an escalation is reserved on its own
+before it runs (upper bound at m2 less the shared part), in the job's ledger and, if given,
+in `escalation_ledger` too (the plan's escalation budget, so escalations cannot eat what
+later rows' first attempts need); a refused or failed escalation keeps the m1 answer.
 """
 
 from __future__ import annotations
@@ -18,10 +29,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from mqt.cost import lm_visual_tokens, total_flops
+from mqt.cost import lm_visual_tokens, query_flops, total_flops, vision_flops
 from mqt.text import encode_prompt
 from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
+from pipeline.policy import Cascade, first_m, top_m
 from pipeline.tasks import TASKS, Task
 
 OUTPUT_SCHEMA = pa.schema([
@@ -48,7 +60,7 @@ class Predictor:
     """One model per actor; maps a pyarrow batch of decoded rows to OUTPUT_SCHEMA rows."""
 
     def __init__(self, model_args: dict, policy, threads: int = 0,
-                 tasks: dict[str, Task] | None = None, ledger=None):
+                 tasks: dict[str, Task] | None = None, ledger=None, escalation_ledger=None):
         from jobs.common import ModelArgs, load_model
         from mqt.configtree import from_dict
 
@@ -59,6 +71,9 @@ class Predictor:
         self.policy = policy.bind(self.model.num_queries) if hasattr(policy, "bind") else policy
         self.tasks = dict(TASKS) if tasks is None else tasks  # with the job's overrides
         self.ledger = ledger  # pipeline.budget.LedgerClient when the job has a quota
+        # a second LedgerClient that escalations also draw on (the plan's escalation budget,
+        # pipeline.cascade.escalation_budget), so they cannot starve later first attempts
+        self.escalation_ledger = escalation_ledger
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -69,15 +84,24 @@ class Predictor:
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _answer(self, rows: list[dict], out: list[dict]) -> None:
-        """Fill `out` (same order as `rows`) in place, one (task, m) group at a time."""
-        ms = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
+        """Fill `out` (same order as `rows`) in place, one (task, m) group at a time, then
+        escalate the low-confidence rows of cascades."""
+        choices = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
         if self.ledger is not None:
-            rows, out, ms, keys = self._reserve(rows, out, ms)
+            rows, out, choices, keys = self._reserve(rows, out, choices)
             if not rows:
                 return
         t0 = time.perf_counter()
-        embeds = self._encode(rows, max(ms))  # (B, max m, H), once per image
+        embeds = self._encode(rows, max(map(top_m, choices)))  # (B, max m, H), once per image
         share = (time.perf_counter() - t0) / len(rows)
+        self._run_groups(rows, out, [first_m(c) for c in choices], embeds, share)
+        if self.ledger is not None:
+            _settle(self.ledger, keys, out)
+        self._escalate(rows, out, choices, embeds)
+
+    def _run_groups(self, rows, out, ms, embeds, share: float) -> None:
+        """Answer each (task, m) group from `embeds` (B, >= m, H); a failed group's rows get
+        the error. `share`: encoding seconds per row, added to each row's time."""
         for (task, m), idx in _groups(rows, ms).items():
             t1 = time.perf_counter()
             try:
@@ -89,26 +113,68 @@ class Predictor:
             per_row = share + (time.perf_counter() - t1) / len(idx)
             for i, a in zip(idx, answers, strict=True):
                 out[i].update(_answer_columns(self.model.cfg, m, a, per_row))
-        if self.ledger is not None:
-            self._settle(keys, out)
 
-    def _reserve(self, rows, out, ms):
-        """Ask the ledger for each row's upper bound; refused rows become error rows and
-        drop out. Returns the granted (rows, out, ms) and their ledger keys."""
-        bounds = [self._bound(r, m) for r, m in zip(rows, ms, strict=True)]
+    def _escalate(self, rows, out, choices, embeds) -> None:
+        """Answer again at m2 the cascade rows whose m1 answer is not confident enough."""
+        idx = [i for i, c in enumerate(choices) if isinstance(c, Cascade)
+               and out[i]["error"] is None and c.escalates(out[i]["confidence"])]
+        ledgers = [x for x in (self.escalation_ledger, self.ledger) if x is not None]
+        keys = [[] for _ in ledgers]  # per ledger, the keys of the granted escalations
+        if idx and ledgers:
+            idx, keys = self._reserve_escalations(ledgers, rows, choices, idx)
+        if not idx:
+            return
+        trial = [dict(out[i]) for i in idx]  # the m2 answers land here; kept if they work
+        self._run_groups([rows[i] for i in idx], trial, [choices[i].m2 for i in idx],
+                         embeds[idx], 0.0)
+        extra = self._keep_m2(out, idx, trial, choices)
+        for ledger, ks in zip(ledgers, keys, strict=True):
+            _settle(ledger, ks, [{"flops": x} for x in extra])
+
+    def _keep_m2(self, out, idx, trial, choices) -> list[int | None]:
+        """Rows whose m2 answer worked take it, charged for both attempts less what they
+        share; the others keep their m1 answer. Returns what each escalation added (None:
+        failed, nothing spent)."""
+        extra = [None if t["error"] else t["flops"] - self._shared(choices[i].m1)
+                 for i, t in zip(idx, trial, strict=True)]
+        for i, t, x in zip(idx, trial, extra, strict=True):
+            if x is not None:
+                out[i].update(t, flops=out[i]["flops"] + x,
+                              seconds=round(out[i]["seconds"] + t["seconds"], 6))
+        return extra
+
+    def _reserve_escalations(self, ledgers, rows, choices, idx):
+        """Reserve each escalation on its own (upper bound at m2 less the shared part) in
+        every ledger; a refused one keeps its m1 answer. Returns the granted indices and,
+        per ledger, their keys."""
+        bounds = [self._bound(rows[i], choices[i].m2) - self._shared(choices[i].m1)
+                  for i in idx]
+        ids = [f"{rows[i]['id']}+m{choices[i].m2}" for i in idx]
+        keep, keys = list(range(len(idx))), []
+        for ledger in ledgers:  # all or none: a refusal frees the holds taken before it
+            ks, ok = ledger.reserve([ids[j] for j in keep], [bounds[j] for j in keep])
+            for prev, pk in zip(ledgers, keys, strict=False):
+                prev.release([k for k, g in zip(pk, ok, strict=True) if not g])
+            keys = [[k for k, g in zip(pk, ok, strict=True) if g] for pk in [*keys, ks]]
+            keep = [j for j, g in zip(keep, ok, strict=True) if g]
+        return [idx[j] for j in keep], keys
+
+    def _shared(self, m1: int) -> int:
+        """What an escalation from m1 reuses: the vision encoder and the MQT up to m1."""
+        return vision_flops(self.model.cfg) + query_flops(self.model.cfg, m1)
+
+    def _reserve(self, rows, out, choices):
+        """Ask the ledger for each row's upper bound at its first m; refused rows become
+        error rows and drop out. Returns the granted (rows, out, choices) and their keys."""
+        bounds = [self._bound(r, first_m(c)) for r, c in zip(rows, choices, strict=True)]
         keys, granted = self.ledger.reserve([r["id"] for r in rows], bounds)
         for o, ok in zip(out, granted, strict=True):
             if not ok:
                 o.update(error=REFUSED)
         keep = [i for i, ok in enumerate(granted) if ok]
-        return ([rows[i] for i in keep], [out[i] for i in keep], [ms[i] for i in keep],
+        return ([rows[i] for i in keep], [out[i] for i in keep], [choices[i] for i in keep],
                 [keys[i] for i in keep])
 
-    def _settle(self, keys: list[str], out: list[dict]) -> None:
-        """Charge what each answered row cost; free the hold of rows the model failed on."""
-        done = [(k, o["flops"]) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
-        self.ledger.commit([k for k, _ in done], [f for _, f in done])
-        self.ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
     def _bound(self, row: dict, m: int) -> int:
         """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""
@@ -156,6 +222,13 @@ class Predictor:
         cost = total_flops(self.model.cfg, m, T + 2, 1)  # each option: a prefill of ~T + 2
         flops = cost.vision + cost.query + len(options) * cost.prefill
         return Answer(options[best], T, 0, flops, logp)
+
+
+def _settle(ledger, keys: list[str], out: list[dict]) -> None:
+    """Charge what each answered row cost; free the hold of rows the model failed on."""
+    done = [(k, o["flops"]) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
+    ledger.commit([k for k, _ in done], [f for _, f in done])
+    ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
 
 def _groups(rows: list[dict], ms: list[int]) -> dict[tuple[str, int], list[int]]:

@@ -1,7 +1,10 @@
 """Quality curves: expected accuracy and mean cost per row of a task, at each m.
 
 A `QualityCurve` is what the planner (pipeline/plan.py) trades off: for every m it offers,
-the expected accuracy of one row and the mean FLOPs one row costs. Two sources:
+the expected accuracy of one row and the mean FLOPs one row costs. A curve may also offer
+cascades (pipeline/cascade.py fits them): `Cascade(m1, m2, threshold)` with the accuracy and
+mean FLOPs per row that its escalation rate gives; the planner treats them as more options.
+Two sources of fixed-m points:
 
 - `from_calibration(path)`: the `calibration.json` that `mqt eval` writes (by_task -> m ->
   {accuracy, mean_flops, n}); `shipped_calibration()` is the one of the default model.
@@ -20,18 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqt import config as _mqt_config  # a light module that locates the mqt package
+from pipeline.policy import Cascade, Choice
 
 SHIPPED_CALIBRATION = Path(_mqt_config.__file__).parent / "weights/mqt-smol/calibration.json"
 
 
 @dataclass(frozen=True)
 class QualityCurve:
-    """Per m (strictly increasing): expected accuracy in [0, 1] and mean FLOPs per row."""
+    """Per m (strictly increasing): expected accuracy in [0, 1] and mean FLOPs per row; and
+    optional `cascades`: (Cascade, accuracy, mean FLOPs per row) options."""
 
     task: str
     ms: tuple[int, ...]
     accuracy: tuple[float, ...]
     flops: tuple[int, ...]
+    cascades: tuple[tuple[Cascade, float, int], ...] = ()
 
     def __post_init__(self):
         n = len(self.ms)
@@ -45,10 +51,26 @@ class QualityCurve:
             raise ValueError(f"curve {self.task!r}: accuracy must lie in [0, 1]")
         if not all(isinstance(f, int) and f >= 0 for f in self.flops):
             raise ValueError(f"curve {self.task!r}: flops must be ints >= 0")
+        for c, a, f in self.cascades:
+            if not isinstance(c, Cascade) or not 0.0 <= a <= 1.0:
+                raise ValueError(f"curve {self.task!r}: a cascade option needs a Cascade and "
+                                 f"an accuracy in [0, 1], got {c!r}, {a!r}")
+            if not isinstance(f, int) or f < 0:
+                raise ValueError(f"curve {self.task!r}: cascade flops must be ints >= 0")
 
-    def points(self) -> list[tuple[int, float, int]]:
-        """(m, accuracy, flops per row), in m order."""
-        return list(zip(self.ms, self.accuracy, self.flops, strict=True))
+    def points(self) -> list[tuple[Choice, float, int]]:
+        """(m or Cascade, accuracy, flops per row): fixed m in m order, then the cascades."""
+        return list(zip(self.ms, self.accuracy, self.flops, strict=True)) + list(self.cascades)
+
+    @property
+    def cheapest(self) -> int:
+        """FLOPs per row of the cheapest option."""
+        return min(f for _, _, f in self.points())
+
+    @property
+    def dearest(self) -> int:
+        """FLOPs per row of the most expensive option."""
+        return max(f for _, _, f in self.points())
 
     def at(self, m: int) -> tuple[float, int]:
         """(accuracy, flops per row) at m; KeyError if the curve has no such m."""

@@ -1,0 +1,65 @@
+"""`mqt bench-scheduler` on the shipped calibration rows, cut down (one split, three budgets):
+the tables and files come out, no policy ever spends more than its quota, the fixed m and
+the oracle are exact, and bad configs fail before work, naming the field."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs import bench_scheduler, cli
+
+RESULTS = Path(__file__).parents[2] / "docs" / "eval" / "results.parquet"
+SMALL = ["seeds=[0]", "points=3", "llava_sweep=[2.0]", "match_within=[0.5]"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    if not RESULTS.exists():
+        pytest.skip("no docs/eval in this install")
+    out = tmp_path_factory.mktemp("bench")
+    cfg = cli.resolve("bench-scheduler", None, [*SMALL, f"results={RESULTS}",
+                                                f"output={out}", f"docs={out / 'docs'}"], None)[1]
+    return bench_scheduler.main(cfg), out
+
+
+def test_the_bench_writes_its_tables_and_plot(result):
+    r, out = result
+    text = (out / "docs" / "scheduler.md").read_text()
+    assert text.startswith(f"```\n$ {bench_scheduler.COMMAND}\n```")
+    for head in ("| q (GFLOPs/row) | best fixed m | fixed-fit | plan | plan+casc |",
+                 "| policy | >= best fixed m (hindsight) |", "| vqav2 | 400000 | 144 |"):
+        assert head in text
+    assert (out / "docs" / "scheduler.png").stat().st_size > 10_000
+    assert json.loads((out / "bench.json").read_text())["questions"] == 830
+
+
+def test_no_policy_spends_more_than_its_quota(result):
+    r, _ = result
+    for s in r["sweep"]:
+        for name, p in s["policies"].items():
+            if p is not None:
+                assert p["spend"] <= p["quota"] and p["over"] == 0, (name, s["q"])
+                assert p["rows"] == r["questions"]  # both halves held out once
+        if s["oracle"]:
+            assert s["oracle"]["spend"] <= s["quota"]
+    assert all(g["over_quota"] == 0 for g in r["goals"].values())
+
+
+def test_fixed_m_and_the_oracle_are_the_calibration_numbers(result):
+    r, _ = result
+    cal = json.loads((RESULTS.parent / "calibration.json").read_text())
+    for f in r["fixed"]:
+        per = [cal["by_task"][t][str(f["m"])] for t in cal["by_task"]]
+        assert f["accuracy"] == pytest.approx(sum(x["accuracy"] * x["n"] for x in per) / 830)
+    top = r["sweep"][-1]  # the dearest fixed m's cost: room for every fix
+    assert top["oracle"]["accuracy"] == pytest.approx(cal["oracle_all"]["accuracy"])
+    assert r["sweep"][0]["oracle"]["accuracy"] == r["fixed"][0]["accuracy"]  # no room
+
+
+@pytest.mark.parametrize("override,field", [
+    ("results=/nonexistent.parquet", "results"), ("ms=[4,2]", "ms"), ("points=1", "points"),
+    ("quantiles=[0.5,1.5]", "quantiles")])
+def test_bad_configs_fail_naming_the_field(override, field, capsys):
+    assert cli.main(["bench-scheduler", override]) == 2
+    assert f"bad config: {field}" in capsys.readouterr().err
