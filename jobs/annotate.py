@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -266,8 +267,9 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     from pipeline.writer import PartWriter
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows rows/s, ETA
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
     writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
     first, actor, client, token_policy = None, None, None, None
     if budget is not None:

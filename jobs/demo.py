@@ -56,7 +56,7 @@ def main(cfg: Config) -> int:
                           llava=cfg.llava, seed=cfg.seed, source=str(manifest),
                           output=str(out / "annotate"), overwrite=True,
                           policy=annotate.PolicyArgs(m=dict(cfg.m)), actors=cfg.actors,
-                          batch_size=cfg.batch_size)
+                          batch_size=cfg.batch_size, block_rows=cfg.batch_size)
     log(f"== mqt annotate source={manifest} output={job.output} policy.m={cfg.m}")
     annotate.main(job)
     report(Path(job.output) / "data", manifest, cfg.show)

@@ -61,9 +61,12 @@ class Predictor:
 
     def __init__(self, model_args: dict, policy, threads: int = 0,
                  tasks: dict[str, Task] | None = None, ledger=None, escalation_ledger=None):
+        from transformers.utils import logging as hf_logging
+
         from jobs.common import ModelArgs, load_model
         from mqt.configtree import from_dict
 
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise
         if threads:
             torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
