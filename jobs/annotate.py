@@ -23,6 +23,8 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from jobs.common import ModelArgs, log, resolved_config, validate_model
 from mqt.config import VLMConfig
 from mqt.configtree import to_dict
@@ -103,19 +105,20 @@ def ledger_state(cfg: Config) -> str:
 
 
 def budget_plan(cfg: Config, src: Source):
-    """(plan, FLOPs spent by earlier runs) for the rows still to do; errors name the field."""
-    from pipeline.budget import prepare, task_counts
+    """The job's `pipeline.budget.Budget` for the rows still to do (plan, earlier spend,
+    declared-skipped rows); errors name the field, an infeasible quota gives its minimum."""
+    from pipeline.budget import prepare, source_rows
     from pipeline.plan import InfeasibleQuota
 
     if cfg.policy.m or cfg.policy.default:
         raise ValueError("policy: a job with a quota takes m from its plan; drop policy.*")
-    todo = task_counts(src, cfg.task, cfg.limit)
-    done = output_folder(cfg).done_tasks() if not cfg.overwrite else {}
-    todo.subtract(done)
+    done = output_folder(cfg).done_ids() if not cfg.overwrite else set()
+    todo = [(i, t) for i, t in source_rows(src, cfg.task, cfg.limit) if i not in done]
     try:
         return prepare(cfg.quota, todo, ledger_state(cfg))
     except InfeasibleQuota as e:
-        raise ValueError(f"quota: {e}") from None
+        raise ValueError(f"quota: {e} (or quota.infeasible=subset to answer the rows it "
+                         "pays for and skip the others)") from None
 
 
 def job_tasks(cfg: Config) -> dict[str, Task]:
@@ -236,23 +239,42 @@ def main(cfg: Config) -> dict:
     out.write_text("config.yaml", _yaml(cfg))
     budget = None
     if cfg.quota.enabled:
-        from jobs.plan import table
-
-        plan, spent = budget_plan(cfg, src)
-        log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {spent:.4g} spent by earlier "
-            f"runs; plan for the rows left:\n{table(plan)}")
-        budget = (plan, spent)
+        budget = start_budget(cfg, src, out)
+        done = done | frozenset(i for i, _ in budget.skipped)
+        todo = budget.rows
     t0 = time.perf_counter()
     written, first, ledger = run(cfg, src, out, done, todo, budget)
     t_end = time.perf_counter()
     summary = summarize(out, job_tasks(cfg), t_end - t0, written)
     summary["this_run"].update(_steady(first, t0, t_end, written))
-    if ledger is not None:
-        summary["quota"] = quota_summary(cfg, summary, ledger, budget[1])
+    if budget is not None:
+        summary["quota"] = quota_summary(cfg, summary, ledger, budget)
     out.write_text("summary.json", json.dumps(summary, indent=1))
     print_summary(summary)
     log(f"rows in {out.data.uri}/ (Parquet), summary in {out.loc.join('summary.json').uri}")
     return summary
+
+
+def start_budget(cfg: Config, src: Source, out: OutputFolder):
+    """Plan the quota job, print the plan, write the declared-skipped rows as error rows."""
+    from jobs.plan import table
+    from pipeline.budget import SKIPPED
+    from pipeline.predictor import OUTPUT_SCHEMA, error_row
+    from pipeline.writer import PartWriter
+
+    budget = budget_plan(cfg, src)
+    log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {budget.spent:.4g} spent by "
+        f"earlier runs" + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
+                           else ": nothing left to plan"))
+    if budget.skipped:
+        why = SKIPPED.format(kept=budget.rows, rows=budget.rows + len(budget.skipped))
+        log(why)
+        writer = PartWriter(out, OUTPUT_SCHEMA, rows_per_part=len(budget.skipped) + 1)
+        writer.add(pa.Table.from_pylist([error_row({"id": i, "task": t, "question": None},
+                                                   why) for i, t in budget.skipped],
+                                        schema=OUTPUT_SCHEMA))
+        writer.flush()
+    return budget
 
 
 def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo: int,
@@ -278,7 +300,8 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
 
         actor = get_or_create_ledger(_job_id(out), cfg.quota.quota().total_flops,
                                      ledger_state(cfg))
-        client, token_policy = LedgerClient(actor), budget[0].policy()
+        client = LedgerClient(actor)
+        token_policy = budget.plan.policy() if budget.plan else None
     with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
               desc="annotate") as bar:
         for batch in build(cfg, src, done, token_policy, client).iter_batches(
@@ -308,13 +331,16 @@ def _close_ledger(actor) -> dict | None:
     return totals
 
 
-def quota_summary(cfg: Config, summary: dict, totals: dict, spent_before: int) -> dict:
+def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> dict:
     q = cfg.quota.quota()
+    totals = totals or {"spent": budget.spent, "overrun": 0}  # nothing ran this time
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
-            "this_run_flops": totals["spent"] - spent_before,
+            "this_run_flops": totals["spent"] - budget.spent,
+            "skipped_rows": len(budget.skipped),
             "share": round(totals["spent"] / max(q.total_flops, 1), 4),
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
-                "quota", 0), "flops_per_task": summary["flops_per_task"]}
+                "quota: refused by the budget ledger", 0),
+            "flops_per_task": summary["flops_per_task"]}
 
 
 def _steady(first: tuple[float, int] | None, t0: float, t_end: float, written: int) -> dict:
@@ -348,7 +374,7 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
             per_task[task] += f or 0
             if err:
                 errors += 1
-                reasons[err.split(":")[0]] += 1
+                reasons[_error_kind(err)] += 1
                 continue
             hist[task][m] += 1
             if answer is not None:
@@ -361,6 +387,13 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
             "m_histogram": {t: dict(sorted(c.items())) for t, c in hist.items()},
             "accuracy": {t: {"correct": c, "labelled": n, "accuracy": round(c / n, 4)}
                          for t, (c, n) in sorted(scored.items()) if n}}
+
+
+def _error_kind(err: str) -> str:
+    """What the summary counts: the text before the first ':' ("quota: refused ..." and
+    "quota: skipped ..." are told apart)."""
+    head = err.split(":")[0]
+    return err.split("(")[0].strip() if head == "quota" else head
 
 
 def print_summary(s: dict) -> None:
@@ -377,5 +410,5 @@ def print_summary(s: dict) -> None:
         q = s["quota"]
         print(f"quota {q['quota_flops']:.4g} FLOPs: spent {q['spent_flops']:.4g} "
               f"({100 * q['share']:.1f}%), this run {q['this_run_flops']:.4g}, "
-              f"refused rows {q['refused_rows']}; per task: " + ", ".join(
-                  f"{t} {f:.3g}" for t, f in q["flops_per_task"].items()))
+              f"refused rows {q['refused_rows']}, skipped {q['skipped_rows']}; per task: "
+              + ", ".join(f"{t} {f:.3g}" for t, f in q["flops_per_task"].items()))

@@ -22,12 +22,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.ledger import Ledger
-from pipeline.plan import Plan, Quota, plan
+from pipeline.plan import InfeasibleQuota, Plan, Quota, plan
 from pipeline.quality import QualityCurve, from_calibration, shipped_calibration
 from pipeline.sources import Source
 from pipeline.storage import read_bytes
 
 REFUSED = "quota: refused by the budget ledger (the job's compute quota is spent)"
+SKIPPED = ("quota: skipped (quota.infeasible=subset): the quota pays for the first {kept} of "
+           "{rows} rows at the cheapest m")
 
 
 @dataclass
@@ -40,12 +42,16 @@ class QuotaArgs:
     calibration: str = ""  # quality curves: an `mqt eval` calibration.json; "" = the shipped
     weights: dict = field(default_factory=dict)  # per task, default 1
     ledger_state: str = ""  # local file; "" = <output>/ledger.json (output must be local)
+    infeasible: str = "fail"  # or "subset": answer the first rows the quota pays for, skip the rest
 
     @property
     def enabled(self) -> bool:
         return bool(self.flops or self.seconds)
 
     def quota(self) -> Quota:
+        if self.infeasible not in ("fail", "subset"):
+            raise ValueError(f"quota.infeasible must be 'fail' or 'subset', "
+                             f"got {self.infeasible!r}")
         if self.flops and self.seconds:
             raise ValueError("quota.flops / quota.seconds: give one of them, not both")
         if self.flops:
@@ -73,42 +79,82 @@ def remaining(args: QuotaArgs, spent: int) -> Quota:
         seconds=left / q.flops_per_second, flops_per_second=q.flops_per_second)
 
 
-def task_counts(src: Source, default_task: str, limit: int) -> Counter:
-    """Rows per task in the source (the first `limit` rows if limit > 0)."""
+def source_rows(src: Source, default_task: str, limit: int) -> list[tuple[str, str]]:
+    """(id, task) of every source row in source order (the first `limit` if limit > 0);
+    only these two small columns are read."""
+    from pipeline.sources import relative_id
+
     if src.kind == "folder":
-        return Counter({default_task: min(src.rows, limit) if limit else src.rows})
-    tasks = _jsonl_tasks(src) if src.kind == "jsonl" else _parquet_tasks(src)
-    return Counter(t or default_task for t in (tasks[:limit] if limit else tasks))
+        rows = [(relative_id(f, src.loc.path), default_task) for f in src.files]
+    else:
+        rows = _jsonl_rows(src) if src.kind == "jsonl" else _parquet_rows(src)
+        rows = [(i, t or default_task) for i, t in rows]
+    return rows[:limit] if limit else rows
 
 
-def _jsonl_tasks(src: Source) -> list[str | None]:
+def _jsonl_rows(src: Source) -> list[tuple[str, str | None]]:
     out = []
     for line in read_bytes(src.loc).splitlines():
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                row = None  # an error row; counted under the default task (costs nothing)
-            out.append(row.get("task") if isinstance(row, dict) else None)
+                row = None  # an error row: counted under the default task (it costs nothing)
+            ok = isinstance(row, dict)
+            out.append((str(row.get("id")) if ok else "", row.get("task") if ok else None))
     return out
 
 
-def _parquet_tasks(src: Source) -> list[str | None]:
+def _parquet_rows(src: Source) -> list[tuple[str, str | None]]:
     with src.loc.fs.open_input_file(src.loc.path) as f:
         pf = pq.ParquetFile(f)
-        if "task" not in pf.schema_arrow.names:
-            return [None] * pf.metadata.num_rows
-        return pf.read(columns=["task"]).column("task").to_pylist()
+        cols = ["id"] + (["task"] if "task" in pf.schema_arrow.names else [])
+        table = pf.read(columns=cols)
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    tasks = table.column("task").to_pylist() if "task" in cols else [None] * len(ids)
+    return list(zip(ids, tasks, strict=True))
 
 
-def prepare(args: QuotaArgs, todo: Counter, state_path: str) -> tuple[Plan, int]:
-    """The plan for the rows left (per task) within the quota left; (plan, spent before)."""
+def affordable(rows: list[tuple[str, str]], cs: dict[str, QualityCurve], flops: int) -> int:
+    """How many rows, in order, the quota pays for at each task's cheapest m."""
+    spent = 0
+    for n, (_, task) in enumerate(rows):
+        spent += min(cs[task].flops)
+        if spent > flops:
+            return n
+    return len(rows)
+
+
+@dataclass
+class Budget:
+    """What a quota job knows before it starts: its plan, the spend of earlier runs, and the
+    rows it declares skipped (quota.infeasible=subset) when Q cannot pay for every row."""
+
+    plan: Plan | None
+    spent: int
+    skipped: list[tuple[str, str]]  # (id, task)
+    rows: int  # rows this run was planned for (skipped ones excluded)
+
+
+def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str) -> Budget:
+    """The plan for the rows left, (id, task) in source order, within the quota left. An
+    infeasible quota raises InfeasibleQuota, or with infeasible=subset keeps the first rows
+    the quota pays for at the cheapest m and declares the others skipped."""
     q = args.quota()
-    spent = Ledger(q.total_flops, state_path).spent if Path(state_path).exists() else 0
-    todo = Counter({t: n for t, n in todo.items() if n > 0})
-    p = plan(dict(todo), curves(args, set(todo)), remaining(args, spent),
-             {t: float(w) for t, w in args.weights.items()} or None)
-    return p, spent
+    saved = Path(state_path).exists() or Path(f"{state_path}.journal").exists()
+    spent = Ledger(q.total_flops, state_path).spent if saved else 0
+    left = remaining(args, spent)
+    cs = curves(args, {t for _, t in todo})
+    weights = {t: float(w) for t, w in args.weights.items()} or None
+    try:
+        return Budget(plan(Counter(t for _, t in todo), cs, left, weights), spent, [], len(todo))
+    except InfeasibleQuota:
+        if args.infeasible != "subset":
+            raise
+    keep = affordable(todo, cs, left.total_flops)
+    skipped = todo[keep:]
+    kept = Counter(t for _, t in todo[:keep])
+    return Budget(plan(kept, cs, left, weights) if kept else None, spent, skipped, keep)
 
 
 class LedgerClient:

@@ -80,7 +80,7 @@ class Predictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        out = [_error_row(r, r["error"]) for r in rows]
+        out = [error_row(r, r["error"]) for r in rows]
         ok = [i for i, r in enumerate(rows) if not r["error"]]
         if ok:
             self._answer([rows[i] for i in ok], [out[i] for i in ok])
@@ -242,7 +242,7 @@ def _groups(rows: list[dict], ms: list[int]) -> dict[tuple[str, int], list[int]]
     return groups
 
 
-def _error_row(row: dict, error: str | None) -> dict:
+def error_row(row: dict, error: str | None) -> dict:
     """An output row with only the identity columns and the error set."""
     return {"id": row["id"], "task": row["task"], "question": row["question"], "output": None,
             "answer": row.get("answer"), "m": None, "visual_tokens": None, "prompt_tokens": None,

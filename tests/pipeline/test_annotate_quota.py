@@ -5,6 +5,7 @@ twice (the ledger state is saved next to the output)."""
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_annotate import TINY, image_bytes
 
@@ -63,6 +64,8 @@ def test_infeasible_quota_fails_before_work_with_the_minimum(monkeypatch, folder
             f"quota.calibration={calibration}"]
     with pytest.raises(ValueError, match=rf"quota: .*the minimum quota is {minimum}"):
         cli.resolve("annotate", None, [*args, f"quota.flops={minimum - 1}"], "tiny")
+    with pytest.raises(ValueError, match="quota.infeasible must be"):
+        cli.resolve("annotate", None, [*args, "quota.flops=1", "quota.infeasible=some"], "tiny")
     cli.resolve("annotate", None, [*args, f"quota.flops={minimum}"], "tiny")  # feasible
     with pytest.raises(ValueError, match="policy: a job with a quota"):
         cli.resolve("annotate", None, [*args, f"quota.flops={minimum}", "policy.default=2"],
@@ -75,7 +78,7 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
             f"quota.calibration={calibration}", f"quota.flops={quota}"]
     cfg = cli.resolve("annotate", None, args, "tiny")[1]
-    plan, _ = annotate.budget_plan(cfg, annotate.validate(cfg))
+    plan = annotate.budget_plan(cfg, annotate.validate(cfg)).plan
     assert [(p.m, p.rows) for p in plan.task("caption").parts] == [(4, 10), (16, 2)]
     s = annotate.main(cfg)
     q = s["quota"]
@@ -107,3 +110,23 @@ def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
     assert len(answered) == 2 and all(r["error"] == REFUSED for r in out[2:])
     assert ledger.spent == sum(r["flops"] for r in answered) <= ledger.quota
     assert ledger.reserved == 0  # every hold was committed or released
+
+
+def test_infeasible_quota_with_subset_answers_the_first_rows_and_skips_the_rest(
+        ray_local, folder, calibration, tmp_path):
+    """quota.infeasible=subset: Q pays for 5 rows at the cheapest m; the first 5 ids in
+    source order are answered, the other 7 are error rows that say why, spend <= Q, and a
+    rerun with the same quota does nothing more."""
+    quota = 5 * tiny_row_bound(1) + 10  # a little over five rows: not enough for a sixth
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}", f"quota.flops={quota}", "quota.infeasible=subset"]
+    s = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "o" / "data").to_pylist()}
+    assert sorted(rows) == [f"{i:02d}.png" for i in range(12)]
+    answered = sorted(i for i, r in rows.items() if r["error"] is None)
+    assert answered == [f"{i:02d}.png" for i in range(5)]
+    assert all("quota: skipped" in rows[f"{i:02d}.png"]["error"] for i in range(5, 12))
+    assert s["quota"]["skipped_rows"] == 7 and s["quota"]["spent_flops"] <= quota
+    assert s["m_histogram"] == {"caption": {1: 5}}
+    again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
+    assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_flops"] == 0
