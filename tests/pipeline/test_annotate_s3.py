@@ -92,3 +92,20 @@ def test_unreachable_s3_fails_before_any_work(monkeypatch, s3_bucket, what):
     with pytest.raises(ValueError, match="source"):
         s3_config(endpoint, f"source=s3://{bucket}/imgs", "output=/tmp/unused-out",
                   "storage.region=us-east-1")
+
+
+def test_parquet_with_image_bytes_on_s3(ray_local, s3_bucket):
+    import io
+
+    import pyarrow as pa
+
+    endpoint, bucket, fs = s3_bucket
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": ["b0", "b1"], "image": [image_bytes(7), b"\x00junk"],
+                             "task": ["vqa", "vqa"], "question": ["Shape?", "Shape?"]}), sink)
+    put(fs, f"{bucket}/in/rows.parquet", sink.getvalue())
+    annotate.main(s3_config(endpoint, f"source=s3://{bucket}/in/rows.parquet",
+                            f"output=s3://{bucket}/out", "policy.default=2"))
+    rows = read_s3_rows(fs, f"{bucket}/out")
+    assert_answered(rows["b0"], 2)
+    assert "not an image" in rows["b1"]["error"]
