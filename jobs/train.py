@@ -8,12 +8,16 @@ trained parts are exported as a checkpoint folder (`<output>/model`) that `mqt g
 checkpoint=...` and the other jobs load.
 
 `backend=local` trains in this process; `backend=ddp` runs the same `fit` on
-`scaling.workers` Ray Train workers with DistributedDataParallel (jobs.train_ray). What
-differs is the *session*: the process's ranks, where checkpoints go, how the run ends.
+`scaling.workers` Ray Train workers with DistributedDataParallel, `backend=deepspeed` with
+DeepSpeed ZeRO-2 or ZeRO-3 (jobs.train_ray, jobs.train_deepspeed). What differs is the
+*session* (the process's ranks, where checkpoints go, how the run ends) and the *training*
+(`TorchTraining` or `DeepSpeedTraining`: how a step updates the weights, what a checkpoint
+holds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 import zlib
@@ -38,6 +42,7 @@ from mqt.checkpoint import load_part, save_checkpoint
 from mqt.configtree import ConfigError
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.matryoshka import MSchedule
+from pipeline.storage import StorageArgs, scheme_of
 
 BACKENDS = ("local", "ddp", "deepspeed")
 
@@ -70,6 +75,9 @@ class AlignArgs:
     lr: float = 3e-3
     batch_size: int = 64
     schedule: MSchedule = field(default_factory=lambda: MSchedule(kind="log_uniform"))
+    # > 0: also each mosaic cell's words, read from the tokens by a per-position attention
+    # readout, with this weight (jobs.align_cells): the tokens keep where things are
+    cell_weight: float = 0.0
 
 
 @dataclass
@@ -80,6 +88,18 @@ class ScalingArgs:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 0  # worker failures survived, each by a restart from the last checkpoint
+
+
+@dataclass
+class DeepSpeedArgs:
+    """backend=deepspeed: the ZeRO stage and precision (jobs.train_deepspeed.ds_config
+    turns the whole train config into DeepSpeed's)."""
+
+    stage: int = 2  # 2: optimizer state and gradients sharded; 3: the trainable weights too
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32, bf16
+    # ZeRO-3 keeps parameters of at most this many elements whole on every rank (DeepSpeed's
+    # default); 0 shards every one
+    persistence_threshold: int = 100_000
 
 
 @dataclass
@@ -98,9 +118,12 @@ class Config(ModelArgs):
     output: str = "runs/train"
     feature_cache: str = ""  # file of cached grid features; "" = <output>/features.pt
     threads: int = 0  # torch threads; 0 = torch's default
-    backend: str = "local"  # local: this process; ddp: Ray Train workers; deepspeed: planned
+    backend: str = "local"  # local: this process; ddp, deepspeed: Ray Train workers
     scaling: ScalingArgs = field(default_factory=ScalingArgs)
-    storage_path: str = ""  # Ray Train checkpoints (a folder all workers see); "" = <output>/ray
+    deepspeed: DeepSpeedArgs = field(default_factory=DeepSpeedArgs)
+    # Ray Train checkpoints: a folder all workers see, or s3://bucket/prefix; "" = <output>/ray
+    storage_path: str = ""
+    storage: StorageArgs = field(default_factory=StorageArgs)  # how to reach s3:// storage
     name: str = ""  # the Ray Train run; the same name resumes it; "" = the output folder's name
 
 
@@ -124,15 +147,24 @@ def validate(cfg: Config) -> None:
 def validate_backend(cfg: Config) -> None:
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"backend={cfg.backend!r} is not one of {BACKENDS}")
-    if cfg.backend == "deepspeed":
-        raise ConfigError("backend=deepspeed is not implemented yet; use backend=ddp")
-    if "://" in cfg.storage_path:
-        raise ConfigError(f"storage_path={cfg.storage_path!r}: only local or mounted folders "
-                          "are supported yet (s3:// is planned)")
+    if scheme_of(cfg.storage_path) not in ("", "file", "s3"):
+        raise ConfigError(f"storage_path={cfg.storage_path!r}: a folder every worker sees "
+                          "(local or mounted) or s3://bucket/prefix")
     w = cfg.scaling.workers
-    if cfg.backend == "ddp" and (w < 1 or cfg.batch_size % w):
+    if cfg.backend != "local" and (w < 1 or cfg.batch_size % w):
         raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be a multiple "
                           f"of scaling.workers={w}")
+    if cfg.backend == "deepspeed":
+        validate_deepspeed(cfg.deepspeed)
+
+
+def validate_deepspeed(ds: DeepSpeedArgs) -> None:
+    from jobs.train_deepspeed import PRECISIONS, STAGES  # no deepspeed import: a pure module
+
+    if ds.stage not in STAGES:
+        raise ConfigError(f"deepspeed.stage={ds.stage}: ZeRO stage 2 or 3")
+    if ds.precision not in PRECISIONS:
+        raise ConfigError(f"deepspeed.precision={ds.precision!r} is not one of {PRECISIONS}")
 
 
 def load_data(cfg: DataArgs) -> tuple[list, list]:
@@ -166,40 +198,90 @@ def trainable_parts(model) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def write_state(folder: Path, model, opt, step: int, ranks: Ranks) -> None:
+class TorchTraining:
+    """The training state of `local` and `ddp`: AdamW over the trainable parameters,
+    gradient clipping; on several ranks the model is DDP-wrapped. A checkpoint's `state.pt`
+    (rank 0) holds the optimizer and the step."""
+
+    backend = "torch"
+    dtype = torch.float32
+
+    def __init__(self, cfg: Config, model, ranks: Ranks):
+        self.inner, self.ranks, self.clip = model, ranks, cfg.grad_clip
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.stage1.lr, weight_decay=0.0)
+        self.model = ranks.wrap(model)  # what loss_on calls
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.opt.param_groups
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+
+    def full_weights(self):
+        return contextlib.nullcontext()  # every rank holds the whole model
+
+    def save(self, folder: Path, step: int) -> None:
+        if self.ranks.main:
+            torch.save({"backend": self.backend, "optimizer": self.opt.state_dict(),
+                        "step": step}, folder / "state.pt")
+
+    def load(self, folder: Path) -> int:
+        state = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")
+        if state.get("backend", self.backend) != self.backend:
+            raise RuntimeError(f"{folder}: the checkpoint was written by backend="
+                               f"{state['backend']}; resume it with that backend")
+        for part in trainable_parts(self.inner):
+            load_part(self.inner, part, folder / f"{part}.safetensors")
+        self.opt.load_state_dict(state["optimizer"])
+        return int(state["step"])
+
+
+def make_training(cfg: Config, model, ranks: Ranks):
+    """`TorchTraining`, or `DeepSpeedTraining` for backend=deepspeed (imported only then)."""
+    if cfg.backend == "deepspeed":
+        from jobs.train_deepspeed import DeepSpeedTraining
+
+        return DeepSpeedTraining(cfg, model, ranks)
+    return TorchTraining(cfg, model, ranks)
+
+
+def write_state(folder: Path, training, step: int, ranks: Ranks) -> None:
     """A resumable checkpoint. Rank 0 writes the trainable parts (mqt.checkpoint's folder,
-    so the checkpoint loads as a model), the optimizer and the step (the learning rate is a
-    function of the step); every rank writes its own RNG state."""
+    so the checkpoint loads as a model); the training writes its state (optimizer, step:
+    the learning rate is a function of the step); every rank writes its own RNG state."""
     folder.mkdir(parents=True, exist_ok=True)
-    if ranks.main:
-        save_checkpoint(model, folder, parts=trainable_parts(model))
-        torch.save({"optimizer": opt.state_dict(), "step": step}, folder / "state.pt")
+    with training.full_weights():  # ZeRO-3: every rank takes part in gathering the weights
+        if ranks.main:
+            save_checkpoint(training.inner, folder, parts=trainable_parts(training.inner))
+    training.save(folder, step)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, folder / f"rng-{ranks.rank}.pt")
 
 
-def load_state(path: Path, model, opt, ranks: Ranks) -> int:
+def load_state(path: Path, training, ranks: Ranks) -> int:
     """The step a checkpoint folder resumes at (0 if there is none), with its state loaded."""
     if not (path / "state.pt").exists():
         return 0
-    for part in trainable_parts(model):
-        load_part(model, part, path / f"{part}.safetensors")
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    opt.load_state_dict(state["optimizer"])
+    step = training.load(path)
     if (path / f"rng-{ranks.rank}.pt").exists():  # absent if the world grew since
         rng = torch.load(path / f"rng-{ranks.rank}.pt", weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    return int(state["step"])
+    return step
 
 
-def save_state(path: Path, model, opt, step: int, ranks: Ranks) -> None:
+def save_state(path: Path, training, step: int, ranks: Ranks) -> None:
     """`write_state` into a temp folder renamed into place: a crash never leaves half."""
     tmp = path.with_name(path.name + ".tmp")
-    write_state(tmp, model, opt, step, ranks)
+    write_state(tmp, training, step, ranks)
     old = path.with_name(path.name + ".old")
     if path.exists():
         path.rename(old)
@@ -223,8 +305,11 @@ class LocalSession:
     def __init__(self, out: Path):
         self.out, self.ranks = out, Ranks()
 
-    def restore(self, model, opt) -> int:
-        step = load_state(self.out / "checkpoint", model, opt, self.ranks)
+    def resuming(self) -> bool:
+        return (self.out / "checkpoint" / "state.pt").exists()
+
+    def restore(self, training) -> int:
+        step = load_state(self.out / "checkpoint", training, self.ranks)
         if step:
             log(f"resuming from step {step} ({self.out / 'checkpoint'})")
         return step
@@ -232,21 +317,21 @@ class LocalSession:
     def checkpoint_due(self, step: int, total: int, every: int) -> bool:
         return bool(every) and (step % every == 0 or step == total)
 
-    def save(self, model, opt, step: int, metrics: dict) -> None:
-        save_state(self.out / "checkpoint", model, opt, step, self.ranks)
+    def save(self, training, step: int, metrics: dict) -> None:
+        save_state(self.out / "checkpoint", training, step, self.ranks)
 
-    def finish(self, model, opt, step: int, metrics: dict, trained: bool) -> None:
+    def finish(self, training, step: int, metrics: dict, trained: bool) -> None:
+        model = training.inner
         save_checkpoint(model, self.out / "model", parts=trainable_parts(model))
 
 
 @dataclass
 class Loop:
-    """What the training steps work on: the model (DDP-wrapped on several ranks), its
-    optimizer, the data and the session (ranks, checkpoints, output folder)."""
+    """What the training steps work on: the training (the model as `loss_on` calls it,
+    DDP-wrapped or a DeepSpeed engine; how a step updates it), the data and the session
+    (ranks, checkpoints, output folder)."""
 
-    model: torch.nn.Module
-    opt: torch.optim.Optimizer
-    params: list
+    training: TorchTraining  # or jobs.train_deepspeed.DeepSpeedTraining: the same methods
     train: list
     held_out: list
     cache: FeatureCache
@@ -271,16 +356,17 @@ def fit(cfg: Config, session) -> dict:
     model, train, held_out, cache = ranks.local_first(
         lambda: prepare(cfg, session.out, ranks.main))
     model.to(ranks.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.stage1.lr, weight_decay=0.0)
-    start = session.restore(model, opt)
-    if not start and cfg.align.steps:
+    # before the training takes the weights (ZeRO keeps its own fp32 copy); a resumed run
+    # has the aligned weights in its checkpoint
+    if cfg.align.steps and not session.resuming():
         run_align(cfg, model, train, cache, ranks.main)
+    training = make_training(cfg, model, ranks)
+    start = session.restore(training)
     total = cfg.stage1.steps + cfg.stage2.steps
-    loop = Loop(ranks.wrap(model), opt, params, train, held_out, cache, session)
-    row = run_steps(cfg, loop, start, total)
-    final = evaluate(cfg, model, held_out, cache) if ranks.main else {}
-    session.finish(model, opt, total, {**row, **final}, trained=start < total)
+    row = run_steps(cfg, Loop(training, train, held_out, cache, session), start, total)
+    with training.full_weights():
+        final = evaluate(cfg, model, held_out, cache) if ranks.main else {}
+    session.finish(training, total, {**row, **final}, trained=start < total)
     if ranks.main:
         log(f"trained {total} steps; eval {final}")
     return {"eval": final, "last": row}
@@ -308,17 +394,21 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
     words = WordTargets(model.tokenizer, [w for w in easyvqa_answers() + mosaic_answers()
                                           if w not in ("yes", "no")])
     images = list({image_key(ex): ex for ex in train}.values())
-    opt = torch.optim.AdamW(model.query.parameters(), lr=cfg.align.lr, weight_decay=0.0)
-    order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
     dev = model.query.proj.device
+    cells = cell_align(cfg, model, dev)
+    params = list(model.query.parameters()) + (list(cells.parameters()) if cells else [])
+    opt = torch.optim.AdamW(params, lr=cfg.align.lr, weight_decay=0.0)
+    order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
     bar = tqdm(range(cfg.align.steps), desc="align", unit="step", disable=not main)
     for step in bar:
         chunk = [images[i] for i in next(order)]
         m = cfg.align.schedule.sample(step, model.num_queries, cfg.data.seed + 1)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
-        loss = align_loss(model, cache.get(chunk).to(dev), words.distribution(chunk).to(dev),
-                          words.token_ids.to(dev), m)
+        feats = cache.get(chunk).to(dev)
+        loss = (cells(model, feats, chunk, words, m) if cells else
+                align_loss(model, feats, words.distribution(chunk).to(dev),
+                           words.token_ids.to(dev), m))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -328,10 +418,20 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
                                                      "final_loss": round(loss.item(), 4)})
 
 
+def cell_align(cfg: Config, model, dev):
+    """The per-cell alignment loss (jobs.align_cells) when align.cell_weight > 0, else None."""
+    if not cfg.align.cell_weight:
+        return None
+    from jobs.align_cells import CellAlign
+
+    return CellAlign(model.cfg.lm.hidden_size, cfg.align.cell_weight, cfg.data.seed).to(dev)
+
+
 def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
     """Steps start..total-1. Every rank draws the same global batch and m, trains on its
     slice of the batch; rank 0 shows the progress bar and writes metrics.csv."""
-    ranks, session, inner, row = loop.session.ranks, loop.session, unwrap(loop.model), {}
+    ranks, session, training, row = loop.session.ranks, loop.session, loop.training, {}
+    inner = unwrap(training.model)
     order = batches(len(loop.train), cfg.batch_size, cfg.data.seed, start)
     bar = tqdm(range(start, total), initial=start, total=total, desc="train", unit="step",
                disable=not ranks.main)
@@ -340,37 +440,36 @@ def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
         stage, local = stage_at(cfg, step)
         m = stage.schedule.sample(step, inner.num_queries, cfg.data.seed)
         ranks.check_same("m", m, step)  # a pure function of (seed, step): cheap to prove
-        for g in loop.opt.param_groups:
+        for g in training.param_groups:
             g["lr"] = lr_at(local, stage.steps, stage.lr, stage.warmup)
         idx = next(order)
         mine = [loop.train[i] for i in ranks.shard(idx)]
-        feats = loop.cache.get(mine).to(ranks.device)
-        loss = loss_on(loop.model, mine, feats, m, ranks.denominator)
-        loop.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
-        loop.opt.step()
+        feats = loop.cache.get(mine).to(ranks.device, training.dtype)
+        loss, tokens = loss_on(training.model, mine, feats, m, ranks.denominator)
+        training.step(loss)
         dt, t0 = time.perf_counter() - t0, time.perf_counter()
         row = {"step": step + 1, "stage": 1 if stage is cfg.stage1 else 2, "m": m,
-               "loss": round(ranks.mean(loss), 4), "lr": loop.opt.param_groups[0]["lr"],
-               "samples_per_s": round(len(idx) / dt, 2)}
+               "loss": round(ranks.mean(loss), 4), "lr": training.param_groups[0]["lr"],
+               "samples_per_s": round(len(idx) / dt, 2),
+               "tokens_per_s": round(ranks.total(tokens) / dt, 1)}
         if ranks.main:
             bar.set_postfix(loss=row["loss"], m=m, sps=row["samples_per_s"])
             append_csv(session.out / "metrics.csv", row)
-        if ranks.main and cfg.eval_every and (step + 1) % cfg.eval_every == 0 \
-                and step + 1 < total:
-            ev = evaluate(cfg, inner, loop.held_out, loop.cache)
-            append_csv(session.out / "eval.csv", {"step": step + 1, **ev})
-            bar.write(f"step {step + 1}: {ev}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            with training.full_weights():  # every rank: ZeRO-3 gathers the weights
+                if ranks.main:
+                    ev = evaluate(cfg, inner, loop.held_out, loop.cache)
+                    append_csv(session.out / "eval.csv", {"step": step + 1, **ev})
+                    bar.write(f"step {step + 1}: {ev}")
         if session.checkpoint_due(step + 1, total, cfg.checkpoint_every):
-            session.save(inner, loop.opt, step + 1, row)
+            session.save(training, step + 1, row)
     return row
 
 
 def evaluate(cfg: Config, model, held_out, cache) -> dict:
     model.eval()
     ms = cfg.eval_ms or sorted({1, min(4, model.num_queries), model.num_queries})
-    feats = cache.get(held_out).to(model.query.proj.device)
+    feats = cache.get(held_out).to(model.query.proj.device, model.query.proj.dtype)
     result = {f"acc@{m}": round(accuracy(model, held_out, feats, m)[0], 4) for m in ms}
     model.train()
     model.vision.eval()

@@ -1,12 +1,13 @@
-"""`mqt train backend=ddp`: the training loop of jobs.train inside a Ray Train TorchTrainer.
+"""`mqt train backend=ddp|deepspeed`: the training loop of jobs.train in a Ray Train TorchTrainer.
 
 The driver (`run`) starts `scaling.workers` workers; each runs `jobs.train.fit`, the same
 function the single-process `mqt train` runs, with a `RaySession`: its rank from the Train
-context, DistributedDataParallel over the trainable parameters (gloo on CPU, NCCL on GPU,
-chosen by Ray), checkpoints through `ray.train.report` into `<storage_path>/<name>`.
-Running the same `name` again resumes from that run's last checkpoint; with
+context, the process group Ray made (gloo on CPU, NCCL on GPU) under DistributedDataParallel
+or DeepSpeed ZeRO (jobs.train_deepspeed), checkpoints through `ray.train.report` into
+`<storage_path>/<name>`, a folder or `s3://bucket/prefix` (a pyarrow filesystem from
+`storage`). Running the same `name` again resumes from that run's last checkpoint; with
 `scaling.max_failures > 0` a failed worker is replaced and all ranks restart from it.
-The last checkpoint is exported to `<output>/model` (mqt.checkpoint's folder).
+The last checkpoint is exported to `<output>/model` (mqt.checkpoint's folder) on the driver.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jobs.common import log, save_config
 from jobs.train import Config, fit, load_state, write_state
 from jobs.trainloop import Ranks
 from mqt.checkpoint import PARTS
+from pipeline.storage import locate, scheme_of
 
 
 def run(cfg: Config) -> dict:
@@ -33,11 +35,17 @@ def run(cfg: Config) -> dict:
     if not ray.is_initialized():
         ray.init(include_dashboard=False)  # a local Ray; RAY_ADDRESS connects to a cluster
     result = trainer(cfg).fit()
-    with result.checkpoint.as_directory() as folder:
+    with result.checkpoint.as_directory() as folder:  # downloaded first if on s3://
         export_model(Path(folder), Path(cfg.output) / "model")
-    log(f"checkpoint {result.checkpoint.path}; model in {Path(cfg.output) / 'model'}")
+    where = checkpoint_uri(cfg, result.checkpoint.path)
+    log(f"checkpoint {where}; model in {Path(cfg.output) / 'model'}")
     return {"eval": {k: v for k, v in result.metrics.items() if k.startswith("acc@")},
-            "last": result.metrics, "checkpoint": result.checkpoint.path}
+            "last": result.metrics, "checkpoint": where}
+
+
+def checkpoint_uri(cfg: Config, path: str) -> str:
+    """A checkpoint's path as the user writes it: s3://bucket/... for s3 storage."""
+    return f"s3://{path}" if scheme_of(cfg.storage_path) == "s3" else path
 
 
 def on_shared_paths(cfg: Config) -> Config:
@@ -46,17 +54,25 @@ def on_shared_paths(cfg: Config) -> Config:
     out = Path(cfg.output).resolve()
     return dataclasses.replace(
         cfg, output=str(out), name=cfg.name or out.name,
-        storage_path=str(Path(cfg.storage_path).resolve()) if cfg.storage_path
-        else str(out / "ray"),
+        storage_path=shared_storage(cfg.storage_path, out),
         feature_cache=str(Path(cfg.feature_cache).resolve()) if cfg.feature_cache else "")
+
+
+def shared_storage(path: str, out: Path) -> str:
+    """s3://bucket/prefix as given; a folder (or file://) as an absolute path."""
+    if scheme_of(path) == "s3":
+        return path.rstrip("/")
+    return locate(path).path if path else str(out / "ray")
 
 
 def trainer(cfg: Config) -> ray.train.torch.TorchTrainer:
     s = cfg.scaling
     scaling = ray.train.ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                       resources_per_worker={"CPU": s.cpus_per_worker})
+    where = locate(cfg.storage_path, cfg.storage)  # s3://: pyarrow's S3FileSystem, endpoint_url
     run_config = ray.train.RunConfig(
-        name=cfg.name, storage_path=cfg.storage_path,
+        name=cfg.name, storage_path=where.path if where.ray_filesystem else cfg.storage_path,
+        storage_filesystem=where.ray_filesystem,
         failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
     return ray.train.torch.TorchTrainer(worker, train_loop_config={"cfg": cfg},
@@ -77,13 +93,16 @@ class RaySession:
         self.ranks = Ranks(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(),
                            ray.train.torch.get_device())
 
-    def restore(self, model, opt) -> int:
+    def resuming(self) -> bool:
+        return ray.train.get_checkpoint() is not None
+
+    def restore(self, training) -> int:
         """The run's latest checkpoint (a resumed name, or a restart after a failure)."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return 0
-        with checkpoint.as_directory() as folder:
-            step = load_state(Path(folder), model, opt, self.ranks)
+        with checkpoint.as_directory() as folder:  # on s3://: downloaded once per node
+            step = load_state(Path(folder), training, self.ranks)
         if self.ranks.main:
             log(f"resuming from step {step} ({checkpoint.path})")
         return step
@@ -91,19 +110,20 @@ class RaySession:
     def checkpoint_due(self, step: int, total: int, every: int) -> bool:
         return bool(every) and step % every == 0 and step < total  # `finish` saves the last
 
-    def save(self, model, opt, step: int, metrics: dict) -> None:
+    def save(self, training, step: int, metrics: dict) -> None:
         """Every rank reports (a barrier); Ray merges the ranks' folders into one:
-        rank 0's model, optimizer and step, and each rank's RNG state."""
+        rank 0's model, optimizer and step (DeepSpeed: each rank's optimizer shard), and
+        each rank's RNG state."""
         with tempfile.TemporaryDirectory() as folder:
-            write_state(Path(folder), model, opt, step, self.ranks)
+            write_state(Path(folder), training, step, self.ranks)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
 
-    def finish(self, model, opt, step: int, metrics: dict, trained: bool) -> None:
+    def finish(self, training, step: int, metrics: dict, trained: bool) -> None:
         """The last checkpoint carries the final evaluation (rank 0's metrics); a run
         resumed with nothing left to train keeps its earlier last checkpoint."""
         if trained:
-            self.save(model, opt, step, metrics)
+            self.save(training, step, metrics)
 
 
 def export_model(folder: Path, dest: Path) -> Path:

@@ -1,16 +1,17 @@
-"""`mqt train-bench`: training throughput (samples/s) of one process against DDP workers.
+"""`mqt train-bench`: training throughput of one process against DDP and ZeRO-2 workers.
 
-    mqt train-bench preset=tiny workers=[1,2] steps=30
-    mqt train-bench preset=mqt-smol workers=[1,2] batch_size=8 steps=12
+    mqt train-bench preset=tiny workers=[1,2] zero2=[1,2] steps=30
+    mqt train-bench preset=mqt-smol workers=[1,2] zero2=[] batch_size=8 steps=12
 
 Each run is a short `mqt train` at a fixed m (stage 1 only, no alignment, one checkpoint at
-the end) on the same global batch; samples/s is the median over the steps after `skip`
-(the first steps warm caches and allocators). Prints a table, writes `bench.md`,
-`bench.png` and the config into `output`.
+the end) on the same global batch; samples/s and tokens/s (visual + text tokens the LM
+read) are medians over the steps after `skip` (the first steps warm caches and
+allocators). Prints a table, writes `bench.md`, `bench.png` and the config into `output`.
 """
 
 from __future__ import annotations
 
+import csv
 import shutil
 import statistics
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class Config(ModelArgs):
     checkpoint: str = "none"  # throughput does not depend on the weights
     local: bool = True  # include one process without Ray (backend=local)
     workers: list[int] = field(default_factory=lambda: [1, 2])  # one DDP run per entry
+    zero2: list[int] = field(default_factory=lambda: [1, 2])  # one DeepSpeed ZeRO-2 run per entry
     cpus_per_worker: float = 1.0
     batch_size: int = 16  # global
     m: int = 0  # visual tokens per step; 0 = M
@@ -40,15 +42,21 @@ def validate(cfg: Config) -> None:
     validate_model(cfg)
     if not 0 <= cfg.m <= model_config(cfg).query.num_queries:
         raise ValueError(f"m={cfg.m} is outside 0..M")
-    if cfg.steps <= cfg.skip or any(w < 1 for w in cfg.workers):
+    if cfg.steps <= cfg.skip or any(w < 1 for w in cfg.workers + cfg.zero2):
         raise ValueError("steps must exceed skip, and workers must be >= 1")
-    for w in cfg.workers:
-        train.validate(run_config(cfg, "ddp", w))
+    for backend, w in runs(cfg):
+        train.validate(run_config(cfg, backend, w))
+
+
+def runs(cfg: Config) -> list[tuple[str, int]]:
+    """(backend, workers) of each run, in the table's order."""
+    return (([("local", 1)] if cfg.local else []) + [("ddp", w) for w in cfg.workers]
+            + [("deepspeed", w) for w in cfg.zero2])
 
 
 def run_config(cfg: Config, backend: str, workers: int) -> train.Config:
     """The `mqt train` config of one run: stage 1 at a fixed m, one checkpoint at the end."""
-    label = "local" if backend == "local" else f"ddp-{workers}"
+    label = {"local": "local", "ddp": f"ddp-{workers}", "deepspeed": f"zero2-{workers}"}[backend]
     return merge(train.Config(), {
         **{k: v for k, v in to_dict(cfg).items() if k in ("preset", "model", "checkpoint",
                                                          "llava", "seed", "batch_size")},
@@ -58,14 +66,14 @@ def run_config(cfg: Config, backend: str, workers: int) -> train.Config:
         "stage2": {"steps": 0}, "align": {"steps": 0}, "eval_ms": [1], "checkpoint_every": 0,
         "threads": cfg.threads if backend == "local" else 0, "backend": backend,
         "scaling": {"workers": workers, "cpus_per_worker": cfg.cpus_per_worker},
+        "deepspeed": {"stage": 2},
         "output": str(Path(cfg.output) / label), "name": label,
         "feature_cache": str(Path(cfg.output) / "features.pt")})
 
 
 def main(cfg: Config) -> list[dict]:
     save_config(cfg, cfg.output)
-    runs = ([("local", 1)] if cfg.local else []) + [("ddp", w) for w in cfg.workers]
-    rows = [measure(cfg, backend, w) for backend, w in runs]
+    rows = [measure(cfg, backend, w) for backend, w in runs(cfg)]
     text = markdown(rows, cfg)
     print(text)
     (Path(cfg.output) / "bench.md").write_text(text + "\n")
@@ -79,21 +87,24 @@ def measure(cfg: Config, backend: str, workers: int) -> dict:
     tc = run_config(cfg, backend, workers)
     shutil.rmtree(tc.output, ignore_errors=True)
     train.main(tc)
-    rows = (Path(tc.output) / "metrics.csv").read_text().splitlines()
-    sps = [float(r.split(",")[5]) for r in rows[1 + cfg.skip:]]
-    median = statistics.median(sps)
+    with (Path(tc.output) / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))[cfg.skip:]
+    sps = statistics.median(float(r["samples_per_s"]) for r in rows)
+    tps = statistics.median(float(r["tokens_per_s"]) for r in rows)
     return {"run": tc.name, "workers": workers, "per_worker": cfg.batch_size // workers,
-            "step_s": round(cfg.batch_size / median, 3), "samples_per_s": round(median, 2)}
+            "step_s": round(cfg.batch_size / sps, 3), "samples_per_s": round(sps, 2),
+            "tokens_per_s": round(tps)}
 
 
 def markdown(rows: list[dict], cfg: Config) -> str:
     base = rows[0]["samples_per_s"]
     lines = [f"preset {cfg.preset}, global batch {cfg.batch_size}, m = {cfg.m or 'M'}, "
              f"median over steps {cfg.skip + 1}..{cfg.steps}\n",
-             "| run | workers | batch per worker | s/step | samples/s | vs first row |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| run | workers | batch per worker | s/step | samples/s | tokens/s | vs first row |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['workers']} | {r['per_worker']} | {r['step_s']} | "
-              f"{r['samples_per_s']} | {r['samples_per_s'] / base:.2f}x |" for r in rows]
+              f"{r['samples_per_s']} | {r['tokens_per_s']} | {r['samples_per_s'] / base:.2f}x |"
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -93,15 +93,20 @@ def batches(n: int, batch_size: int, seed: int, start_step: int) -> Iterator[lis
 
 
 def unwrap(model) -> VisionLanguageModel:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The model inside a DistributedDataParallel wrapper or a DeepSpeed engine (both keep
+    it in `.module`; the engine's is a TrainableParts holding the model as `.vlm`)."""
+    while not isinstance(model, VisionLanguageModel):
+        model = model.vlm if hasattr(model, "vlm") else model.module
+    return model
 
 
 def loss_on(model, examples: Sequence[Example], feats: torch.Tensor, m: int,
-            denominator: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+            denominator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            ) -> tuple[torch.Tensor, int]:
     """Cross-entropy of the answer tokens with m visual tokens: summed, then divided by
     `denominator(n)` for this batch's n answer tokens (default n: the mean). `model` may be
-    DDP-wrapped; `feats` (B, N, D) sit on the model's device."""
+    DDP-wrapped or a DeepSpeed engine; `feats` (B, N, D) sit on the model's device. Also
+    returns the tokens the LM read (visual + text, padding left out)."""
     inner = unwrap(model)
     prompts = inner.format_prompts([task_question(ex) for ex in examples])
     answers = [ex.answer + inner.template.answer_suffix for ex in examples]
@@ -112,7 +117,7 @@ def loss_on(model, examples: Sequence[Example], feats: torch.Tensor, m: int,
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
                             ignore_index=IGNORE_INDEX, reduction="sum")
     n = (target != IGNORE_INDEX).sum()
-    return total / (denominator(n) if denominator else n)
+    return total / (denominator(n) if denominator else n), int(batch["attention_mask"].sum())
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -181,6 +186,14 @@ class Ranks:
         t = value.detach().to(self.device, torch.float64).reshape(1)
         dist.all_reduce(t)
         return float(t) / self.world
+
+    def total(self, value: float) -> float:
+        """The sum over ranks of a number (e.g. the tokens each rank's slice held)."""
+        if self.world == 1:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t)
 
     def check_same(self, what: str, value: int, step: int) -> None:
         """Fail loudly unless every rank holds the same integer (e.g. the step's m)."""

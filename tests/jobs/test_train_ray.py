@@ -87,12 +87,12 @@ def test_the_same_name_resumes_from_the_last_checkpoint(ddp_run):
 
 
 def test_bad_backends_fail_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match="deepspeed is not implemented yet"):
-        config(tmp_path, "backend=deepspeed")
+    with pytest.raises(ConfigError, match="backend='fsdp' is not one of"):
+        config(tmp_path, "backend=fsdp")
     with pytest.raises(ConfigError, match="multiple of scaling.workers=3"):
         config(tmp_path, *DDP, "scaling.workers=3")
-    with pytest.raises(ConfigError, match="s3:// is planned"):
-        config(tmp_path, *DDP, "storage_path=s3://bucket/runs")
+    with pytest.raises(ConfigError, match="a folder every worker sees"):
+        config(tmp_path, *DDP, "storage_path=gs://bucket/runs")
 
 
 def _ranks_worker(rank: int, port: int, errors) -> None:
@@ -104,6 +104,7 @@ def _ranks_worker(rank: int, port: int, errors) -> None:
     n = torch.tensor(3 + 2 * rank)  # 3 and 5 answer tokens: the global mean divides by 8 / 2
     assert float(ranks.denominator(n)) == 4.0
     assert ranks.mean(torch.tensor(float(rank))) == 0.5
+    assert ranks.total(3 + rank) == 7.0  # e.g. the tokens of the global batch
     try:
         ranks.check_same("m", 4 + rank, step=7)
     except RuntimeError as e:
@@ -146,7 +147,11 @@ def test_a_killed_worker_is_replaced_and_training_continues(ray_local, tmp_path)
     steps = [int(r["step"]) for r in rows]
     assert killed and result["last"]["step"] == 60
     assert set(steps) == set(range(1, 61))  # no step lost
-    assert steps.count(1) == 1 and len(steps) - 60 <= every  # resumed, not restarted
+    # Resumed, not restarted: redone are the steps since the last checkpoint the controller
+    # had registered. Registration lags the report (the controller polls the workers), and
+    # the tiny steps take ~10 ms: a kill can land after checkpoint 20 was reported but
+    # before it was registered, so up to 2 intervals (measured: 11 steps once, under load).
+    assert steps.count(1) == 1 and len(steps) - 60 <= 2 * every
     first_redone = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), None)
     if first_redone is not None:  # the kill came between checkpoints: resumed at one
         assert (steps[first_redone] - 1) % every == 0
@@ -176,8 +181,11 @@ def test_benchmark_runs_are_fresh_fixed_m_train_configs(tmp_path):
     assert (two.backend, two.scaling.workers, two.name) == ("ddp", 2, "ddp-2")
     assert two.stage1.schedule.values == [4] and two.stage2.steps == 0
     assert two.output == str(tmp_path / "ddp-2") and two.batch_size == 16
+    zero = trainbench.run_config(cfg, "deepspeed", 1)
+    assert (zero.backend, zero.deepspeed.stage, zero.name) == ("deepspeed", 2, "zero2-1")
+    assert trainbench.runs(cfg)[0] == ("local", 1) and len(trainbench.runs(cfg)) == 5
     rows = [{"run": "local", "workers": 1, "per_worker": 16, "step_s": 0.5,
-             "samples_per_s": 32.0},
+             "samples_per_s": 32.0, "tokens_per_s": 2000},
             {"run": "ddp-2", "workers": 2, "per_worker": 8, "step_s": 0.25,
-             "samples_per_s": 64.0}]
-    assert trainbench.markdown(rows, cfg).splitlines()[-1].endswith("| 64.0 | 2.00x |")
+             "samples_per_s": 64.0, "tokens_per_s": 4000}]
+    assert trainbench.markdown(rows, cfg).splitlines()[-1].endswith("| 64.0 | 4000 | 2.00x |")
