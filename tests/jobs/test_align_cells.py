@@ -1,12 +1,12 @@
 """The per-cell alignment loss: one target per mosaic cell, and `mqt train` runs it."""
 
 import torch
+from test_train import config
 
 from jobs.align_cells import CellReadout, cell_align_loss, cell_slot, cell_targets
 from jobs.trainloop import WordTargets
 from mqt.data import easyvqa_answers, easyvqa_examples, mosaic_answers, mosaic_examples
 from mqt.text import byte_tokenizer
-from tests.jobs.test_train import config
 
 
 def words():
