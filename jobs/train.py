@@ -56,6 +56,8 @@ class DataArgs:
     yesno_keep: float = 1.0
     eval_examples: int = 128  # held out from easy-vqa test (and mosaic test) for progress
     seed: int = 0
+    manifest: str = ""  # more training rows {id, image, task, question, answer}: JSONL or
+    # Parquet, local or s3:// (jobs.traindata); read with the job's `storage` settings
 
 
 @dataclass
@@ -136,6 +138,10 @@ def validate(cfg: Config) -> None:
     cfg.stage2.schedule.validate(M)
     if not vlm.vision.frozen:
         raise ValueError("model.vision.frozen must be true: training uses cached features")
+    if cfg.data.manifest:  # a bad manifest or row fails here, before any model work
+        from jobs.traindata import manifest_examples
+
+        manifest_examples(cfg.data.manifest, cfg.storage)
     if cfg.stage1.steps + cfg.stage2.steps < 1 or cfg.batch_size < 1:
         raise ValueError("stage1.steps + stage2.steps and batch_size must be >= 1")
     bad = [m for m in cfg.eval_ms if not 1 <= m <= M]
@@ -167,8 +173,12 @@ def validate_deepspeed(ds: DeepSpeedArgs) -> None:
         raise ConfigError(f"deepspeed.precision={ds.precision!r} is not one of {PRECISIONS}")
 
 
-def load_data(cfg: DataArgs) -> tuple[list, list]:
+def load_data(cfg: DataArgs, storage: StorageArgs | None = None) -> tuple[list, list]:
     train = easyvqa_examples("train", tasks=tuple(cfg.tasks), limit=cfg.easyvqa_images or None)
+    if cfg.manifest:
+        from jobs.traindata import manifest_examples
+
+        train += manifest_examples(cfg.manifest, storage)
     test = easyvqa_examples("test", tasks=tuple(t for t in cfg.tasks if t != "mc"))
     if cfg.mosaic_images:
         train += mosaic_examples("train", cfg.mosaic_images, seed=cfg.seed, tasks=("vqa",))
@@ -376,7 +386,7 @@ def prepare(cfg: Config, out: Path, main: bool) -> tuple:
     """The model, the data, and the grid features of every image (computed once, cached)."""
     model = load_model(cfg).train()
     model.vision.eval()
-    train, held_out = load_data(cfg.data)
+    train, held_out = load_data(cfg.data, cfg.storage)
     cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
     with tqdm(total=len({image_key(ex) for ex in train + held_out}), desc="features",
               unit="img", leave=False, disable=not main) as bar:

@@ -239,6 +239,8 @@ class WordTargets:
         self._facts: dict[str, dict] = {}
 
     def of(self, ex: Example) -> list[str]:
+        if ex.meta.get("source") == "manifest":
+            return []  # rows of a user's manifest: no known words, no alignment target
         if ex.meta.get("source") == "mosaic":
             return sorted({str(w) for c in ex.meta["cells"]
                            for w in (c.color, c.shape, c.digit) if w is not None})

@@ -1,0 +1,63 @@
+"""Training rows from a manifest: the same sources `mqt annotate` reads, as training examples.
+
+`data.manifest=PATH` (a JSONL or Parquet manifest, local or `s3://`, as in docs/annotate.md)
+adds rows {id, image, task, question, answer} to the bundled training data: `task` is `vqa`
+or `caption` (what the LM is trained to generate), `answer` the target text, `image` a path
+or URL (relative to the manifest) or the encoded bytes. The manifest is read on each rank
+(text only); each image is read and decoded once, lazily, when the frozen encoder's features
+are cached. Rows of other tasks or without an answer are refused before any training, with
+their id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from functools import partial
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mqt.data.easyvqa import Example
+from pipeline.sources import open_source
+from pipeline.storage import StorageArgs, locate, read_bytes
+
+TRAIN_TASKS = ("vqa", "caption")
+
+
+def manifest_examples(uri: str, storage: StorageArgs | None = None) -> list[Example]:
+    """Every row of the manifest as an `Example` with a lazy image; ValueError names a bad row."""
+    src = open_source(uri, storage)
+    if src.kind == "folder":
+        raise ValueError(f"data.manifest: {uri} is a folder; training needs rows with answers")
+    base = posixpath.dirname(src.loc.uri)
+    return [_example(r, base, storage) for r in _rows(src)]
+
+
+def _rows(src) -> list[dict]:
+    if src.kind == "jsonl":
+        return [json.loads(line) for line in read_bytes(src.loc).splitlines() if line.strip()]
+    with src.loc.fs.open_input_file(src.loc.path) as f:
+        return pq.read_table(f).to_pylist()
+
+
+def _example(r: dict, base: str, storage: StorageArgs | None) -> Example:
+    task, answer = r.get("task") or "vqa", r.get("answer")
+    if task not in TRAIN_TASKS or not answer:
+        raise ValueError(f"data.manifest: row {r.get('id')!r} needs task in {TRAIN_TASKS} and "
+                         f"an answer, got task={task!r} answer={answer!r}")
+    image = r["image"]
+    if isinstance(image, str) and "://" not in image and not image.startswith("/"):
+        image = posixpath.join(base, image)  # relative to the manifest, like annotate
+    key = image if isinstance(image, str) else f"bytes:{r['id']}"
+    return Example(f"manifest/{r['id']}", partial(load_image, image, storage), task,
+                   r.get("question") or "", str(answer),
+                   meta={"source": "manifest", "image_id": key})
+
+
+def load_image(image: str | bytes, storage: StorageArgs | None = None) -> Image.Image:
+    """A path, URL or encoded bytes -> RGB (module level, so examples pickle)."""
+    data = image if isinstance(image, bytes) else read_bytes(locate(image, storage))
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
