@@ -78,6 +78,12 @@ class Config(ModelArgs):
 
 def validate(cfg: Config) -> Source:
     """Everything that can be checked without Ray or a model; errors name the field."""
+    return checked(cfg)[0]
+
+
+def checked(cfg: Config):
+    """`validate`, returning the source and, for a quota job, its `pipeline.budget.Budget`
+    (planned here, once: an infeasible quota fails with the minimum it needs)."""
     validate_model(cfg)
     _check_numbers(cfg)
     tasks = job_tasks(cfg)
@@ -88,9 +94,7 @@ def validate(cfg: Config) -> Source:
         raise ValueError(f"task/question: folder rows would all fail: {why}")
     _check_policy(cfg)
     _check_output(cfg)
-    if cfg.quota.enabled:
-        budget_plan(cfg, src)  # an infeasible quota fails here, with the minimum it needs
-    return src
+    return src, budget_plan(cfg, src) if cfg.quota.enabled else None
 
 
 def ledger_state(cfg: Config) -> str:
@@ -226,7 +230,7 @@ def build(cfg: Config, src: Source, done: frozenset[str] = frozenset(), token_po
 
 
 def main(cfg: Config) -> dict:
-    src = validate(cfg)  # before Ray starts or any model loads
+    src, budget = checked(cfg)  # before Ray starts or any model loads
     out = output_folder(cfg)
     if cfg.overwrite:
         out.clear()
@@ -237,9 +241,8 @@ def main(cfg: Config) -> dict:
         + (f"resuming: {len(done)} already in {cfg.output}, {todo} to do" if done
            else f"{todo} to do"))
     out.write_text("config.yaml", _yaml(cfg))
-    budget = None
-    if cfg.quota.enabled:
-        budget = start_budget(cfg, src, out)
+    if budget is not None:
+        start_budget(cfg, budget, out)
         done = done | frozenset(i for i, _ in budget.skipped)
         todo = budget.rows
     t0 = time.perf_counter()
@@ -255,14 +258,13 @@ def main(cfg: Config) -> dict:
     return summary
 
 
-def start_budget(cfg: Config, src: Source, out: OutputFolder):
-    """Plan the quota job, print the plan, write the declared-skipped rows as error rows."""
+def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
+    """Print the quota job's plan and write its declared-skipped rows as error rows."""
     from jobs.plan import table
     from pipeline.budget import SKIPPED
     from pipeline.predictor import OUTPUT_SCHEMA, error_row
     from pipeline.writer import PartWriter
 
-    budget = budget_plan(cfg, src)
     log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {budget.spent:.4g} spent by "
         f"earlier runs" + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
                            else ": nothing left to plan"))
@@ -274,7 +276,6 @@ def start_budget(cfg: Config, src: Source, out: OutputFolder):
                                                    why) for i, t in budget.skipped],
                                         schema=OUTPUT_SCHEMA))
         writer.flush()
-    return budget
 
 
 def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo: int,

@@ -12,15 +12,13 @@ their id.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from functools import partial
 
-import pyarrow.parquet as pq
 from PIL import Image
 
 from mqt.data.easyvqa import Example
-from pipeline.sources import open_source
+from pipeline.sources import manifest_records, open_source
 from pipeline.storage import StorageArgs, locate, read_bytes
 
 TRAIN_TASKS = ("vqa", "caption")
@@ -32,14 +30,7 @@ def manifest_examples(uri: str, storage: StorageArgs | None = None) -> list[Exam
     if src.kind == "folder":
         raise ValueError(f"data.manifest: {uri} is a folder; training needs rows with answers")
     base = posixpath.dirname(src.loc.uri)
-    return [_example(r, base, storage) for r in _rows(src)]
-
-
-def _rows(src) -> list[dict]:
-    if src.kind == "jsonl":
-        return [json.loads(line) for line in read_bytes(src.loc).splitlines() if line.strip()]
-    with src.loc.fs.open_input_file(src.loc.path) as f:
-        return pq.read_table(f).to_pylist()
+    return [_example(r, base, storage) for r in manifest_records(src)]
 
 
 def _example(r: dict, base: str, storage: StorageArgs | None) -> Example:

@@ -13,19 +13,15 @@ the ledger state is saved next to the output.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipeline.ledger import Ledger
 from pipeline.plan import InfeasibleQuota, Plan, Quota, plan
 from pipeline.quality import QualityCurve, from_calibration, shipped_calibration
-from pipeline.sources import Source
-from pipeline.storage import read_bytes
+from pipeline.sources import Source, manifest_records, relative_id
 
 REFUSED = "quota: refused by the budget ledger (the job's compute quota is spent)"
 SKIPPED = ("quota: skipped (quota.infeasible=subset): the quota pays for the first {kept} of "
@@ -81,38 +77,14 @@ def remaining(args: QuotaArgs, spent: int) -> Quota:
 
 def source_rows(src: Source, default_task: str, limit: int) -> list[tuple[str, str]]:
     """(id, task) of every source row in source order (the first `limit` if limit > 0);
-    only these two small columns are read."""
-    from pipeline.sources import relative_id
-
+    only these two small columns are read. A bad JSONL line (an error row, it costs nothing)
+    counts under the default task."""
     if src.kind == "folder":
         rows = [(relative_id(f, src.loc.path), default_task) for f in src.files]
     else:
-        rows = _jsonl_rows(src) if src.kind == "jsonl" else _parquet_rows(src)
-        rows = [(i, t or default_task) for i, t in rows]
+        rows = [(str(r.get("id")) if r else "", r.get("task") or default_task)
+                for r in manifest_records(src, ["id", "task"])]
     return rows[:limit] if limit else rows
-
-
-def _jsonl_rows(src: Source) -> list[tuple[str, str | None]]:
-    out = []
-    for line in read_bytes(src.loc).splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None  # an error row: counted under the default task (it costs nothing)
-            ok = isinstance(row, dict)
-            out.append((str(row.get("id")) if ok else "", row.get("task") if ok else None))
-    return out
-
-
-def _parquet_rows(src: Source) -> list[tuple[str, str | None]]:
-    with src.loc.fs.open_input_file(src.loc.path) as f:
-        pf = pq.ParquetFile(f)
-        cols = ["id"] + (["task"] if "task" in pf.schema_arrow.names else [])
-        table = pf.read(columns=cols)
-    ids = [str(i) for i in table.column("id").to_pylist()]
-    tasks = table.column("task").to_pylist() if "task" in cols else [None] * len(ids)
-    return list(zip(ids, tasks, strict=True))
 
 
 def affordable(rows: list[tuple[str, str]], cs: dict[str, QualityCurve], flops: int) -> int:

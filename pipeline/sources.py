@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.storage import Location, StorageArgs, list_files, locate
+from pipeline.storage import Location, StorageArgs, list_files, locate, read_bytes
 from pipeline.tasks import TASKS, Task
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff")
@@ -135,6 +135,26 @@ def _parquet_header(loc: Location) -> tuple[set[str], int]:
         raise SourceError(f"source: cannot read Parquet {loc.uri}: {e}") from None
 
 
+def manifest_records(src: Source, columns: list[str] | None = None) -> list[dict]:
+    """A manifest's rows read on the driver, in order (for planning and for training). For
+    Parquet only the given columns that exist are read (all if None: image bytes are big);
+    JSONL rows come whole, and a line that is not a JSON object is {}."""
+    if src.kind == "jsonl":
+        return [_json_object(line) for line in read_bytes(src.loc).splitlines() if line.strip()]
+    with src.loc.fs.open_input_file(src.loc.path) as f:
+        pf = pq.ParquetFile(f)
+        cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+        return pf.read(columns=cols).to_pylist()
+
+
+def _json_object(line: bytes) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
 def image_files(folder: Location):
     """Image files below `folder` (recursive), by extension; hidden and `_*` names skipped."""
     root = folder.path.rstrip("/") + "/"
@@ -227,7 +247,7 @@ def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
     resumed job with the same limit sees the same rows."""
     import ray.data
 
-    loc, scheme = src.loc, _scheme(src.loc)
+    loc, scheme = src.loc, src.loc.scheme  # paths in rows: plain locally, URLs otherwise
     if src.kind == "folder":
         files = list(src.files[:limit] if limit else src.files)
         files = [f for f in files if relative_id(f, loc.path) not in done] if done else files
@@ -250,7 +270,3 @@ def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
                             fn_kwargs={"done": pa.array(sorted(done), pa.string())})
     return ds
 
-
-def _scheme(loc: Location) -> str:
-    """How paths in rows are written: plain for local files, `s3://…` (URL) otherwise."""
-    return "" if loc.is_local else loc.uri.split("://", 1)[0] + "://"

@@ -42,9 +42,14 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def scheme(self) -> str:
+        """How paths of this filesystem are written as URLs: "" locally, else e.g. "s3://"."""
+        return "" if self.is_local else scheme_of(self.uri) + "://"
+
     def join(self, *parts: str) -> Location:
         path = posixpath.join(self.path, *parts)
-        return Location(self.fs, path, _uri_of(self.uri, self.path, path))
+        return Location(self.fs, path, self.scheme + path)
 
     def info(self) -> pafs.FileInfo:
         return self.fs.get_file_info(self.path)
@@ -53,11 +58,6 @@ class Location:
     def ray_filesystem(self):
         """None for local paths (Ray's own default), else this filesystem."""
         return None if self.is_local else self.fs
-
-
-def _uri_of(base_uri: str, base_path: str, path: str) -> str:
-    scheme = base_uri.split("://", 1)[0] + "://" if "://" in base_uri else ""
-    return scheme + path if scheme else path
 
 
 def scheme_of(uri: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -54,10 +53,6 @@ class OutputFolder:
             with self.data.fs.open_input_file(path) as f:
                 done.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
         return done
-
-    def done_tasks(self) -> Counter:
-        """Rows already written, per task."""
-        return Counter(t for b in self.batches(["task"]) for t in b.column(0).to_pylist())
 
     def batches(self, columns: list[str]):
         """Record batches of the given columns over every part, one part at a time."""
