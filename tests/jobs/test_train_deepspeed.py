@@ -14,26 +14,15 @@ import io
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train_ray import config, metrics  # the same tiny run as the DDP tests
 
-from jobs.cli import resolve
 from jobs.train import main
 from jobs.train_deepspeed import check_resumable, ds_config
 from mqt.checkpoint import load_checkpoint
 from mqt.configtree import ConfigError
 
-ARGS = ["data.easyvqa_images=24", "data.eval_examples=8", "stage1.steps=6", "stage2.steps=8",
-        "batch_size=8", "checkpoint_every=5", "stage1.lr=3e-3", "stage2.lr=3e-3"]
 ZERO2 = ["backend=deepspeed", "deepspeed.stage=2", "scaling.workers=2",
          "scaling.cpus_per_worker=1"]
-
-
-def config(out, *extra):
-    return resolve("train", None, [*ARGS, f"output={out}", *extra], None)[1]
-
-
-def metrics(out) -> list[dict]:
-    with (out / "metrics.csv").open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="module")

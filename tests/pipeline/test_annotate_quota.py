@@ -2,6 +2,7 @@
 ledger refuses rows past the quota, spend never exceeds it, and a resumed job spends nothing
 twice (the ledger state is saved next to the output)."""
 
+import functools
 import json
 
 import pyarrow as pa
@@ -25,14 +26,16 @@ def tiny_row_bound(m: int) -> int:
     from mqt.model import make_tokenizer
 
     cfg = model_config(ModelArgs())
-    prompt_tokens = len(encode_prompt(make_tokenizer(cfg), _caption_prompt(cfg), m)) - m
+    prompt_tokens = len(encode_prompt(make_tokenizer(cfg), _caption_prompt(), m)) - m
     return total_flops(cfg, m, prompt_tokens, get_task("caption").max_new_tokens).total
 
 
-def _caption_prompt(cfg) -> str:
+@functools.cache
+def _caption_prompt() -> str:
+    """The tiny model's caption prompt (built once: format_prompts needs a model)."""
     from mqt.model import build_model
 
-    return build_model(cfg).format_prompts([get_task("caption").format()])[0]
+    return build_model(model_config(ModelArgs())).format_prompts([get_task("caption").format()])[0]
 
 
 @pytest.fixture(scope="module")
