@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class StageArgs:
     lr: float = 1e-3
     warmup: int = 10
     schedule: MSchedule = field(default_factory=MSchedule)
+    # start the stage with a fresh AdamW (what the paper's separate stage runs do); a
+    # change of ZeRO stage at the boundary always starts one
+    new_optimizer: bool = False
+    zero: int = 0  # backend=deepspeed: this stage's ZeRO stage; 0 = deepspeed.stage
 
 
 @dataclass
@@ -117,6 +122,10 @@ class Config(ModelArgs):
     eval_every: int = 0  # steps; 0 = only at the end
     eval_ms: list[int] = field(default_factory=list)  # empty: 1, 4 and M
     checkpoint_every: int = 50
+    # Ray backends: every rank calls ray.train.report(metrics) every this many steps (a
+    # barrier); the controller appends each report to <output>/reports.jsonl. 0 = only with
+    # checkpoints. metrics.csv has every step either way.
+    report_every: int = 0
     output: str = "runs/train"
     feature_cache: str = ""  # file of cached grid features; "" = <output>/features.pt
     threads: int = 0  # torch threads; 0 = torch's default
@@ -142,6 +151,8 @@ def validate(cfg: Config) -> None:
         from jobs.traindata import manifest_examples
 
         manifest_examples(cfg.data.manifest, cfg.storage)
+    if cfg.report_every < 0 or cfg.checkpoint_every < 0 or cfg.eval_every < 0:
+        raise ConfigError("report_every, checkpoint_every and eval_every must be >= 0")
     if cfg.stage1.steps + cfg.stage2.steps < 1 or cfg.batch_size < 1:
         raise ValueError("stage1.steps + stage2.steps and batch_size must be >= 1")
     bad = [m for m in cfg.eval_ms if not 1 <= m <= M]
@@ -162,13 +173,20 @@ def validate_backend(cfg: Config) -> None:
                           f"of scaling.workers={w}")
     if cfg.backend == "deepspeed":
         validate_deepspeed(cfg.deepspeed)
+    for name in ("stage1", "stage2"):
+        zero = getattr(cfg, name).zero
+        if zero and cfg.backend != "deepspeed":
+            raise ConfigError(f"{name}.zero={zero} needs backend=deepspeed "
+                              f"(backend={cfg.backend})")
+        if zero:
+            validate_deepspeed(dataclasses.replace(cfg.deepspeed, stage=zero), f"{name}.zero")
 
 
-def validate_deepspeed(ds: DeepSpeedArgs) -> None:
+def validate_deepspeed(ds: DeepSpeedArgs, field_name: str = "deepspeed.stage") -> None:
     from jobs.train_deepspeed import PRECISIONS, STAGES  # no deepspeed import: a pure module
 
     if ds.stage not in STAGES:
-        raise ConfigError(f"deepspeed.stage={ds.stage}: ZeRO stage 2 or 3")
+        raise ConfigError(f"{field_name}={ds.stage}: ZeRO stage 2 or 3")
     if ds.precision not in PRECISIONS:
         raise ConfigError(f"deepspeed.precision={ds.precision!r} is not one of {PRECISIONS}")
 
@@ -235,6 +253,11 @@ class TorchTraining:
     def full_weights(self):
         return contextlib.nullcontext()  # every rank holds the whole model
 
+    def restart(self, cfg: Config, stage: StageArgs, rebuild) -> TorchTraining:
+        """The next stage with a fresh AdamW over the same (DDP-wrapped) model."""
+        self.opt = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=0.0)
+        return self
+
     def save(self, folder: Path, step: int) -> None:
         if self.ranks.main:
             torch.save({"backend": self.backend, "optimizer": self.opt.state_dict(),
@@ -251,13 +274,32 @@ class TorchTraining:
         return int(state["step"])
 
 
-def make_training(cfg: Config, model, ranks: Ranks):
-    """`TorchTraining`, or `DeepSpeedTraining` for backend=deepspeed (imported only then)."""
+def make_training(cfg: Config, model, ranks: Ranks, stage: StageArgs | None = None):
+    """`TorchTraining`, or `DeepSpeedTraining` for backend=deepspeed (imported only then)
+    with the ZeRO stage of training stage `stage` (default: the first)."""
     if cfg.backend == "deepspeed":
         from jobs.train_deepspeed import DeepSpeedTraining
 
-        return DeepSpeedTraining(cfg, model, ranks)
+        return DeepSpeedTraining(cfg, model, ranks, zero_of(cfg, stage or first_stage(cfg)))
     return TorchTraining(cfg, model, ranks)
+
+
+def first_stage(cfg: Config) -> StageArgs:
+    return cfg.stage1 if cfg.stage1.steps else cfg.stage2
+
+
+def zero_of(cfg: Config, stage: StageArgs) -> int:
+    """The ZeRO stage a training stage runs under (backend=deepspeed)."""
+    return stage.zero or cfg.deepspeed.stage
+
+
+def restarts_at(cfg: Config, step: int) -> bool:
+    """Whether `step` is the first of stage 2 and stage 2 starts with a fresh optimizer
+    (asked, or because the ZeRO stage changes there)."""
+    if step != cfg.stage1.steps or not cfg.stage1.steps or not cfg.stage2.steps:
+        return False
+    return cfg.stage2.new_optimizer or (cfg.backend == "deepspeed"
+                                        and zero_of(cfg, cfg.stage1) != zero_of(cfg, cfg.stage2))
 
 
 def write_state(folder: Path, training, step: int, ranks: Ranks) -> None:
@@ -286,6 +328,13 @@ def load_state(path: Path, training, ranks: Ranks) -> int:
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return step
+
+
+def saved_step(path: Path) -> int:
+    """The step a checkpoint folder was written at, 0 if there is none."""
+    if not (path / "state.pt").exists():
+        return 0
+    return int(torch.load(path / "state.pt", weights_only=True, map_location="cpu")["step"])
 
 
 def save_state(path: Path, training, step: int, ranks: Ranks) -> None:
@@ -318,6 +367,9 @@ class LocalSession:
     def resuming(self) -> bool:
         return (self.out / "checkpoint" / "state.pt").exists()
 
+    def checkpoint_step(self) -> int:
+        return saved_step(self.out / "checkpoint")
+
     def restore(self, training) -> int:
         step = load_state(self.out / "checkpoint", training, self.ranks)
         if step:
@@ -329,6 +381,9 @@ class LocalSession:
 
     def save(self, training, step: int, metrics: dict) -> None:
         save_state(self.out / "checkpoint", training, step, self.ranks)
+
+    def report(self, step: int, every: int, metrics: dict) -> None:
+        """Nothing to report to: metrics.csv has every step."""
 
     def finish(self, training, step: int, metrics: dict, trained: bool) -> None:
         model = training.inner
@@ -346,6 +401,7 @@ class Loop:
     held_out: list
     cache: FeatureCache
     session: object
+    rebuild: object = None  # () -> a fresh model like the first (before any training)
 
 
 def main(cfg: Config) -> dict:
@@ -370,16 +426,29 @@ def fit(cfg: Config, session) -> dict:
     # has the aligned weights in its checkpoint
     if cfg.align.steps and not session.resuming():
         run_align(cfg, model, train, cache, ranks.main)
-    training = make_training(cfg, model, ranks)
+    # the training of the stage the checkpoint was written in (a checkpoint at the end of
+    # stage 1 loads into stage 1's; run_steps then moves on to stage 2's)
+    saved = session.checkpoint_step()
+    training = make_training(cfg, model, ranks, stage_at(cfg, max(saved - 1, 0))[0])
     start = session.restore(training)
     total = cfg.stage1.steps + cfg.stage2.steps
-    row = run_steps(cfg, Loop(training, train, held_out, cache, session), start, total)
+    loop = Loop(training, train, held_out, cache, session,
+                rebuild=lambda: fresh_model(cfg, ranks))
+    row = run_steps(cfg, loop, start, total)
+    training = loop.training  # a new one if a stage started with a new optimizer or ZeRO stage
     with training.full_weights():
-        final = evaluate(cfg, model, held_out, cache) if ranks.main else {}
+        final = evaluate(cfg, training.inner, held_out, cache) if ranks.main else {}
     session.finish(training, total, {**row, **final}, trained=start < total)
     if ranks.main:
         log(f"trained {total} steps; eval {final}")
     return {"eval": final, "last": row}
+
+
+def fresh_model(cfg: Config, ranks: Ranks):
+    """The model as `prepare` builds it (the weights of `checkpoint`), on this rank's device."""
+    model = load_model(cfg).train()
+    model.vision.eval()
+    return model.to(ranks.device)
 
 
 def prepare(cfg: Config, out: Path, main: bool) -> tuple:
@@ -448,6 +517,13 @@ def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
     t0 = time.perf_counter()
     for step in bar:
         stage, local = stage_at(cfg, step)
+        if restarts_at(cfg, step):
+            training = loop.training = training.restart(cfg, stage, loop.rebuild)
+            inner = unwrap(training.model)
+            if ranks.main:
+                bar.write(f"step {step + 1}: stage 2 starts with a new optimizer"
+                          + (f" under ZeRO-{training.stage}" if cfg.backend == "deepspeed"
+                             else ""))
         m = stage.schedule.sample(step, inner.num_queries, cfg.data.seed)
         ranks.check_same("m", m, step)  # a pure function of (seed, step): cheap to prove
         for g in training.param_groups:
@@ -473,6 +549,8 @@ def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
                     bar.write(f"step {step + 1}: {ev}")
         if session.checkpoint_due(step + 1, total, cfg.checkpoint_every):
             session.save(training, step + 1, row)
+        elif step + 1 < total:  # the last step reports with the final checkpoint
+            session.report(step + 1, cfg.report_every, row)
     return row
 
 

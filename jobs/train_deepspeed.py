@@ -28,11 +28,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 EXTENSIONS = Path.home() / ".cache" / "mqt" / "torch_extensions"
 
 
-def ds_config(cfg, world: int, gpu: bool) -> dict:
-    """The DeepSpeed config of a train config (jobs.train.Config) on `world` ranks."""
+def ds_config(cfg, world: int, gpu: bool, stage: int | None = None) -> dict:
+    """The DeepSpeed config of a train config (jobs.train.Config) on `world` ranks, under
+    ZeRO stage `stage` (default `deepspeed.stage`)."""
     ds = cfg.deepspeed
-    zero: dict = {"stage": ds.stage}
-    if ds.stage == 3:
+    stage = stage or ds.stage
+    zero: dict = {"stage": stage}
+    if stage == 3:
         zero["stage3_param_persistence_threshold"] = ds.persistence_threshold
     return {
         "train_batch_size": cfg.batch_size,  # the global batch, as for ddp
@@ -82,18 +84,39 @@ class DeepSpeedTraining:
 
     backend = "deepspeed"
 
-    def __init__(self, cfg, model: nn.Module, ranks):
+    def __init__(self, cfg, model: nn.Module, ranks, stage: int | None = None,
+                 lr: float | None = None):
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
         import deepspeed
 
-        config = ds_config(cfg, ranks.world, gpu=ranks.device.type == "cuda")
+        self.stage = stage or cfg.deepspeed.stage
+        config = ds_config(cfg, ranks.world, gpu=ranks.device.type == "cuda", stage=self.stage)
         self.dtype = torch.bfloat16 if config["bf16"]["enabled"] else torch.float32
         cast_parameters(model, self.dtype)  # the frozen parts too: one dtype in the forward
-        self.inner, self.ranks, self.stage = model, ranks, cfg.deepspeed.stage
+        self.inner, self.ranks = model, ranks
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.stage1.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(params, lr=lr or cfg.stage1.lr, weight_decay=0.0)
         self.model, *_ = deepspeed.initialize(model=TrainableParts(model), optimizer=opt,
                                               config=config)
+
+    def restart(self, cfg, stage, rebuild) -> DeepSpeedTraining:
+        """The next training stage under its ZeRO stage with a fresh AdamW: the trainable
+        weights are gathered whole (every rank), this engine is destroyed (its hooks and
+        buffers released), and a new engine wraps a fresh model (`rebuild`) holding them.
+        The optimizer state does not carry over: the paper's stages are separate runs."""
+        from jobs.train import zero_of
+
+        with self.full_weights():
+            weights = {n: p.detach().clone() for n, p in self.inner.named_parameters()
+                       if p.requires_grad}
+        self.model.destroy()
+        self.model = self.inner = None
+        model = rebuild()
+        own = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                own[name].copy_(value)
+        return DeepSpeedTraining(cfg, model, self.ranks, zero_of(cfg, stage), lr=stage.lr)
 
     @property
     def param_groups(self) -> list[dict]:

@@ -13,8 +13,10 @@ The last checkpoint is exported to `<output>/model` (mqt.checkpoint's folder) on
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -22,10 +24,12 @@ import ray.train
 import ray.train.torch
 
 from jobs.common import log, save_config
-from jobs.train import Config, fit, load_state, write_state
+from jobs.train import Config, fit, load_state, saved_step, write_state
 from jobs.trainloop import Ranks
 from mqt.checkpoint import PARTS
 from pipeline.storage import locate, scheme_of
+
+REPORTS = "reports.jsonl"  # ReportLog's file in the output folder
 
 
 def run(cfg: Config) -> dict:
@@ -74,9 +78,41 @@ def trainer(cfg: Config) -> ray.train.torch.TorchTrainer:
         name=cfg.name, storage_path=where.path if where.ray_filesystem else cfg.storage_path,
         storage_filesystem=where.ray_filesystem,
         failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        callbacks=[ReportLog(str(Path(cfg.output) / REPORTS))])
     return ray.train.torch.TorchTrainer(worker, train_loop_config={"cfg": cfg},
                                         scaling_config=scaling, run_config=run_config)
+
+
+class ReportLog(ray.train.UserCallback):
+    """Runs in the Ray Train controller: each `ray.train.report` of the workers (every
+    `report_every` steps and every checkpoint) as a line of `<output>/reports.jsonl` with
+    rank 0's metrics, how many ranks (and Ray nodes) reported, and the checkpoint's path
+    if there is one.
+    All ranks must have reported the same step; a report where they did not is marked."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        first = dict(metrics[0]) if metrics else {}
+        first.pop("rank", None)
+        first.pop("node", None)
+        line = {"time": round(time.time(), 3), **first, "ranks": len(metrics),
+                "nodes": len({m.get("node") for m in metrics}),
+                "checkpoint": checkpoint.path if checkpoint is not None else None}
+        steps = {m.get("step") for m in metrics}
+        if len(steps) > 1:
+            line["ranks_disagree"] = sorted(steps, key=str)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def read_reports(output: str | Path) -> list[dict]:
+    """The lines ReportLog wrote for a run's output folder."""
+    path = Path(output) / REPORTS
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def worker(config: dict) -> None:
@@ -90,11 +126,19 @@ class RaySession:
     def __init__(self, out: Path):
         ctx = ray.train.get_context()
         self.out = out
+        self.node = ray.get_runtime_context().get_node_id()
         self.ranks = Ranks(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(),
                            ray.train.torch.get_device())
 
     def resuming(self) -> bool:
         return ray.train.get_checkpoint() is not None
+
+    def checkpoint_step(self) -> int:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return 0
+        with checkpoint.as_directory() as folder:
+            return saved_step(Path(folder))
 
     def restore(self, training) -> int:
         """The run's latest checkpoint (a resumed name, or a restart after a failure)."""
@@ -116,8 +160,19 @@ class RaySession:
         each rank's RNG state."""
         with tempfile.TemporaryDirectory() as folder:
             write_state(Path(folder), training, step, self.ranks)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(self.tagged(metrics), checkpoint=checkpoint,
                              checkpoint_dir_name=f"checkpoint_{step:06d}")
+
+    def report(self, step: int, every: int, metrics: dict) -> None:
+        """Every `every` steps (not at checkpoints: those report with their checkpoint),
+        every rank reports its row without a checkpoint (a barrier on all ranks)."""
+        if every and step % every == 0:
+            ray.train.report(self.tagged(metrics))
+
+    def tagged(self, metrics: dict) -> dict:
+        """A report's metrics with the rank and the Ray node that sent them."""
+        return {**metrics, "rank": self.ranks.rank, "node": self.node}
 
     def finish(self, training, step: int, metrics: dict, trained: bool) -> None:
         """The last checkpoint carries the final evaluation (rank 0's metrics); a run

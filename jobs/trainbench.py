@@ -2,6 +2,7 @@
 
     mqt train-bench preset=tiny workers=[1,2] zero2=[1,2] steps=30
     mqt train-bench preset=mqt-smol workers=[1,2] zero2=[] batch_size=8 steps=12
+    mqt train-bench preset=tiny local=false workers=[2] zero2=[] report=[2]   # report cost
 
 Each run is a short `mqt train` at a fixed m (stage 1 only, no alignment, one checkpoint at
 the end) on the same global batch; samples/s and tokens/s (visual + text tokens the LM
@@ -28,6 +29,8 @@ class Config(ModelArgs):
     local: bool = True  # include one process without Ray (backend=local)
     workers: list[int] = field(default_factory=lambda: [1, 2])  # one DDP run per entry
     zero2: list[int] = field(default_factory=lambda: [1, 2])  # one DeepSpeed ZeRO-2 run per entry
+    # one DDP run per entry with a ray.train.report every step (report_every=1)
+    report: list[int] = field(default_factory=list)
     cpus_per_worker: float = 1.0
     batch_size: int = 16  # global
     m: int = 0  # visual tokens per step; 0 = M
@@ -42,7 +45,7 @@ def validate(cfg: Config) -> None:
     validate_model(cfg)
     if not 0 <= cfg.m <= model_config(cfg).query.num_queries:
         raise ValueError(f"m={cfg.m} is outside 0..M")
-    if cfg.steps <= cfg.skip or any(w < 1 for w in cfg.workers + cfg.zero2):
+    if cfg.steps <= cfg.skip or any(w < 1 for w in cfg.workers + cfg.zero2 + cfg.report):
         raise ValueError("steps must exceed skip, and workers must be >= 1")
     for backend, w in runs(cfg):
         train.validate(run_config(cfg, backend, w))
@@ -51,12 +54,13 @@ def validate(cfg: Config) -> None:
 def runs(cfg: Config) -> list[tuple[str, int]]:
     """(backend, workers) of each run, in the table's order."""
     return (([("local", 1)] if cfg.local else []) + [("ddp", w) for w in cfg.workers]
-            + [("deepspeed", w) for w in cfg.zero2])
+            + [("deepspeed", w) for w in cfg.zero2] + [("ddp+report", w) for w in cfg.report])
 
 
 def run_config(cfg: Config, backend: str, workers: int) -> train.Config:
     """The `mqt train` config of one run: stage 1 at a fixed m, one checkpoint at the end."""
-    label = {"local": "local", "ddp": f"ddp-{workers}", "deepspeed": f"zero2-{workers}"}[backend]
+    label = {"local": "local", "ddp": f"ddp-{workers}", "deepspeed": f"zero2-{workers}",
+             "ddp+report": f"ddp-{workers}+report"}[backend]
     return merge(train.Config(), {
         **{k: v for k, v in to_dict(cfg).items() if k in ("preset", "model", "checkpoint",
                                                          "llava", "seed", "batch_size")},
@@ -64,7 +68,9 @@ def run_config(cfg: Config, backend: str, workers: int) -> train.Config:
         "stage1": {"steps": cfg.steps, "schedule": {"kind": "fixed",
                                                     "values": [cfg.m] if cfg.m else []}},
         "stage2": {"steps": 0}, "align": {"steps": 0}, "eval_ms": [1], "checkpoint_every": 0,
-        "threads": cfg.threads if backend == "local" else 0, "backend": backend,
+        "threads": cfg.threads if backend == "local" else 0,
+        "backend": backend.removesuffix("+report"),
+        "report_every": 1 if backend.endswith("+report") else 0,
         "scaling": {"workers": workers, "cpus_per_worker": cfg.cpus_per_worker},
         "deepspeed": {"stage": 2},
         "output": str(Path(cfg.output) / label), "name": label,

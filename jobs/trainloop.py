@@ -10,6 +10,7 @@ process alone, and every collective is then skipped.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ class FeatureCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        # one temp name per process: on a shared folder several nodes may save at once
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"index": self.index, "features": torch.stack(self.rows)}, tmp)
         tmp.replace(self.path)
 

@@ -51,7 +51,7 @@ def zero2_run(ray_local, s3_runs, tmp_path_factory):
     return out, main(config(out, *ZERO2, *s3_runs[1], "name=zero2"))
 
 
-def assert_same_run(out, reference) -> None:
+def assert_same_run(out, reference, atol: float = 1e-5) -> None:
     """Losses to 1e-4 relative at every step, the exported weights within 1e-5 (the key
     biases of `official` attention, which softmax ignores, left out: see docs/training.md)."""
     two, one = metrics(out)[:14], metrics(reference)
@@ -61,7 +61,7 @@ def assert_same_run(out, reference) -> None:
     for part, keys in (("lm", None), ("query", ("proj", "query"))):
         a, b = (load_file(str(run / "model" / f"{part}.safetensors")) for run in (out, reference))
         for k in keys or a:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol)
 
 
 def test_zero2_on_two_workers_follows_the_one_process_loss_trajectory(zero2_run, one_process):
@@ -110,6 +110,29 @@ def test_zero3_shards_every_parameter_and_follows_the_same_trajectory(ray_local,
                      for r in (0, 1) for k in ("model", "optim")]
 
 
+def test_zero2_then_zero3_across_a_resume_at_the_stage_boundary(ray_local, tmp_path):
+    """The paper's recipe in one job name: stage 1 under ZeRO-2 (`stage1.zero=2`), stage 2
+    under ZeRO-3 (`stage2.zero=3`). The first run ends at the boundary (stage2.steps=0,
+    checkpoint written by ZeRO-2); the second loads it into a ZeRO-2 engine, then at step
+    7 gathers the weights, destroys that engine and goes on under ZeRO-3 with a fresh
+    AdamW. Losses and weights equal one process that starts stage 2 with a new optimizer
+    (`stage2.new_optimizer=true`); the final checkpoint is ZeRO-3's. Weights within 5e-5:
+    a fresh Adam divides each gradient by its own magnitude, so the reordered arithmetic's
+    ~1e-7 shows up larger in the first steps after the reset (measured: 1.1e-5 on one
+    of 4096 entries of one matrix, the losses equal to 4 decimals)."""
+    recipe = ["backend=deepspeed", "stage1.zero=2", "stage2.zero=3", "scaling.workers=2",
+              "name=recipe", "checkpoint_every=0"]
+    out = tmp_path / "run"
+    main(config(out, *recipe, "stage2.steps=0"))
+    result = main(config(out, *recipe))
+    main(config(tmp_path / "one", "threads=1", "stage2.new_optimizer=true"))
+    assert [int(r["step"]) for r in metrics(out)] == list(range(1, 15))
+    assert_same_run(out, tmp_path / "one", atol=5e-5)
+    state = torch.load(out / "ray" / "recipe" / "checkpoint_000014" / "state.pt")
+    assert state == {"backend": "deepspeed", "step": 14, "world": 2, "stage": 3}
+    assert result["last"]["stage"] == 2
+
+
 def test_the_deepspeed_config_is_generated_from_the_train_config(tmp_path):
     cfg = config(tmp_path, *ZERO2, "grad_clip=0.5")
     assert ds_config(cfg, world=2, gpu=False) == {
@@ -132,6 +155,10 @@ def test_bad_deepspeed_settings_fail_before_any_work(tmp_path):
         config(tmp_path, *ZERO2, "deepspeed.precision=fp16")
     with pytest.raises(ConfigError, match="multiple of scaling.workers=3"):
         config(tmp_path, *ZERO2, "scaling.workers=3")
+    with pytest.raises(ConfigError, match="stage2.zero=1: ZeRO stage 2 or 3"):
+        config(tmp_path, *ZERO2, "stage2.zero=1")
+    with pytest.raises(ConfigError, match="stage2.zero=3 needs backend=deepspeed"):
+        config(tmp_path, "backend=ddp", "stage2.zero=3")
     with pytest.raises(ConfigError, match="or s3://bucket/prefix"):
         config(tmp_path, *ZERO2, "storage_path=gs://bucket/runs")
 

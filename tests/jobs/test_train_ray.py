@@ -44,7 +44,7 @@ def metrics(out) -> list[dict]:
 def ddp_run(ray_local, tmp_path_factory):
     """14 steps on 2 workers x 4 examples; storage and run name unique to this session."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    return out, main(config(out, *DDP))
+    return out, main(config(out, *DDP, "report_every=3"))
 
 
 def test_two_workers_follow_the_one_process_loss_trajectory(ddp_run, tmp_path):
@@ -68,6 +68,23 @@ def test_two_workers_follow_the_one_process_loss_trajectory(ddp_run, tmp_path):
         for k in keys or a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
     assert result["last"]["step"] == 14 and set(result["eval"]) == {"acc@1", "acc@4", "acc@16"}
+
+
+def test_reports_reach_the_controller_every_report_every_steps_and_at_checkpoints(ddp_run):
+    """report_every=3 and checkpoint_every=5 over 14 steps: both ranks report at 3, 6, 9,
+    12 (metrics only) and at the checkpoints 5, 10 and 14; the controller's callback writes
+    each as a line with rank 0's row and how many ranks reported."""
+    from jobs.train_ray import read_reports
+
+    out, _ = ddp_run
+    lines = [x for x in read_reports(out) if x["step"] <= 14]
+    assert [x["step"] for x in lines] == [3, 5, 6, 9, 10, 12, 14]
+    assert all(x["ranks"] == 2 and "ranks_disagree" not in x for x in lines)
+    assert [x["step"] for x in lines if x["checkpoint"]] == [5, 10, 14]
+    by_step = {int(r["step"]): r for r in metrics(out)}
+    for x in lines:
+        assert x["loss"] == by_step[x["step"]]["loss"] and x["m"] == by_step[x["step"]]["m"]
+    assert "acc@1" in lines[-1]  # the final checkpoint carries the held-out accuracies
 
 
 def test_the_same_name_resumes_from_the_last_checkpoint(ddp_run):
@@ -184,6 +201,11 @@ def test_benchmark_runs_are_fresh_fixed_m_train_configs(tmp_path):
     zero = trainbench.run_config(cfg, "deepspeed", 1)
     assert (zero.backend, zero.deepspeed.stage, zero.name) == ("deepspeed", 2, "zero2-1")
     assert trainbench.runs(cfg)[0] == ("local", 1) and len(trainbench.runs(cfg)) == 5
+    assert two.report_every == 0
+    cfg = resolve("train-bench", None, [f"output={tmp_path}", "report=[2]"], None)[1]
+    assert trainbench.runs(cfg)[-1] == ("ddp+report", 2)
+    rep = trainbench.run_config(cfg, "ddp+report", 2)
+    assert (rep.backend, rep.report_every, rep.name) == ("ddp", 1, "ddp-2+report")
     rows = [{"run": "local", "workers": 1, "per_worker": 16, "step_s": 0.5,
              "samples_per_s": 32.0, "tokens_per_s": 2000},
             {"run": "ddp-2", "workers": 2, "per_worker": 8, "step_s": 0.25,
