@@ -119,7 +119,7 @@ def budget_plan(cfg: Config, src: Source):
     done = output_folder(cfg).done_ids() if not cfg.overwrite else set()
     todo = [(i, t) for i, t in source_rows(src, cfg.task, cfg.limit) if i not in done]
     try:
-        return prepare(cfg.quota, todo, ledger_state(cfg))
+        return prepare(cfg.quota, todo, ledger_state(cfg), target_config(cfg))
     except InfeasibleQuota as e:
         raise ValueError(f"quota: {e} (or quota.infeasible=subset to answer the rows it "
                          "pays for and skip the others)") from None
@@ -200,7 +200,7 @@ def policy(cfg: Config) -> FixedPolicy:
 
 
 def build(cfg: Config, src: Source, done: frozenset[str] = frozenset(), token_policy=None,
-          ledger=None):
+          ledger=None, escalation_ledger=None):
     """The lazy dataset of output rows: source -> decode (tasks) -> predictor (actors)."""
     import ray.data
 
@@ -224,7 +224,8 @@ def build(cfg: Config, src: Source, done: frozenset[str] = frozenset(), token_po
         Predictor, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs={"model_args": model_args,
                                "policy": token_policy or policy(cfg), "threads": cfg.threads,
-                               "tasks": tasks, "ledger": ledger},
+                               "tasks": tasks, "ledger": ledger,
+                               "escalation_ledger": escalation_ledger},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
 
@@ -295,6 +296,7 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
     writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
     first, actor, client, token_policy = None, None, None, None
+    esc_actor, esc_client = None, None
     if budget is not None:
         from pipeline.budget import LedgerClient
         from pipeline.ledger import get_or_create_ledger
@@ -303,15 +305,24 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
                                      ledger_state(cfg))
         client = LedgerClient(actor)
         token_policy = budget.plan.policy() if budget.plan else None
-    with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
-              desc="annotate") as bar:
-        for batch in build(cfg, src, done, token_policy, client).iter_batches(
-                batch_format="pyarrow", batch_size=None):
-            first = first or (time.perf_counter(), batch.num_rows)
-            writer.add(batch)
-            bar.update(batch.num_rows)
-        writer.flush()
-    return writer.written, first, _close_ledger(actor)
+        if budget.escalations:  # this run's pot for escalations; the main ledger still caps
+            esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations", budget.escalations)
+            esc_client = LedgerClient(esc_actor)
+    try:
+        with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
+                  desc="annotate") as bar:
+            for batch in build(cfg, src, done, token_policy, client, esc_client).iter_batches(
+                    batch_format="pyarrow", batch_size=None):
+                first = first or (time.perf_counter(), batch.num_rows)
+                writer.add(batch)
+                bar.update(batch.num_rows)
+            writer.flush()
+    finally:
+        escalated = _close_ledger(esc_actor)
+    totals = _close_ledger(actor)
+    if totals is not None and escalated is not None:
+        totals["escalation_flops"] = escalated["spent"]
+    return writer.written, first, totals
 
 
 def _job_id(out: OutputFolder) -> str:
@@ -338,6 +349,8 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
             "skipped_rows": len(budget.skipped),
+            "escalation_budget_flops": budget.escalations,
+            "escalation_flops": totals.get("escalation_flops", 0),
             "share": round(totals["spent"] / max(q.total_flops, 1), 4),
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
                 "quota: refused by the budget ledger", 0),

@@ -39,6 +39,10 @@ class QuotaArgs:
     weights: dict = field(default_factory=dict)  # per task, default 1
     ledger_state: str = ""  # local file; "" = <output>/ledger.json (output must be local)
     infeasible: str = "fail"  # or "subset": answer the first rows the quota pays for, skip the rest
+    # also plan per-task cascades (answer at m1, escalate low-confidence rows to m2), fitted
+    # on the per-question results of `mqt eval` (pipeline.cascade)
+    cascades: bool = False
+    results: str = ""  # those results (results.parquet); "" = the one beside the calibration
 
     @property
     def enabled(self) -> bool:
@@ -55,7 +59,9 @@ class QuotaArgs:
         return Quota(seconds=self.seconds, flops_per_second=self.flops_per_second or None)
 
 
-def curves(args: QuotaArgs, tasks: set[str]) -> dict[str, QualityCurve]:
+def curves(args: QuotaArgs, tasks: set[str], model_cfg=None) -> dict[str, QualityCurve]:
+    """The tasks' quality curves; with `cascades`, each also offers the cascades fitted on
+    the calibration's per-question results (`model_cfg` prices what an escalation reuses)."""
     path = args.calibration or shipped_calibration()
     if not Path(path).is_file():
         raise ValueError(f"quota.calibration: no such file {path}")
@@ -64,7 +70,38 @@ def curves(args: QuotaArgs, tasks: set[str]) -> dict[str, QualityCurve]:
     if missing:
         raise ValueError(f"quota.calibration: {path} has no curve for task {missing[0]!r} "
                          f"(it has {sorted(found)}); run `mqt eval` with that task")
-    return found
+    if not args.cascades:
+        return found
+    return {t: c for t, c in with_fitted_cascades(args, path, found, model_cfg).items()}
+
+
+def results_path(args: QuotaArgs) -> Path:
+    """The per-question results cascades are fitted on."""
+    cal = Path(args.calibration or shipped_calibration())
+    return Path(args.results) if args.results else cal.with_name("results.parquet")
+
+
+def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityCurve],
+                         model_cfg) -> dict[str, QualityCurve]:
+    """Each task's curve plus the cascades (m1 < m2 of its trained m, thresholds at
+    quantiles of the m1 confidence) measured on the calibration questions of that task."""
+    from dataclasses import replace
+
+    from pipeline.cascade import load_questions, shared_flops, with_cascades
+
+    path = results_path(args)
+    if not path.is_file():
+        raise ValueError(f"quota.results: no such file {path} (quota.cascades fits cascades "
+                         f"on the per-question results `mqt eval` writes beside {calibration})")
+    if model_cfg is None:
+        raise ValueError("quota.cascades: the model's config is needed to price escalations")
+    out = dict(found)
+    for task, curve in found.items():
+        questions = [q for q in load_questions(path, curve.ms) if q.task == task]
+        if questions:
+            fitted = with_cascades(questions, list(curve.ms), shared_flops(model_cfg, curve.ms))
+            out[task] = replace(curve, cascades=fitted[task].cascades)
+    return out
 
 
 def remaining(args: QuotaArgs, spent: int) -> Quota:
@@ -106,9 +143,13 @@ class Budget:
     spent: int
     skipped: list[tuple[str, str]]  # (id, task)
     rows: int  # rows this run was planned for (skipped ones excluded)
+    # FLOPs escalations may spend beside the ledger's quota check: what the plan leaves
+    # after its first attempts (pipeline.cascade.escalation_budget); 0 = no cascade planned
+    escalations: int = 0
 
 
-def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str) -> Budget:
+def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str,
+            model_cfg=None) -> Budget:
     """The plan for the rows left, (id, task) in source order, within the quota left. An
     infeasible quota raises InfeasibleQuota, or with infeasible=subset keeps the first rows
     the quota pays for at the cheapest m and declares the others skipped."""
@@ -116,17 +157,29 @@ def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str) -> Bu
     saved = Path(state_path).exists() or Path(f"{state_path}.journal").exists()
     spent = Ledger(q.total_flops, state_path).spent if saved else 0
     left = remaining(args, spent)
-    cs = curves(args, {t for _, t in todo})
+    cs = curves(args, {t for _, t in todo}, model_cfg)
     weights = {t: float(w) for t, w in args.weights.items()} or None
     try:
-        return Budget(plan(Counter(t for _, t in todo), cs, left, weights), spent, [], len(todo))
+        p = plan(Counter(t for _, t in todo), cs, left, weights)
+        return Budget(p, spent, [], len(todo), escalations(p, cs))
     except InfeasibleQuota:
         if args.infeasible != "subset":
             raise
     keep = affordable(todo, cs, left.total_flops)
     skipped = todo[keep:]
     kept = Counter(t for _, t in todo[:keep])
-    return Budget(plan(kept, cs, left, weights) if kept else None, spent, skipped, keep)
+    p = plan(kept, cs, left, weights) if kept else None
+    return Budget(p, spent, skipped, keep, escalations(p, cs))
+
+
+def escalations(p: Plan | None, cs: dict[str, QualityCurve]) -> int:
+    """The escalation budget of a plan with cascades; 0 without."""
+    from pipeline.cascade import escalation_budget
+    from pipeline.policy import Cascade
+
+    if p is None or not any(isinstance(part.m, Cascade) for t in p.tasks for part in t.parts):
+        return 0
+    return escalation_budget(p, cs)
 
 
 class LedgerClient:

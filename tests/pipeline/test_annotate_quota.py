@@ -133,3 +133,71 @@ def test_infeasible_quota_with_subset_answers_the_first_rows_and_skips_the_rest(
     assert s["m_histogram"] == {"caption": {1: 5}}
     again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
     assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_flops"] == 0
+
+
+def cal_flops(m: int) -> int:
+    return tiny_row_bound(m) * (3 if m == 16 else 1)
+
+
+@pytest.fixture(scope="module")
+def cascade_calibration(tmp_path_factory):
+    """Calibration where a cascade pays: of 40 questions, the 20 that m = 1 answers with
+    confidence -0.001 are right at every m; the 20 it answers with confidence -50 are
+    wrong at m = 1 and 4 and right at m = 16. Cascade(1, 16, t) with -50 < t <= -0.001
+    is right on all 40 and escalates half of them. The FLOPs at m = 16 are 3x the tiny
+    model's (as for a model whose visual tokens dominate the cost; on the tiny model the
+    text dominates and m = 16 costs only 1.4x m = 1, so no cascade beats m = 16 there)."""
+    folder = tmp_path_factory.mktemp("cascal")
+    rows = []
+    for q in range(40):
+        sure = q < 20
+        for m in MS:
+            rows.append({"id": f"q{q:02d}", "task": "caption", "kind": "caption", "m": m,
+                         "correct": sure or m == 16, "confidence": -0.001 if sure else -50.0,
+                         "output": "", "answer": "", "flops": float(cal_flops(m))})
+    pq.write_table(pa.Table.from_pylist(rows), folder / "results.parquet")
+    per_m = {str(m): {"accuracy": acc, "mean_flops": cal_flops(m), "n": 40}
+             for m, acc in zip(MS, (0.5, 0.5, 1.0), strict=True)}
+    (folder / "calibration.json").write_text(
+        json.dumps({"ms": list(MS), "by_task": {"caption": per_m}}))
+    return folder / "calibration.json"
+
+
+def test_quota_job_with_cascades_escalates_within_the_plan_and_the_quota(
+        ray_local, folder, cascade_calibration, tmp_path):
+    """quota.cascades=true: the plan answers every caption with the cascade 1 -> 16 (its
+    fitted accuracy 1.0 at less than the cost of m = 16). The tiny model's confidences
+    (mean log-probabilities of a random model) are far below the threshold, so every row
+    escalates; escalations draw on the plan's escalation pot (Q less the planned first
+    attempts) as well as the ledger. Spend <= Q, escalations <= their pot."""
+    from pipeline.budget import curves
+    from pipeline.policy import Cascade
+
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}", "quota.cascades=true",
+            f"quota.calibration={cascade_calibration}"]
+    cfg = cli.resolve("annotate", None, [*args, f"quota.flops={10 ** 15}"], "tiny")[1]
+    fitted = curves(cfg.quota, {"caption"}, model_config(ModelArgs()))["caption"]
+    best = max(fitted.cascades, key=lambda o: (o[1], -o[2]))  # (cascade, accuracy, FLOPs)
+    assert best[0] == Cascade(1, 16, -0.001) and best[1] == 1.0
+    assert best[2] < fitted.flops[-1]  # cheaper than m = 16 on every row
+    quota = 12 * best[2]  # the cascade on every row, at its fitted mean cost
+    cfg = cli.resolve("annotate", None, [*args, f"quota.flops={quota}"], "tiny")[1]
+    budget = annotate.budget_plan(cfg, annotate.validate(cfg))
+    (part,) = budget.plan.task("caption").parts
+    assert isinstance(part.m, Cascade) and (part.m.m1, part.m.m2, part.rows) == (1, 16, 12)
+    assert budget.escalations == quota - 12 * cal_flops(1)
+    s = annotate.main(cfg)
+    q = s["quota"]
+    assert s["rows"] == 12 and s["errors"] == 0 and q["refused_rows"] == 0
+    assert s["m_histogram"]["caption"] == {16: 12}  # all escalated, none refused
+    assert q["spent_flops"] <= quota and q["overrun_flops"] == 0
+    assert 0 < q["escalation_flops"] <= q["escalation_budget_flops"] == budget.escalations
+    rows = pq.read_table(tmp_path / "o" / "data").to_pylist()
+    assert sum(r["flops"] for r in rows) == q["spent_flops"]
+
+
+def test_cascades_need_the_per_question_results(folder, calibration, tmp_path):
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}", "quota.cascades=true",
+            f"quota.calibration={calibration}", f"quota.flops={10 ** 15}"]
+    with pytest.raises(ValueError, match="quota.results: no such file .*results.parquet"):
+        cli.resolve("annotate", None, args, "tiny")

@@ -55,6 +55,8 @@ def test_shipped_calibration_is_the_one_in_docs():
     if not docs.exists():
         pytest.skip("no docs/eval in this install")
     assert json.loads(docs.read_text()) == json.loads(shipped_calibration().read_text())
+    rows = docs.with_name("results.parquet")  # what quota.cascades fits cascades on
+    assert rows.read_bytes() == shipped_calibration().with_name("results.parquet").read_bytes()
 
 
 def test_llava_prior_has_the_published_points_and_the_cost_model_prices():
