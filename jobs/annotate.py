@@ -296,10 +296,11 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
     writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
     first, actor, client, token_policy = None, None, None, None
-    esc_actor, esc_client = None, None
+    esc_actor, esc_client, pacer = None, None, None
     if budget is not None:
         from pipeline.budget import LedgerClient
         from pipeline.ledger import get_or_create_ledger
+        from pipeline.pacing import RemotePacer
 
         actor = get_or_create_ledger(_job_id(out), cfg.quota.quota().total_flops,
                                      ledger_state(cfg))
@@ -308,6 +309,9 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
             esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations", budget.escalations)
             esc_client = LedgerClient(esc_actor)
+        if cfg.quota.pacing and budget.plan:
+            pacer = start_pacer(cfg, budget, actor, _job_id(out))
+            token_policy = RemotePacer(pacer)
     try:
         with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
                   desc="annotate") as bar:
@@ -319,10 +323,26 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
             writer.flush()
     finally:
         escalated = _close_ledger(esc_actor)
+    if pacer is not None:
+        stats = ray.get(pacer.stats.remote())
+        ray.kill(pacer)
     totals = _close_ledger(actor)
+    if totals is not None and pacer is not None:
+        totals["pacing"] = stats
     if totals is not None and escalated is not None:
         totals["escalation_flops"] = escalated["spent"]
     return writer.written, first, totals
+
+
+def start_pacer(cfg: Config, budget, ledger, job: str):
+    """The job's PacerActor: re-plans the rows left of this run on the ledger's spend."""
+    from pipeline.pacing import pacer_actor_class
+
+    estimate = {t.task: t.rows for t in budget.plan.tasks}
+    weights = {t: float(w) for t, w in cfg.quota.weights.items()} or None
+    return pacer_actor_class().options(name=f"mqt-pacer-{job}").remote(
+        budget.curves, cfg.quota.quota().total_flops, estimate, ledger, weights,
+        cfg.quota.pacing_every)
 
 
 def _job_id(out: OutputFolder) -> str:
@@ -351,6 +371,7 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
             "skipped_rows": len(budget.skipped),
             "escalation_budget_flops": budget.escalations,
             "escalation_flops": totals.get("escalation_flops", 0),
+            "pacing": totals.get("pacing"),
             "share": round(totals["spent"] / max(q.total_flops, 1), 4),
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
                 "quota: refused by the budget ledger", 0),

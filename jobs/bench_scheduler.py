@@ -25,7 +25,13 @@ It reports, per q: accuracy and spend / Q of every policy, and the issue's goals
 above the best fixed m (Pareto), the share of the gap between it and the oracle recovered,
 spend <= Q always, and >= 95% of Q unless the plan says more would not help.
 
-Part 2, a simulated cluster job on the `llava-7b` prior: 1M rows over five of the paper's
+Part 2, pacing (pipeline/pacing.py) on the same held-out halves: the corpus size only
+estimated (the estimate 20% low or 25% high) or rows dearer or cheaper than calibrated
+(x1.3, x0.7), at one quota (per-row budget of fixed m = `pacing_m`). A plan made once
+for the estimate against the pacer, which re-plans every batch on the quota left
+(`pacing_error` = the estimate's error bound it keeps the cheapest m paid for).
+
+Part 3, a simulated cluster job on the `llava-7b` prior: 1M rows over five of the paper's
 benchmarks, a quota in GPU-hours at an assumed FLOP/s per GPU: the plan, its expected
 accuracy, the saving against fixed m = 256 at matched accuracy, and a sweep of the quota.
 Expected accuracies from the paper's averages; no per-image data, so no cascade there.
@@ -82,6 +88,13 @@ class Config:
         1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.3])
     flops_per_second: float = 4e14  # assumed effective FLOP/s of one H100 (see docs)
     match_within: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
+    # pacing: (estimate / true rows, cost / calibrated cost) scenarios, the quota at fixed
+    # m = pacing_m's cost per row, rows per batch, and the pacer's estimate error bound
+    pacing_cases: list[list[float]] = field(default_factory=lambda: [
+        [1.0, 1.0], [0.8, 1.0], [1.25, 1.0], [1.0, 0.7], [1.0, 1.3]])
+    pacing_m: int = 8
+    pacing_batch: int = 16
+    pacing_error: float = 0.25
     output: str = "runs/bench-scheduler"
     docs: str = ""  # also write scheduler.md and scheduler.png here
 
@@ -95,6 +108,10 @@ def validate(cfg: Config) -> None:
         raise ValueError("points: >= 2; seeds: at least one")
     if not cfg.quantiles or not all(0 < p < 1 for p in cfg.quantiles):
         raise ValueError(f"quantiles: each in (0, 1), got {cfg.quantiles}")
+    if cfg.pacing_m not in cfg.ms or cfg.pacing_batch < 1 or cfg.pacing_error < 0:
+        raise ValueError(f"pacing_m: one of ms {cfg.ms}; pacing_batch >= 1; pacing_error >= 0")
+    if any(len(c) != 2 or min(c) <= 0 for c in cfg.pacing_cases):
+        raise ValueError("pacing_cases: pairs [estimate / true rows, cost / calibrated], > 0")
     if cfg.flops_per_second <= 0 or cfg.llava_hours <= 0:
         raise ValueError("flops_per_second and llava_hours must be > 0")
 
@@ -109,7 +126,8 @@ def main(cfg: Config) -> dict:
     fixed = fixed_points(qs, cfg.ms)
     sweep = [sweep_point(q, qs, folds, fixed, cfg, shared) for q in budgets(fixed, cfg.points)]
     result = {"questions": len(qs), "ms": cfg.ms, "seeds": cfg.seeds, "fixed": fixed,
-              "sweep": sweep, "goals": goals(sweep), "llava": llava(cfg)}
+              "sweep": sweep, "goals": goals(sweep), "pacing": pacing(cfg, folds, fixed, shared),
+              "llava": llava(cfg)}
     text = report(cfg, result)
     print(text)
     write(cfg, result, text)
@@ -224,6 +242,70 @@ def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
             "policies": {name: over_seeds(name, folds, q, shared) for name in POLICIES}}
 
 
+# ------------------------------------------------------------------ pacing
+
+
+def pacing(cfg: Config, folds: dict, fixed: list[dict], shared: dict) -> dict:
+    """Per scenario: the static plan and the pacer, totals over every held-out half."""
+    per_row = next(f["spend"] / f["rows"] for f in fixed if f["m"] == cfg.pacing_m)
+    cases = []
+    for est, cost in cfg.pacing_cases:
+        runs = {"static": [], "paced": [], "paced_error": []}
+        for fs in folds.values():
+            for fold in fs:
+                held = [_scaled(q, cost) for q in fold["held"]]
+                Q = math.floor(per_row * len(held))
+                true = Counter(q.task for q in held)
+                estimate = {t: max(1, round(est * n)) for t, n in true.items()}
+                curves = fold["curves"]["plan"]
+                runs["static"].append(_static(held, curves, estimate, Q, shared))
+                runs["paced"].append(_paced(held, curves, estimate, Q, shared, cfg.pacing_batch))
+                runs["paced_error"].append(_paced(held, curves, estimate, Q, shared,
+                                                  cfg.pacing_batch, cfg.pacing_error))
+        cases.append({"estimate": est, "cost": cost,
+                      **{k: _pacing_totals(v) for k, v in runs.items()}})
+    over = sum(x["over"] for c in cases for k in ("static", "paced", "paced_error")
+               if (x := c[k]) is not None)
+    return {"per_row": per_row, "m": cfg.pacing_m, "batch": cfg.pacing_batch,
+            "error": cfg.pacing_error, "cases": cases, "over": over}
+
+
+def _scaled(q, cost: float):
+    from dataclasses import replace
+
+    return q if cost == 1 else replace(q, flops={m: round(cost * f) for m, f in q.flops.items()})
+
+
+def _static(held, curves, estimate, Q, shared) -> dict:
+    try:
+        p = plan(estimate, curves, Quota(flops=Q))
+    except InfeasibleQuota:
+        return {"infeasible": 1}
+    return dict(summary(replay(held, p.policy(), shared, Q)), quota=Q, plans=1)
+
+
+def _paced(held, curves, estimate, Q, shared, batch: int, error: float = 0.0) -> dict:
+    from pipeline.ledger import Ledger
+    from pipeline.pacing import Pacer
+
+    ledger = Ledger(Q)
+    pacer = Pacer(curves, Q, estimate, lambda: ledger.spent + ledger.reserved, error=error)
+    out = replay(held, pacer, shared, Q, batch=batch, ledger=ledger)
+    return dict(summary(out), quota=Q, plans=pacer.plans)
+
+
+def _pacing_totals(runs: list[dict]) -> dict | None:
+    if any("infeasible" in r for r in runs):
+        return None
+    n = sum(r["rows"] for r in runs)
+    return {"accuracy": sum(r["accuracy"] * r["rows"] for r in runs) / n,
+            "spend_share": sum(r["spend"] for r in runs) / sum(r["quota"] for r in runs),
+            "min_share": min(r["spend"] / r["quota"] for r in runs),
+            "over": sum(r["spend"] > r["quota"] for r in runs),
+            "unanswered": sum(r["unanswered"] for r in runs) / len(runs),
+            "plans": sum(r["plans"] for r in runs) / len(runs), "runs": len(runs)}
+
+
 # ------------------------------------------------------------------ the goals
 
 
@@ -310,7 +392,8 @@ def report(cfg: Config, r: dict) -> str:
              "Accuracy (%) at per-row budget q (Q = q x rows):", "", accuracy_table(r), "",
              f"Spend as % of Q (escalated rows, unanswered rows: of {n}, mean over the "
              "splits):", "", spend_table(r), "",
-             goals_text(r["goals"], n), "", fixed_text(r), "", llava_text(cfg, r["llava"])]
+             goals_text(r["goals"], n), "", fixed_text(r), "", pacing_text(r["pacing"]), "",
+             llava_text(cfg, r["llava"])]
     return "\n".join(lines)
 
 
@@ -380,6 +463,28 @@ def fixed_text(r: dict) -> str:
     cells = ", ".join(f"m={f['m']}: {100 * f['accuracy']:.2f}% at "
                       f"{f['spend'] / f['rows'] / 1e9:.2f}" for f in r["fixed"])
     return f"Fixed m (accuracy at GFLOPs/row): {cells}."
+
+
+def pacing_text(pc: dict) -> str:
+    e = f"{pc['error']:g}"
+    lines = [f"Pacing: quota = fixed m = {pc['m']}'s cost per row ({pc['per_row'] / 1e9:.2f} "
+             f"GFLOPs) x rows of each held-out half; the static plan is made once for the "
+             f"estimated rows; the pacer re-plans every batch of {pc['batch']} rows, trusting "
+             f"the estimate (error 0) or keeping the cheapest m paid for {e} x more rows "
+             f"(error {e}). Per policy: accuracy over all held-out rows (unanswered = wrong) / "
+             "spend as % of Q over all runs (the lowest run in brackets) / unanswered rows per "
+             "run (mean). No run of any policy spent more than its Q "
+             f"({pc['over']} over).", "",
+             "| estimate / true rows | cost / calibrated | static plan | pacer, error 0 | "
+             f"pacer, error {e} | plans per run |", "|---:|---:|---|---|---|---:|"]
+    for c in pc["cases"]:
+        cells = ["infeasible (the estimate's rows cost more than Q at the cheapest m)"
+                 if x is None else f"{100 * x['accuracy']:.2f}% / {100 * x['spend_share']:.1f}%"
+                 f" ({100 * x['min_share']:.1f}%) / {x['unanswered']:.1f}"
+                 for x in (c["static"], c["paced"], c["paced_error"])]
+        lines.append(f"| {c['estimate']:g} | {c['cost']:g} | " + " | ".join(cells)
+                     + f" | {c['paced']['plans']:.0f} |")
+    return "\n".join(lines)
 
 
 def llava_text(cfg: Config, lv: dict) -> str:

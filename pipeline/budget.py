@@ -43,6 +43,11 @@ class QuotaArgs:
     # on the per-question results of `mqt eval` (pipeline.cascade)
     cascades: bool = False
     results: str = ""  # those results (results.parquet); "" = the one beside the calibration
+    # re-plan m per task every batch (pipeline.pacing) on the quota really left: rows that
+    # cost less than calibrated (or fail, costing nothing) free quota for the later ones,
+    # dearer rows move later ones to cheaper m instead of being refused
+    pacing: bool = False
+    pacing_every: int = 0  # rows between re-plans; 0 = every batch
 
     @property
     def enabled(self) -> bool:
@@ -146,6 +151,7 @@ class Budget:
     # FLOPs escalations may spend beside the ledger's quota check: what the plan leaves
     # after its first attempts (pipeline.cascade.escalation_budget); 0 = no cascade planned
     escalations: int = 0
+    curves: dict = field(default_factory=dict)  # the quality curves planned on (per task)
 
 
 def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str,
@@ -161,7 +167,7 @@ def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str,
     weights = {t: float(w) for t, w in args.weights.items()} or None
     try:
         p = plan(Counter(t for _, t in todo), cs, left, weights)
-        return Budget(p, spent, [], len(todo), escalations(p, cs))
+        return Budget(p, spent, [], len(todo), escalations(p, cs), cs)
     except InfeasibleQuota:
         if args.infeasible != "subset":
             raise
@@ -169,7 +175,7 @@ def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str,
     skipped = todo[keep:]
     kept = Counter(t for _, t in todo[:keep])
     p = plan(kept, cs, left, weights) if kept else None
-    return Budget(p, spent, skipped, keep, escalations(p, cs))
+    return Budget(p, spent, skipped, keep, escalations(p, cs), cs)
 
 
 def escalations(p: Plan | None, cs: dict[str, QualityCurve]) -> int:

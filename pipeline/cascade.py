@@ -155,19 +155,27 @@ def summary(outcomes: Sequence[Outcome | None]) -> dict:
 
 
 def replay(questions: Sequence[Question], policy, shared: Mapping[int, int],
-           quota_flops: int, key: str = "task",
-           escalation_flops: int | None = None) -> list[Outcome | None]:
+           quota_flops: int, key: str = "task", escalation_flops: int | None = None,
+           batch: int = 0, ledger: Ledger | None = None) -> list[Outcome | None]:
     """Run `policy` over the questions in order behind a Ledger of `quota_flops`, as the
     predictor does (with exact costs where it reserves upper bounds): a refused first
     attempt leaves the row unanswered (None); a refused escalation keeps the m1 answer.
     `key` is the field the policy is asked by ("task", or "kind" for per-kind plans).
     `escalation_flops`: escalations also draw on a second ledger of that size (see
-    `escalation_budget`), so they cannot eat what later rows' first attempts need."""
-    ledgers = [Ledger(quota_flops)]
+    `escalation_budget`), so they cannot eat what later rows' first attempts need.
+    `batch`: ask the policy for that many rows at a time, charging each batch before the
+    next is chosen (a pacing policy reads the spend in between; 0 = all rows at once).
+    `ledger`: the job's ledger (default a fresh one of `quota_flops`)."""
+    ledgers = [ledger if ledger is not None else Ledger(quota_flops)]
     pot = [Ledger(escalation_flops)] if escalation_flops is not None else []
-    choices = policy.choose([getattr(q, key) for q in questions], [""] * len(questions))
-    return [_charged(ledgers, pot + ledgers, q, c, shared)
-            for q, c in zip(questions, choices, strict=True)]
+    out = []
+    step = batch or max(1, len(questions))
+    for i in range(0, len(questions), step):
+        chunk = questions[i: i + step]
+        choices = policy.choose([getattr(q, key) for q in chunk], [""] * len(chunk))
+        out += [_charged(ledgers, pot + ledgers, q, c, shared)
+                for q, c in zip(chunk, choices, strict=True)]
+    return out
 
 
 def _charged(first_ledgers, up_ledgers, q: Question, choice: Choice, shared) -> Outcome | None:

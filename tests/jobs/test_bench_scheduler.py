@@ -44,6 +44,23 @@ def test_no_policy_spends_more_than_its_quota(result):
         if s["oracle"]:
             assert s["oracle"]["spend"] <= s["quota"]
     assert all(g["over_quota"] == 0 for g in r["goals"].values())
+    for case in r["pacing"]["cases"]:
+        for p in (case["static"], case["paced"], case["paced_error"]):
+            assert p is None or p["over"] == 0
+    assert r["pacing"]["over"] == 0
+
+
+def test_pacing_answers_rows_the_static_plan_leaves_unanswered(result):
+    """On the calibration rows: with the estimate 20% low, the static plan runs out of
+    quota before the last rows and the pacer with error bound 0.25 answers every one; with
+    rows 30% dearer than calibrated (the quota then cannot pay even the cheapest m on every
+    row) both pacers leave fewer rows unanswered than the static plan."""
+    r, _ = result
+    cases = {(c["estimate"], c["cost"]): c for c in r["pacing"]["cases"]}
+    low, dear = cases[(0.8, 1.0)], cases[(1.0, 1.3)]
+    assert low["static"]["unanswered"] > 0 and low["paced_error"]["unanswered"] == 0
+    for k in ("paced", "paced_error"):
+        assert dear[k]["unanswered"] < dear["static"]["unanswered"]
 
 
 def test_fixed_m_and_the_oracle_are_the_calibration_numbers(result):
@@ -59,7 +76,8 @@ def test_fixed_m_and_the_oracle_are_the_calibration_numbers(result):
 
 @pytest.mark.parametrize("override,field", [
     ("results=/nonexistent.parquet", "results"), ("ms=[4,2]", "ms"), ("points=1", "points"),
-    ("quantiles=[0.5,1.5]", "quantiles")])
+    ("quantiles=[0.5,1.5]", "quantiles"), ("pacing_m=3", "pacing_m"),
+    ("pacing_cases=[[1.0]]", "pacing_cases")])
 def test_bad_configs_fail_naming_the_field(override, field, capsys):
     assert cli.main(["bench-scheduler", override]) == 2
     assert f"bad config: {field}" in capsys.readouterr().err

@@ -201,3 +201,26 @@ def test_cascades_need_the_per_question_results(folder, calibration, tmp_path):
             f"quota.calibration={calibration}", f"quota.flops={10 ** 15}"]
     with pytest.raises(ValueError, match="quota.results: no such file .*results.parquet"):
         cli.resolve("annotate", None, args, "tiny")
+
+
+def test_pacing_spends_what_failed_rows_leave_on_the_others(ray_local, calibration, tmp_path):
+    """12 rows, the first 4 corrupt (error rows, nothing spent), a quota for m = 4 on all 12.
+    The static plan gives every row m = 4 and leaves a third of Q unused; with
+    quota.pacing=true the pacer learns the 4 rows failed and gives the 8 good ones dearer m,
+    spending more of Q, never more than Q."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(12):
+        (root / f"{i:02d}.png").write_bytes(b"not an image" if i < 4 else image_bytes(i))
+    quota = 12 * tiny_row_bound(4)
+    base = [*TINY, f"source={root}", f"quota.calibration={calibration}", f"quota.flops={quota}"]
+    fixed = annotate.main(cli.resolve("annotate", None, [*base, f"output={tmp_path / 's'}"],
+                                      "tiny")[1])
+    paced = annotate.main(cli.resolve("annotate", None, [*base, f"output={tmp_path / 'p'}",
+                                                         "quota.pacing=true"], "tiny")[1])
+    assert fixed["errors"] == paced["errors"] == 4
+    assert fixed["m_histogram"]["caption"] == {4: 8}
+    assert paced["m_histogram"]["caption"].get(16, 0) >= 1
+    assert fixed["quota"]["spent_flops"] < paced["quota"]["spent_flops"] <= quota
+    assert paced["quota"]["pacing"]["seen"] == {"caption": 12}
+    assert paced["quota"]["pacing"]["plans"] >= 2

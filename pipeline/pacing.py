@@ -1,0 +1,202 @@
+"""Pacing: re-plan the per-task m as rows arrive, from what has been spent and what is left.
+
+A plan made before the job (pipeline/plan.py) assumes the number of rows per task and
+their mean cost. When the corpus size is only estimated, or rows cost less than the
+calibration said (shorter answers, error rows that cost nothing), a fixed plan either runs
+out of quota before the last rows (an under-estimate: the ledger then refuses them) or
+ends with much of the quota unused (an over-estimate). `Pacer` is a `TokenPolicy` that
+re-solves the plan every `every` rows for the rows it expects are still to come and the
+quota that is really left. Per task t, with N_t the estimate, e the estimate's relative
+error bound (`error`) and s_t the rows seen so far:
+
+    quota left      = (Q - (spent + reserved)) / r, read from the job's budget ledger and
+                      put in the curves' units by r = spent / planned cost so far
+    rows left       = max(N_t - s_t, ceil(tail x s_t))              (central)
+    rows left, high = max(ceil(N_t (1 + e)) - s_t, ceil(tail x s_t))  (pessimistic)
+    reserve         = sum_t cheapest_t x (high_t - central_t)
+    plan            = the per-task plan of the central rows within quota left - reserve
+
+The reserve keeps the cheapest m paid for every row the corpus may still hold beyond the
+central estimate, so a corpus up to (1 + e) times the estimate is answered to the last row
+(if Q pays the cheapest m on all of it), while upgrades are planned for the rows expected.
+Past even the high estimate, `tail` plans as if that share of the rows seen were still to
+come. The ratio r learns a drift between the curves and this corpus (answers shorter or longer
+than in calibration, error rows that cost nothing; clamped to [1/4, 4]): rows that cost
+less than planned free quota for later upgrades instead of leaving it unused, dearer ones
+move later rows to cheaper m instead of running out. The ledger stays the hard limit:
+spend never exceeds Q whatever the estimate. If the quota left cannot pay the cheapest m on
+the central rows, every row gets its task's cheapest m and the ledger refuses what it
+cannot pay.
+
+`PacerActor` is the same object as one Ray actor per job (next to the ledger actor); the
+predictors hold a `RemotePacer`, which asks it once per batch. Pure Python but for those two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.plan import InfeasibleQuota, Plan, PlanPolicy, Quota, plan
+from pipeline.policy import Choice, check_choice
+from pipeline.quality import QualityCurve
+
+
+@dataclass
+class Pacer:
+    """A `TokenPolicy` that re-plans every `every` rows (0: every batch) on the quota left.
+
+    `spent` returns the FLOPs already spent or held (the ledger's spent + reserved)."""
+
+    curves: Mapping[str, QualityCurve]
+    quota_flops: int
+    estimate: Mapping[str, int]  # expected rows per task over the whole run
+    spent: Callable[[], int]
+    weights: Mapping[str, float] | None = None
+    every: int = 0
+    error: float = 0.0  # the estimate may be this much (relative) too low
+    tail: float = 0.1
+    seen: Counter = field(default_factory=Counter)
+    plans: int = 0  # how many times it planned
+    planned: int = 0  # the curves' FLOPs of every row handed out so far
+    _plan: Plan | None = None  # the latest plan (None: the quota left pays only the cheapest m)
+    _policy: PlanPolicy | None = None
+    _since: int = 0  # rows handed out since the last plan
+
+    def __post_init__(self):
+        if not 0 < self.tail <= 1:
+            raise ValueError(f"pacing tail must be in (0, 1], got {self.tail}")
+        if self.error < 0:
+            raise ValueError(f"pacing error must be >= 0, got {self.error}")
+        unknown = sorted(set(self.estimate) - set(self.curves))
+        if unknown:
+            raise ValueError(f"pacing: no quality curve for task {unknown[0]!r}")
+
+    def check(self, num_queries: int) -> None:
+        for task, curve in self.curves.items():
+            for m in curve.ms:
+                check_choice(f"pacing.{task}", m, num_queries)
+
+    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[Choice]:
+        batch = Counter(tasks)
+        unknown = sorted(set(batch) - set(self.curves))
+        if unknown:
+            raise ValueError(f"task {unknown[0]!r} has no quality curve; "
+                             f"known: {sorted(self.curves)}")
+        if self._policy is None or self._since >= self.every or not self._covers(batch):
+            self._replan(batch)
+        self.seen.update(batch)
+        self._since += len(tasks)
+        choices = self._policy.choose(tasks, questions)
+        self.planned += sum(self._cost(t, c) for t, c in zip(tasks, choices, strict=True))
+        return choices
+
+    def skipped(self, tasks: Sequence[str]) -> None:
+        """Rows that reached the model stage as errors (a corrupt image): seen, costing
+        nothing, so the rows left shrink and their planned spend frees up for the others."""
+        self.seen.update(tasks)
+        self._since += len(tasks)
+
+    def ratio(self, spent: int) -> float:
+        """What rows really cost against what the curves said, so far (1 before any)."""
+        if not self.planned or not spent:
+            return 1.0
+        return min(4.0, max(0.25, spent / self.planned))
+
+    def _cost(self, task: str, choice: Choice) -> int:
+        curve = self.curves[task]
+        if isinstance(choice, int):
+            return curve.at(choice)[1]
+        return next(f for c, _, f in curve.cascades if c == choice)
+
+    def rows_left(self, batch: Counter | None = None, high: bool = False) -> dict[str, int]:
+        """The rows expected from here on per task (this batch included); `high`: as many
+        as the estimate's error bound allows."""
+        batch = batch or Counter()
+        tasks = set(self.estimate) | set(self.seen) | set(batch)
+        scale = 1 + self.error if high else 1
+        return {t: max(math.ceil(self.estimate.get(t, 0) * scale) - self.seen[t],
+                       math.ceil(self.tail * self.seen[t]), batch[t]) for t in sorted(tasks)}
+
+    def reserve(self, batch: Counter | None = None) -> int:
+        """FLOPs kept for the rows beyond the central estimate, at each task's cheapest m."""
+        central, high = self.rows_left(batch), self.rows_left(batch, high=True)
+        return sum(self.curves[t].cheapest * (high[t] - central[t]) for t in central)
+
+    def current(self) -> Plan | None:
+        return self._plan
+
+    def _covers(self, batch: Counter) -> bool:
+        return all(t in self._policy.parts for t in batch)
+
+    def _replan(self, batch: Counter) -> None:
+        rows = {t: n for t, n in self.rows_left(batch).items() if n}
+        spent = self.spent()
+        left = max(0, int((self.quota_flops - spent) / self.ratio(spent)) - self.reserve(batch))
+        try:
+            self._plan = plan(rows, self.curves, Quota(flops=left), self.weights)
+            self._policy = self._plan.policy()
+        except InfeasibleQuota:  # the cheapest m everywhere; the ledger refuses past Q
+            self._plan = None
+            self._policy = PlanPolicy({t: ((self.curves[t].ms[_cheapest(self.curves[t])], n),)
+                                       for t, n in rows.items()})
+        self.plans += 1
+        self._since = 0
+
+
+def _cheapest(curve: QualityCurve) -> int:
+    return min(range(len(curve.ms)), key=lambda i: curve.flops[i])
+
+
+# ----------------------------------------------------------------------------- on Ray
+
+
+def pacer_actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class PacerActor:
+        """One job's Pacer; `spent` asks the job's ledger actor."""
+
+        def __init__(self, curves, quota_flops, estimate, ledger, weights=None, every=0,
+                     error=0.0, tail=0.1):
+            def spent() -> int:
+                t = ray.get(ledger.totals.remote())
+                return int(t["spent"] + t["reserved"])
+
+            self.pacer = Pacer(curves, quota_flops, estimate, spent, weights, every, error,
+                               tail)
+
+        def choose(self, tasks, questions):
+            return self.pacer.choose(tasks, questions)
+
+        def skipped(self, tasks):
+            self.pacer.skipped(tasks)
+
+        def stats(self) -> dict:
+            return {"plans": self.pacer.plans, "seen": dict(self.pacer.seen),
+                    "rows_left": self.pacer.rows_left()}
+
+    return PacerActor
+
+
+@dataclass
+class RemotePacer:
+    """What a predictor holds: the job's PacerActor behind the TokenPolicy methods."""
+
+    actor: object
+
+    def check(self, num_queries: int) -> None:
+        pass  # the curves' m were checked when the job was planned
+
+    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[Choice]:
+        import ray
+
+        return ray.get(self.actor.choose.remote(list(tasks), list(questions)))
+
+    def skipped(self, tasks: Sequence[str]) -> None:
+        import ray
+
+        ray.get(self.actor.skipped.remote(list(tasks)))

@@ -1,0 +1,116 @@
+"""Pacing (pipeline/pacing.py): re-planning on the quota left as rows arrive.
+
+Rows are replayed behind a real `Ledger` (pipeline.cascade.replay, batch by batch) with
+synthetic questions whose FLOPs at each m are the curve's, or a multiple of them (cost
+drift); a static plan made for the estimate is the baseline."""
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.cascade import Question, replay, summary
+from pipeline.ledger import Ledger
+from pipeline.pacing import Pacer
+from pipeline.plan import Quota, plan
+from pipeline.quality import QualityCurve
+
+MS = (1, 4, 16)
+CURVES = {"a": QualityCurve("a", MS, (0.5, 0.7, 0.8), (10, 20, 50)),
+          "b": QualityCurve("b", MS, (0.3, 0.6, 0.9), (5, 30, 100))}
+
+
+def questions(rows: dict[str, int], seed: int = 0, scale: float = 1.0) -> list[Question]:
+    """`rows[t]` questions of task t in a seeded random order; FLOPs = scale x the curve's."""
+    rng = random.Random(seed)
+    qs = [Question(f"{t}{i}", t, t, {m: rng.random() < a for m, a in zip(MS, c.accuracy, strict=True)},
+                   {m: 0.0 for m in MS},
+                   {m: round(scale * f) for m, f in zip(MS, c.flops, strict=True)})
+          for t, c in CURVES.items() for i in range(rows.get(t, 0))]
+    rng.shuffle(qs)
+    return qs
+
+
+def paced(qs, quota: int, estimate: dict, batch: int, error: float = 0.0, every: int = 0):
+    ledger = Ledger(quota)
+    pacer = Pacer(CURVES, quota, estimate, lambda: ledger.spent + ledger.reserved,
+                  error=error, every=every)
+    out = replay(qs, pacer, {m: 0 for m in MS}, quota, batch=batch, ledger=ledger)
+    return summary(out), ledger, pacer
+
+
+def static(qs, quota: int, estimate: dict):
+    p = plan(estimate, CURVES, Quota(flops=quota))
+    return summary(replay(qs, p.policy(), {m: 0 for m in MS}, quota))
+
+
+def cheapest_cost(rows: dict[str, int]) -> int:
+    return sum(n * CURVES[t].cheapest for t, n in rows.items())
+
+
+@settings(max_examples=150, deadline=None)
+@given(na=st.integers(0, 50), nb=st.integers(1, 50), factor=st.floats(0.5, 2.0),
+       error=st.sampled_from([0.0, 0.25, 0.5]), batch=st.integers(1, 20),
+       budget=st.floats(0.5, 6.0), seed=st.integers(0, 10))
+def test_pacing_never_overspends_and_answers_every_row_an_estimate_within_error_allows(
+        na, nb, factor, error, batch, budget, seed):
+    """Any estimate: spend <= Q. When the true rows of each task are at most the estimate
+    times (1 + error) and Q pays the cheapest m on all of them, no row is refused."""
+    true = {"a": na, "b": nb}
+    estimate = {t: max(1, round(factor * n)) for t, n in true.items()}
+    quota = round(budget * cheapest_cost(true))
+    s, ledger, _ = paced(questions(true, seed), quota, estimate, batch, error)
+    assert ledger.spent == s["spend"] <= quota and ledger.reserved == 0
+    covered = all(true[t] <= -(-estimate[t] * (1 + error) // 1) for t in true)
+    if covered and quota >= cheapest_cost(true):
+        assert s["unanswered"] == 0
+
+
+def test_an_under_estimate_within_the_error_bound_answers_every_row():
+    """The corpus holds 25% more rows than estimated. A plan made for the estimate spends
+    the quota early and the ledger refuses the last rows; the pacer with error=0.25 keeps
+    the cheapest m paid for the rows beyond the estimate and answers all of them, still
+    spending nearly all of Q."""
+    true, estimate = {"a": 100, "b": 100}, {"a": 80, "b": 80}
+    qs, quota = questions(true), 6000
+    fixed = static(qs, quota, estimate)
+    s, _, pacer = paced(qs, quota, estimate, batch=8, error=0.25)
+    assert fixed["unanswered"] >= 20 and s["unanswered"] == 0
+    assert 0.95 * quota <= s["spend"] <= quota and pacer.plans == 25
+
+
+def test_cheaper_rows_than_calibrated_leave_no_quota_unused():
+    """Rows cost 70% of what the curves say (shorter answers than in calibration). The
+    static plan spends ~70% of Q; the pacer re-plans on the real spend and uses >= 95%,
+    with more rows at the dearer m and a higher expected accuracy."""
+    true = {"a": 100, "b": 100}
+    qs, quota = questions(true, scale=0.7), 5000
+    fixed = static(qs, quota, true)
+    s, _, _ = paced(qs, quota, true, batch=10)
+    assert fixed["spend"] <= 0.72 * quota and s["spend"] >= 0.95 * quota
+    assert s["unanswered"] == 0 and s["spend"] <= quota
+
+
+def test_dearer_rows_than_calibrated_are_downgraded_instead_of_refused():
+    """Rows cost 30% more than the curves say: the static plan runs out and leaves rows
+    unanswered; the pacer moves later rows to cheaper m and answers every one."""
+    true = {"a": 100, "b": 100}
+    qs, quota = questions(true, scale=1.3), 5000
+    fixed = static(qs, quota, true)
+    s, _, _ = paced(qs, quota, true, batch=10)
+    assert fixed["unanswered"] > 0 and s["unanswered"] == 0 and s["spend"] <= quota
+
+
+def test_replans_follow_every_and_unknown_tasks_fail():
+    import pytest
+
+    ledger = Ledger(10_000)
+    pacer = Pacer(CURVES, 10_000, {"a": 50}, lambda: ledger.spent, every=20)
+    for _ in range(5):
+        pacer.choose(["a"] * 10, [""] * 10)
+    assert pacer.plans == 3 and pacer.seen == Counter(a=50)  # at rows 0, 20, 40
+    pacer.choose(["b"], [""])  # a task the estimate missed: planned at once
+    assert pacer.plans == 4
+    with pytest.raises(ValueError, match="task 'c' has no quality curve"):
+        pacer.choose(["c"], [""])
