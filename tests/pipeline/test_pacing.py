@@ -24,7 +24,8 @@ CURVES = {"a": QualityCurve("a", MS, (0.5, 0.7, 0.8), (10, 20, 50)),
 def questions(rows: dict[str, int], seed: int = 0, scale: float = 1.0) -> list[Question]:
     """`rows[t]` questions of task t in a seeded random order; FLOPs = scale x the curve's."""
     rng = random.Random(seed)
-    qs = [Question(f"{t}{i}", t, t, {m: rng.random() < a for m, a in zip(MS, c.accuracy, strict=True)},
+    qs = [Question(f"{t}{i}", t, t,
+                   {m: rng.random() < a for m, a in zip(MS, c.accuracy, strict=True)},
                    {m: 0.0 for m in MS},
                    {m: round(scale * f) for m, f in zip(MS, c.flops, strict=True)})
           for t, c in CURVES.items() for i in range(rows.get(t, 0))]
