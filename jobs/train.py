@@ -58,7 +58,8 @@ class DataArgs:
     eval_examples: int = 128  # held out from easy-vqa test (and mosaic test) for progress
     seed: int = 0
     manifest: str = ""  # more training rows {id, image, task, question, answer}: JSONL or
-    # Parquet, local or s3:// (jobs.traindata); read with the job's `storage` settings
+    # Parquet, or a folder of images with <name>.txt captions; local or s3://
+    # (jobs.traindata); read with the job's `storage` settings
 
 
 @dataclass

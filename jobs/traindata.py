@@ -7,6 +7,11 @@ or URL (relative to the manifest) or the encoded bytes. The manifest is read on 
 (text only); each image is read and decoded once, lazily, when the frozen encoder's features
 are cached. Rows of other tasks or without an answer are refused before any training, with
 their id.
+
+`data.manifest=FOLDER` (local or `s3://`): every image below the folder with its caption in
+a text file beside it (`cat.jpg` + `cat.txt`, the usual layout of captioned image sets)
+becomes a `caption` row whose answer is that text. An image without its `.txt` (or with an
+empty one) is refused before any training, naming the first and how many.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from functools import partial
 from PIL import Image
 
 from mqt.data.easyvqa import Example
-from pipeline.sources import manifest_records, open_source
+from pipeline.sources import manifest_records, open_source, relative_id
 from pipeline.storage import StorageArgs, locate, read_bytes
 
 TRAIN_TASKS = ("vqa", "caption")
@@ -28,9 +33,36 @@ def manifest_examples(uri: str, storage: StorageArgs | None = None) -> list[Exam
     """Every row of the manifest as an `Example` with a lazy image; ValueError names a bad row."""
     src = open_source(uri, storage)
     if src.kind == "folder":
-        raise ValueError(f"data.manifest: {uri} is a folder; training needs rows with answers")
+        return folder_examples(src, storage)
     base = posixpath.dirname(src.loc.uri)
     return [_example(r, base, storage) for r in manifest_records(src)]
+
+
+def folder_examples(src, storage: StorageArgs | None = None) -> list[Example]:
+    """A folder of images with `<name>.txt` captions beside them, as caption examples."""
+    examples, missing = [], []
+    for path in src.files:
+        rel = relative_id(path, src.loc.path)
+        caption = _sidecar(src.loc.fs, posixpath.splitext(path)[0] + ".txt")
+        if not caption:
+            missing.append(rel)
+            continue
+        uri = src.loc.join(rel).uri
+        examples.append(Example(f"folder/{rel}", partial(load_image, uri, storage), "caption",
+                                "", caption, meta={"source": "manifest", "image_id": uri}))
+    if missing:
+        raise ValueError(f"data.manifest: {len(missing)} of {len(src.files)} images under "
+                         f"{src.loc.uri} have no caption beside them (an empty or missing "
+                         f"<name>.txt), e.g. {missing[0]!r}")
+    return examples
+
+
+def _sidecar(fs, path: str) -> str:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8", errors="replace").strip()
+    except (FileNotFoundError, OSError):
+        return ""
 
 
 def _example(r: dict, base: str, storage: StorageArgs | None) -> Example:

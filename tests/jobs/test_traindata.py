@@ -56,3 +56,37 @@ def test_bad_manifest_row_is_refused_before_work(tmp_path):
     manifest.write_text(json.dumps({"id": "x", "image": "a.png", "task": "mc"}))
     with pytest.raises(ValueError, match="data.manifest: row 'x' needs task"):
         resolve("train", None, [*ARGS, f"output={tmp_path}", f"data.manifest={manifest}"], None)
+
+
+def test_a_folder_of_captioned_images_becomes_caption_rows(tmp_path, s3_bucket):
+    """`cat.png` + `cat.txt` pairs (also in sub-folders, and on S3) are caption examples; an
+    image without its caption is refused before work, naming it."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    paths = list(image_paths("train").values())[:3]
+    for name, p, text in zip(("a", "b", "sub/c"), paths, ("a red circle", "a blue square",
+                                                          "a green triangle"), strict=True):
+        shutil.copy(p, folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(text + "\n")
+    examples = manifest_examples(str(folder))
+    assert sorted((e.id, e.task, e.answer) for e in examples) == [
+        ("folder/a.png", "caption", "a red circle"), ("folder/b.png", "caption", "a blue square"),
+        ("folder/sub/c.png", "caption", "a green triangle")]
+    assert all(e.load_image().size == (64, 64) for e in examples)
+
+    endpoint, bucket, fs = s3_bucket
+    for f in sorted(folder.rglob("*.*")):
+        with fs.open_output_stream(f"{bucket}/photos/{f.relative_to(folder)}") as dst:
+            dst.write(f.read_bytes())
+    from pipeline.storage import StorageArgs
+
+    remote = manifest_examples(f"s3://{bucket}/photos", StorageArgs(endpoint_url=endpoint))
+    assert sorted(e.answer for e in remote) == sorted(e.answer for e in examples)
+    assert remote[0].load_image().mode == "RGB"
+
+    (folder / "b.txt").unlink()
+    with pytest.raises(ValueError, match=r"1 of 3 images .* no caption .* 'b.png'"):
+        resolve("train", None, [*ARGS, f"output={tmp_path / 'run'}", f"data.manifest={folder}"],
+                None)
