@@ -9,6 +9,10 @@ usage: python pilot.py NAME [key=value ...]
   multicolour=1               only cell_color questions whose mosaic has 2 colours
   eval_mosaics=100            test mosaics for the eval (3 cell questions each)
   eval_ms=1,64
+  lora=                       e.g. 16:q_proj,k_proj,v_proj,o_proj: fresh adapters of that rank
+                              on those layers; only the MQT (query) is taken from init
+  lora_init=                  a checkpoint whose adapters start the matching ones of `lora`
+                              (same layer and shape); the others start fresh
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, test_cache  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from jobs.common import ModelArgs, load_model  # noqa: E402
 from jobs.trainloop import FeatureCache, WordTargets, accuracy, image_key, loss_on, lr_at  # noqa: E402
-from mqt.checkpoint import save_checkpoint  # noqa: E402
+from mqt.checkpoint import load_part, save_checkpoint  # noqa: E402
 from mqt.data import easyvqa_answers, easyvqa_examples, mosaic_answers, mosaic_examples  # noqa: E402
+from mqt.lora import lora_state  # noqa: E402
 from mqt.matryoshka import MSchedule  # noqa: E402
 
 sys.path.insert(0, ".")
@@ -36,7 +43,7 @@ from jobs.align_cells import CellReadout, cell_align_loss  # noqa: E402
 def opts(argv):
     o = dict(init="mqt/weights/mqt-smol", cell_steps=0, cell_weight=1.0, lm_steps=150,
              mosaic_frac=0.75, multicolour=1, eval_mosaics=100, eval_ms="1,64", lr=1e-3,
-             align_lr=2e-3, seed=0, threads=2)
+             align_lr=2e-3, seed=0, threads=2, lora="", lora_init="")
     for a in argv:
         k, v = a.split("=", 1)
         o[k] = type(o[k])(v) if not isinstance(o[k], str) else v
@@ -54,8 +61,22 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(o["seed"])
     fresh = {"query": {"proj_init_std": 0.17}, "lm": {"lora_rank": 8}}  # the recipe's
-    model = load_model(ModelArgs(preset="mqt-smol", checkpoint=o["init"],
-                                 model=fresh if o["init"] == "none" else {})).train()
+    if o["lora"]:
+        rank, targets = o["lora"].split(":")
+        fresh["lm"] = {"lora_rank": int(rank), "lora_targets": targets.split(",")}
+        model = load_model(ModelArgs(preset="mqt-smol", checkpoint="none", model=fresh)).train()
+        if o["init"] != "none":
+            load_part(model, "query", Path(o["init"]) / "query.safetensors")
+        if o["lora_init"]:
+            old = load_file(str(Path(o["lora_init"]) / "lm_lora.safetensors"))
+            own = model.lm.state_dict()
+            same = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+            model.lm.load_state_dict(same, strict=False)
+            print(f"lora_init: {len(same)} of {len(own) and len(lora_state(model.lm))} "
+                  f"adapter tensors from {o['lora_init']}", flush=True)
+    else:
+        model = load_model(ModelArgs(preset="mqt-smol", checkpoint=o["init"],
+                                     model=fresh if o["init"] == "none" else {})).train()
     model.vision.eval()
     cache = FeatureCache(model, "runs/train-mqt-smol/features.pt")
     mos = mosaic_examples("train", 3000, seed=0)
@@ -97,7 +118,7 @@ def main():
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=0.0)
     sched = MSchedule(kind="log_uniform", even_only=True)
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator().manual_seed(2 + o["seed"])  # seed=1..: other batches than seed=0
     losses = []
     for step in range(o["lm_steps"]):
         n_mos = round(16 * o["mosaic_frac"])
