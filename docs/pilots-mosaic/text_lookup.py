@@ -7,7 +7,9 @@ Training rows: the cell questions of the 3000 train mosaics (seed 0, the recipe'
 mosaic described in words as in text_bound.py, the reply "The answer is <word>." (loss on
 the reply only); $BATCH rows per step, rank-8 LoRA on TARGETS, AdamW lr 2e-3 with 10
 warm-up steps, the LM frozen. Scored after training as text_bound.py scores the frozen LM
-(test mosaics, likelihood over the candidates of the question's kind).
+(test mosaics, likelihood over the candidates of the question's kind). The adapters are
+saved to runs/pilots-mosaic/text-lookup/lm_lora.safetensors (mqt.lora's keys), for a
+visual stage to start from.
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ def main():
         if step % 25 == 0 or step == steps - 1:
             print(f"step {step} loss {sum(losses[-25:]) / len(losses[-25:]):.3f} "
                   f"{time.time() - t0:.0f}s", flush=True)
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mqt.lora import lora_state
+
+    out = Path("runs/pilots-mosaic/text-lookup")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(lora_state(lm), str(out / "lm_lora.safetensors"))
     print("after:", evaluate(tok, lm, test), flush=True)
 
 
