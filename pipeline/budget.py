@@ -77,7 +77,7 @@ def curves(args: QuotaArgs, tasks: set[str], model_cfg=None) -> dict[str, Qualit
                          f"(it has {sorted(found)}); run `mqt eval` with that task")
     if not args.cascades:
         return found
-    return {t: c for t, c in with_fitted_cascades(args, path, found, model_cfg).items()}
+    return with_fitted_cascades(args, path, found, model_cfg)
 
 
 def results_path(args: QuotaArgs) -> Path:
@@ -100,9 +100,11 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
                          f"on the per-question results `mqt eval` writes beside {calibration})")
     if model_cfg is None:
         raise ValueError("quota.cascades: the model's config is needed to price escalations")
-    out = dict(found)
+    out, read = dict(found), {}  # the results read once per set of m (tasks share one)
     for task, curve in found.items():
-        questions = [q for q in load_questions(path, curve.ms) if q.task == task]
+        if curve.ms not in read:
+            read[curve.ms] = load_questions(path, curve.ms)
+        questions = [q for q in read[curve.ms] if q.task == task]
         if questions:
             fitted = with_cascades(questions, list(curve.ms), shared_flops(model_cfg, curve.ms))
             out[task] = replace(curve, cascades=fitted[task].cascades)
@@ -133,7 +135,7 @@ def affordable(rows: list[tuple[str, str]], cs: dict[str, QualityCurve], flops: 
     """How many rows, in order, the quota pays for at each task's cheapest m."""
     spent = 0
     for n, (_, task) in enumerate(rows):
-        spent += min(cs[task].flops)
+        spent += cs[task].cheapest
         if spent > flops:
             return n
     return len(rows)

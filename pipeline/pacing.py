@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.plan import InfeasibleQuota, Plan, PlanPolicy, Quota, plan
+from pipeline.plan import InfeasibleQuota, PlanPolicy, Quota, plan
 from pipeline.policy import Choice, check_choice
 from pipeline.quality import QualityCurve
 
@@ -61,7 +61,6 @@ class Pacer:
     seen: Counter = field(default_factory=Counter)
     plans: int = 0  # how many times it planned
     planned: int = 0  # the curves' FLOPs of every row handed out so far
-    _plan: Plan | None = None  # the latest plan (None: the quota left pays only the cheapest m)
     _policy: PlanPolicy | None = None
     _since: int = 0  # rows handed out since the last plan
 
@@ -106,10 +105,7 @@ class Pacer:
         return min(4.0, max(0.25, spent / self.planned))
 
     def _cost(self, task: str, choice: Choice) -> int:
-        curve = self.curves[task]
-        if isinstance(choice, int):
-            return curve.at(choice)[1]
-        return next(f for c, _, f in curve.cascades if c == choice)
+        return next(f for c, _, f in self.curves[task].points() if c == choice)
 
     def rows_left(self, batch: Counter | None = None, high: bool = False) -> dict[str, int]:
         """The rows expected from here on per task (this batch included); `high`: as many
@@ -125,9 +121,6 @@ class Pacer:
         central, high = self.rows_left(batch), self.rows_left(batch, high=True)
         return sum(self.curves[t].cheapest * (high[t] - central[t]) for t in central)
 
-    def current(self) -> Plan | None:
-        return self._plan
-
     def _covers(self, batch: Counter) -> bool:
         return all(t in self._policy.parts for t in batch)
 
@@ -136,18 +129,16 @@ class Pacer:
         spent = self.spent()
         left = max(0, int((self.quota_flops - spent) / self.ratio(spent)) - self.reserve(batch))
         try:
-            self._plan = plan(rows, self.curves, Quota(flops=left), self.weights)
-            self._policy = self._plan.policy()
+            self._policy = plan(rows, self.curves, Quota(flops=left), self.weights).policy()
         except InfeasibleQuota:  # the cheapest m everywhere; the ledger refuses past Q
-            self._plan = None
-            self._policy = PlanPolicy({t: ((self.curves[t].ms[_cheapest(self.curves[t])], n),)
+            self._policy = PlanPolicy({t: ((_cheapest_m(self.curves[t]), n),)
                                        for t, n in rows.items()})
         self.plans += 1
         self._since = 0
 
 
-def _cheapest(curve: QualityCurve) -> int:
-    return min(range(len(curve.ms)), key=lambda i: curve.flops[i])
+def _cheapest_m(curve: QualityCurve) -> int:
+    return min(curve.ms, key=lambda m: curve.at(m)[1])
 
 
 # ----------------------------------------------------------------------------- on Ray
