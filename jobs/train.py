@@ -331,11 +331,20 @@ def load_state(path: Path, training, ranks: Ranks) -> int:
     return step
 
 
-def saved_step(path: Path) -> int:
-    """The step a checkpoint folder was written at, 0 if there is none."""
-    if not (path / "state.pt").exists():
+def saved_step(folder: str | Path, fs=None) -> int:
+    """The step a checkpoint folder was written at, 0 if there is none; only its state.pt
+    is read (`fs`: the pyarrow filesystem it is on, default local)."""
+    import io
+
+    import pyarrow.fs as pafs
+
+    fs = fs or pafs.LocalFileSystem()
+    try:
+        with fs.open_input_file(f"{folder}/state.pt") as f:
+            data = f.read()
+    except FileNotFoundError:
         return 0
-    return int(torch.load(path / "state.pt", weights_only=True, map_location="cpu")["step"])
+    return int(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")["step"])
 
 
 def save_state(path: Path, training, step: int, ranks: Ranks) -> None:
@@ -434,7 +443,7 @@ def fit(cfg: Config, session) -> dict:
     start = session.restore(training)
     total = cfg.stage1.steps + cfg.stage2.steps
     loop = Loop(training, train, held_out, cache, session,
-                rebuild=lambda: fresh_model(cfg, ranks))
+                rebuild=lambda: fresh_model(cfg).to(ranks.device))
     row = run_steps(cfg, loop, start, total)
     training = loop.training  # a new one if a stage started with a new optimizer or ZeRO stage
     with training.full_weights():
@@ -445,17 +454,17 @@ def fit(cfg: Config, session) -> dict:
     return {"eval": final, "last": row}
 
 
-def fresh_model(cfg: Config, ranks: Ranks):
-    """The model as `prepare` builds it (the weights of `checkpoint`), on this rank's device."""
+def fresh_model(cfg: Config):
+    """The model before any training (the weights of `checkpoint`), in training mode but
+    for the frozen vision encoder."""
     model = load_model(cfg).train()
     model.vision.eval()
-    return model.to(ranks.device)
+    return model
 
 
 def prepare(cfg: Config, out: Path, main: bool) -> tuple:
     """The model, the data, and the grid features of every image (computed once, cached)."""
-    model = load_model(cfg).train()
-    model.vision.eval()
+    model = fresh_model(cfg)
     train, held_out = load_data(cfg.data, cfg.storage)
     cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
     with tqdm(total=len({image_key(ex) for ex in train + held_out}), desc="features",

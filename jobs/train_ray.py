@@ -134,11 +134,8 @@ class RaySession:
         return ray.train.get_checkpoint() is not None
 
     def checkpoint_step(self) -> int:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return 0
-        with checkpoint.as_directory() as folder:
-            return saved_step(Path(folder))
+        checkpoint = ray.train.get_checkpoint()  # its state.pt only, not a whole download
+        return saved_step(checkpoint.path, checkpoint.filesystem) if checkpoint else 0
 
     def restore(self, training) -> int:
         """The run's latest checkpoint (a resumed name, or a restart after a failure)."""

@@ -61,7 +61,7 @@ def _sidecar(fs, path: str) -> str:
     try:
         with fs.open_input_stream(path) as f:
             return f.read().decode("utf-8", errors="replace").strip()
-    except (FileNotFoundError, OSError):
+    except OSError:  # no such file (FileNotFoundError is one)
         return ""
 
 
