@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
+from jobs.describe import mimic_loss
 from jobs.trainloop import (
     FeatureCache,
     Ranks,
@@ -86,6 +87,26 @@ class AlignArgs:
     # > 0: also each mosaic cell's words, read from the tokens by a per-position attention
     # readout, with this weight (jobs.align_cells): the tokens keep where things are
     cell_weight: float = 0.0
+    # the weight of the word targets above (mean token, cells); 0 with describe.align_weight
+    # > 0 trains the description target alone
+    word_weight: float = 1.0
+
+
+@dataclass
+class DescribeArgs:
+    """Describe alignment (jobs.describe): the visual tokens learn to read like a fixed-length
+    description of the image (a mosaic cell by cell in reading order), and before that the
+    LM's adapters learn to answer from such descriptions. Needs a tokenizer that writes each
+    description word as one token (mqt-smol's)."""
+
+    # steps of the adapters alone, on the description's embeddings in place of the visual
+    # tokens (LM passes, no image); run before the alignment stage
+    steps: int = 0
+    lr: float = 2e-3
+    batch_size: int = 16
+    schedule: MSchedule = field(default_factory=lambda: MSchedule(kind="uniform_even"))
+    align_weight: float = 0.0  # > 0: the description target in the alignment stage
+    lm_weight: float = 0.0  # > 0: the description target beside the answer loss, stages 1-2
 
 
 @dataclass
@@ -115,6 +136,7 @@ class Config(ModelArgs):
     checkpoint: str = "none"  # train from scratch; a folder fine-tunes those weights
     data: DataArgs = field(default_factory=DataArgs)
     align: AlignArgs = field(default_factory=AlignArgs)
+    describe: DescribeArgs = field(default_factory=DescribeArgs)
     stage1: StageArgs = field(default_factory=lambda: StageArgs(
         steps=50, schedule=MSchedule(kind="fixed")))  # m = M
     stage2: StageArgs = field(default_factory=lambda: StageArgs(steps=150))
@@ -144,6 +166,7 @@ def validate(cfg: Config) -> None:
     vlm = model_config(cfg)
     M = vlm.query.num_queries
     cfg.align.schedule.validate(M)
+    validate_describe(cfg, vlm)
     cfg.stage1.schedule.validate(M)
     cfg.stage2.schedule.validate(M)
     if not vlm.vision.frozen:
@@ -160,6 +183,29 @@ def validate(cfg: Config) -> None:
     if bad:
         raise ValueError(f"eval_ms: {bad[0]} is outside 1..{M}")
     validate_backend(cfg)
+
+
+def validate_describe(cfg: Config, vlm) -> None:
+    d = cfg.describe
+    if d.steps < 0 or d.align_weight < 0 or d.lm_weight < 0 or d.batch_size < 1:
+        raise ConfigError("describe.steps, describe.align_weight and describe.lm_weight must "
+                          "be >= 0 and describe.batch_size >= 1")
+    if cfg.align.word_weight < 0:
+        raise ConfigError("align.word_weight must be >= 0")
+    if cfg.align.steps and not (cfg.align.word_weight or d.align_weight):
+        raise ConfigError("align.word_weight=0 and describe.align_weight=0: the alignment "
+                          "stage would train nothing")
+    if not (d.steps or d.align_weight or d.lm_weight):
+        return
+    d.schedule.validate(vlm.query.num_queries)
+    if d.align_weight and not cfg.align.steps:
+        raise ConfigError("describe.align_weight needs an alignment stage (align.steps > 0)")
+    if d.lm_weight and cfg.backend == "deepspeed":
+        raise ConfigError("describe.lm_weight: the auxiliary loss runs with backend local or "
+                          "ddp (under ZeRO the query transformer is sharded outside its step)")
+    if vlm.tokenizer == "byte":
+        raise ConfigError("describe: the byte tokenizer cannot write descriptions (one token "
+                          "per word); use a subword tokenizer (preset mqt-smol)")
 
 
 def validate_backend(cfg: Config) -> None:
@@ -412,6 +458,7 @@ class Loop:
     cache: FeatureCache
     session: object
     rebuild: object = None  # () -> a fresh model like the first (before any training)
+    vocab: object = None  # jobs.describe.DescriptionVocab when describe.lm_weight > 0
 
 
 def main(cfg: Config) -> dict:
@@ -434,8 +481,11 @@ def fit(cfg: Config, session) -> dict:
     model.to(ranks.device)
     # before the training takes the weights (ZeRO keeps its own fp32 copy); a resumed run
     # has the aligned weights in its checkpoint
-    if cfg.align.steps and not session.resuming():
-        run_align(cfg, model, train, cache, ranks.main)
+    if not session.resuming():
+        if cfg.describe.steps:
+            run_describe(cfg, model, train, ranks.main)
+        if cfg.align.steps:
+            run_align(cfg, model, train, cache, ranks.main)
     # the training of the stage the checkpoint was written in (a checkpoint at the end of
     # stage 1 loads into stage 1's; run_steps then moves on to stage 2's)
     saved = session.checkpoint_step()
@@ -443,7 +493,8 @@ def fit(cfg: Config, session) -> dict:
     start = session.restore(training)
     total = cfg.stage1.steps + cfg.stage2.steps
     loop = Loop(training, train, held_out, cache, session,
-                rebuild=lambda: fresh_model(cfg).to(ranks.device))
+                rebuild=lambda: fresh_model(cfg).to(ranks.device),
+                vocab=describe_vocab(cfg, model, "lm_weight"))
     row = run_steps(cfg, loop, start, total)
     training = loop.training  # a new one if a stage started with a new optimizer or ZeRO stage
     with training.full_weights():
@@ -485,6 +536,7 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
     images = list({image_key(ex): ex for ex in train}.values())
     dev = model.query.proj.device
     cells = cell_align(cfg, model, dev)
+    vocab = describe_vocab(cfg, model, "align_weight")
     params = list(model.query.parameters()) + (list(cells.parameters()) if cells else [])
     opt = torch.optim.AdamW(params, lr=cfg.align.lr, weight_decay=0.0)
     order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
@@ -495,9 +547,14 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
         feats = cache.get(chunk).to(dev)
-        loss = (cells(model, feats, chunk, words, m) if cells else
+        loss = feats.new_zeros(())
+        if cfg.align.word_weight:
+            loss = cfg.align.word_weight * (
+                cells(model, feats, chunk, words, m) if cells else
                 align_loss(model, feats, words.distribution(chunk).to(dev),
                            words.token_ids.to(dev), m))
+        if vocab:
+            loss = loss + cfg.describe.align_weight * mimic_loss(model, feats, chunk, vocab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -505,6 +562,49 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
     if main:
         append_csv(Path(cfg.output) / "align.csv", {"steps": cfg.align.steps,
                                                      "final_loss": round(loss.item(), 4)})
+
+
+def describe_vocab(cfg: Config, model, weight: str):
+    """The description's token ids when describe.<weight> > 0 (else None)."""
+    if not getattr(cfg.describe, weight):
+        return None
+    from jobs.describe import DescriptionVocab
+
+    return DescriptionVocab(model.tokenizer)
+
+
+def run_describe(cfg: Config, model, train, main: bool = True) -> None:
+    """The LM's adapters (all its trainable parameters) learn to answer from the image's
+    description in place of its visual tokens (jobs.describe); no image is read. Like the
+    alignment stage, every rank runs all of it, deterministically."""
+    from jobs.describe import DescriptionVocab, description, description_loss
+
+    d, vocab = cfg.describe, DescriptionVocab(model.tokenizer)
+    rows = [ex for ex in train if description(ex, vocab) is not None]
+    if not rows:
+        raise ValueError("describe.steps: no training example has a description "
+                         "(mosaics, or easy-vqa images whose colour and shape are known)")
+    params = [p for p in model.lm.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("describe.steps trains the LM's adapters: set model.lm.lora_rank")
+    opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=0.0)
+    order = batches(len(rows), d.batch_size, cfg.data.seed + 2, 0)
+    dev = model.query.proj.device
+    bar = tqdm(range(d.steps), desc="describe", unit="step", disable=not main)
+    for step in bar:
+        chunk = [rows[i] for i in next(order)]
+        m = d.schedule.sample(step, model.num_queries, cfg.data.seed + 2)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, d.steps, d.lr, 10)
+        loss = description_loss(model, chunk, vocab, m, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        bar.set_postfix(loss=round(loss.item(), 4), m=m)
+    if main:
+        append_csv(Path(cfg.output) / "describe.csv", {"steps": d.steps,
+                                                        "final_loss": round(loss.item(), 4)})
 
 
 def cell_align(cfg: Config, model, dev):
@@ -542,6 +642,8 @@ def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:
         mine = [loop.train[i] for i in ranks.shard(idx)]
         feats = loop.cache.get(mine).to(ranks.device, training.dtype)
         loss, tokens = loss_on(training.model, mine, feats, m, ranks.denominator)
+        if loop.vocab:
+            loss = loss + cfg.describe.lm_weight * mimic_loss(inner, feats, mine, loop.vocab)
         training.step(loss)
         dt, t0 = time.perf_counter() - t0, time.perf_counter()
         row = {"step": step + 1, "stage": 1 if stage is cfg.stage1 else 2, "m": m,

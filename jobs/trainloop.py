@@ -104,17 +104,20 @@ def unwrap(model) -> VisionLanguageModel:
 
 def loss_on(model, examples: Sequence[Example], feats: torch.Tensor, m: int,
             denominator: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            ) -> tuple[torch.Tensor, int]:
+            image_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Cross-entropy of the answer tokens with m visual tokens: summed, then divided by
     `denominator(n)` for this batch's n answer tokens (default n: the mean). `model` may be
     DDP-wrapped or a DeepSpeed engine; `feats` (B, N, D) sit on the model's device. Also
-    returns the tokens the LM read (visual + text, padding left out)."""
+    returns the tokens the LM read (visual + text, padding left out). `image_embeds`
+    (B, >= m, H), when given, stand in for the visual tokens (`feats` then only names the
+    device)."""
     inner = unwrap(model)
     prompts = inner.format_prompts([task_question(ex) for ex in examples])
     answers = [ex.answer + inner.template.answer_suffix for ex in examples]
     batch = build_batch(inner.tokenizer, prompts, m, answers=answers, padding_side="right")
     batch = {k: v.to(feats.device) for k, v in batch.items()}
-    logits = model(batch["input_ids"], batch["attention_mask"], m, grid_features=feats).logits
+    image = {"grid_features": feats} if image_embeds is None else {"image_embeds": image_embeds}
+    logits = model(batch["input_ids"], batch["attention_mask"], m, **image).logits
     target = batch["labels"][:, 1:]  # logits at t predict the token at t + 1
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
                             ignore_index=IGNORE_INDEX, reduction="sum")

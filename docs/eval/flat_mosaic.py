@@ -1,10 +1,14 @@
 """Cell-colour accuracy of the shipped default per m, split by whether the mosaic's shapes
 share one colour (then position is not needed), from the eval's per-question rows:
 
-    .venv/bin/python docs/eval/flat_mosaic.py
+    .venv/bin/python docs/eval/flat_mosaic.py [results.parquet]
+
+(default docs/eval/results.parquet; the previous weights' rows: `git show
+1a49ad2:docs/eval/results.parquet > /tmp/old.parquet`.)
 """
 
 import collections
+import sys
 
 import pyarrow.parquet as pq
 
@@ -13,8 +17,8 @@ from mqt.data import mosaic_examples
 MOSAICS = 60  # the eval's mosaic_images (docs/default-model.md)
 
 
-def main() -> None:
-    rows = pq.read_table("docs/eval/results.parquet").to_pylist()
+def main(path: str = "docs/eval/results.parquet") -> None:
+    rows = pq.read_table(path).to_pylist()
     examples = {e.id: e for e in mosaic_examples("test", MOSAICS, seed=0)}
     hits: dict = collections.defaultdict(lambda: [0, 0])
     for r in rows:
@@ -32,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])

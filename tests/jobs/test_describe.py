@@ -1,0 +1,131 @@
+"""Describe alignment: visual tokens trained to read like a fixed-length description."""
+
+import pytest
+import torch
+
+from jobs.describe import CELL_TOKENS, DescriptionVocab, description, mimic_loss, targets
+from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.data.easyvqa import captioned_images
+from mqt.text import byte_tokenizer, load_tokenizer
+
+pytestmark = pytest.mark.bundled
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from mqt.smollm import smollm2_path
+
+    return load_tokenizer(str(smollm2_path()))
+
+
+def words(tok, ids):
+    return [tok.decode([i]).strip() for i in ids]
+
+
+def test_a_mosaic_reads_cell_by_cell_in_reading_order(tok):
+    vocab = DescriptionVocab(tok)
+    for ex in mosaic_examples("train", 6)[::4]:
+        cells = ex.meta["cells"]
+        ids = description(ex, vocab)
+        assert len(ids) == CELL_TOKENS * len(cells) == CELL_TOKENS * ex.meta["grid"] ** 2
+        for k, c in enumerate(cells):
+            got = words(tok, ids[CELL_TOKENS * k: CELL_TOKENS * (k + 1)])
+            what = [c.color if c.color != "teal" else "te", c.shape] if c.kind == "shape" \
+                else ["digit", str(c.digit)]
+            assert got == [str(c.row), str(c.col), *what, ";"]
+        assert [(c.row, c.col) for c in cells] == sorted((c.row, c.col) for c in cells)
+
+
+def test_a_single_shape_is_three_tokens_and_unknown_content_has_none(tok):
+    vocab = DescriptionVocab(tok)
+    known = captioned_images("train")
+    exs = easyvqa_examples("train", tasks=("vqa",), limit=60)
+    with_facts = [ex for ex in exs if int(ex.meta["image_id"].split("/")[1]) in known]
+    without = [ex for ex in exs if int(ex.meta["image_id"].split("/")[1]) not in known]
+    assert with_facts and without
+    ex = with_facts[0]
+    color, shape = known[int(ex.meta["image_id"].split("/")[1])]
+    assert words(tok, description(ex, vocab)) == [color if color != "teal" else "te", shape, "."]
+    assert description(without[0], vocab) is None
+
+
+def test_a_tokenizer_that_cannot_write_one_token_per_word_is_refused():
+    with pytest.raises(ValueError, match="cannot write descriptions"):
+        DescriptionVocab(byte_tokenizer())
+
+
+def test_targets_pad_with_filler_and_the_query_learns_them(tok):
+    from jobs.cli import resolve
+    from jobs.common import load_model
+    from jobs.trainloop import FeatureCache
+
+    _, args = resolve("generate", None, ["preset=mqt-smol", "checkpoint=none", "images=[x]",
+                                         "model.query.depth=2"], None, check=False)
+    model = load_model(args).train()
+    vocab = DescriptionVocab(model.tokenizer)
+    exs = mosaic_examples("train", 4)[::4] + easyvqa_examples("train", tasks=("caption",),
+                                                             limit=4)
+    want, known = targets(model, exs, vocab)
+    assert want.shape == (len(exs), model.num_queries, model.lm.config.hidden_size)
+    assert known.all()
+    filler = model.lm.get_input_embeddings().weight[vocab.filler]
+    n = CELL_TOKENS * exs[0].meta["grid"] ** 2
+    torch.testing.assert_close(want[0, n:], filler.expand(model.num_queries - n, -1))
+    cache = FeatureCache(model)
+    cache.add(exs)
+    feats = cache.get(exs)
+    opt = torch.optim.AdamW(model.query.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = mimic_loss(model, feats, exs, vocab)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is None for p in model.lm.parameters())  # the LM takes no part
+
+
+def smol_train_args(tmp_path, *extra):
+    return ["preset=mqt-smol", "data.easyvqa_images=4", "data.mosaic_images=4",
+            "data.tasks=[vqa,caption]", "data.eval_examples=4", "stage1.steps=0",
+            "stage2.steps=2", "batch_size=4", "model.query.proj_init_std=0.17",
+            "model.query.depth=2", "model.lm.lora_rank=4", "checkpoint_every=0",
+            "eval_ms=[2]", f"output={tmp_path}", *extra]
+
+
+def test_mqt_train_runs_the_describe_stages(tmp_path):
+    from jobs.cli import resolve
+    from jobs.train import main as train
+
+    _, cfg = resolve("train", None, smol_train_args(
+        tmp_path, "describe.steps=3", "describe.batch_size=4", "describe.align_weight=1.0",
+        "describe.lm_weight=0.5", "align.steps=3", "align.batch_size=8",
+        "align.word_weight=0"), None)
+    train(cfg)
+    assert (tmp_path / "describe.csv").read_text().splitlines()[1].startswith("3,")
+    assert (tmp_path / "align.csv").read_text().splitlines()[1].startswith("3,")
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["describe.align_weight=1.0"], "align.steps"),
+    (["describe.lm_weight=1.0", "backend=deepspeed"], "describe.lm_weight"),
+    (["describe.steps=-1"], "describe.steps"),
+    (["align.steps=2", "align.word_weight=0"], "align.word_weight"),
+])
+def test_bad_describe_settings_fail_before_any_work(tmp_path, extra, field):
+    from jobs.cli import resolve
+    from mqt.configtree import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        resolve("train", None, smol_train_args(tmp_path, *extra), None)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_byte_tokenizer_is_refused_for_describe(tmp_path):
+    from jobs.cli import resolve
+    from mqt.configtree import ConfigError
+
+    with pytest.raises(ConfigError, match="byte tokenizer"):
+        resolve("train", None, ["preset=tiny", "describe.steps=2", f"output={tmp_path}"], None)
