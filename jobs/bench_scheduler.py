@@ -24,7 +24,9 @@ averaged. For per-row budgets q from the cheapest fixed m to the dearest, quota 
   (the cheapest fixes first), the ceiling no policy can pass.
 
 It reports, per q: accuracy and spend / Q of every policy, and the issue's goals: at or
-above the best fixed m (Pareto), the share of the gap between it and the oracle recovered,
+above the best fixed m (Pareto; also whether a policy falls below it by more than two paired
+standard errors, i.e. beyond what the calibration questions can tell apart), the share of the gap
+between it and the oracle recovered,
 spend <= Q always, and >= 95% of Q unless the plan says more would not help.
 
 Part 2, pacing (pipeline/pacing.py) on the same held-out halves: the corpus size only
@@ -178,10 +180,13 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     if p is None:  # no single m fits
         return None
     pot = escalation_budget(p, curves) if fold["cap"] else None
-    s = summary(replay(held, p.policy(), shared, Q, key, pot))
+    out = replay(held, p.policy(), shared, Q, key, pot)
+    s = summary(out)
     saturated = p.value >= _top(planner, rows, curves).value - 1e-9
+    right = {x.id: o is not None and o.correct for x, o in zip(held, out, strict=True)}
     return dict(s, correct=round(s["accuracy"] * s["rows"]), quota=Q, planned=p.spend,
-                over=int(s["spend"] > Q), short=int(not saturated and s["spend"] < 0.95 * Q))
+                over=int(s["spend"] > Q), short=int(not saturated and s["spend"] < 0.95 * Q),
+                right=right)
 
 
 def _top(planner, rows: dict, curves: dict):
@@ -194,7 +199,8 @@ def both_folds(name: str, folds: list, q: float, shared: dict) -> dict | None:
     runs = [run_policy(name, f, q, shared) for f in folds]
     if any(r is None for r in runs):
         return None
-    return {k: sum(r[k] for r in runs) for k in TOTALS}
+    return {**{k: sum(r[k] for r in runs) for k in TOTALS},
+            "right": {i: ok for r in runs for i, ok in r["right"].items()}}
 
 
 def over_seeds(name: str, folds: dict, q: float, shared: dict) -> dict | None:
@@ -206,7 +212,7 @@ def over_seeds(name: str, folds: dict, q: float, shared: dict) -> dict | None:
     mean = {k: sum(r[k] for r in runs) / len(runs) for k in TOTALS}
     return dict(mean, accuracy=sum(accs) / len(accs), accuracy_range=(min(accs), max(accs)),
                 over=sum(r["over"] for r in runs), short=sum(r["short"] for r in runs),
-                runs=2 * len(runs))
+                runs=2 * len(runs), right=[r["right"] for r in runs])
 
 
 # ------------------------------------------------------------------ fixed m, the oracle
@@ -250,9 +256,30 @@ def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
                 shared: dict) -> dict:
     """Every policy at per-row budget q: quota Q = floor(q x rows) over all questions."""
     Q = math.floor(q * len(qs))
-    return {"q": q, "quota": Q, "best_fixed": best_fixed(fixed, Q),
-            "oracle": oracle(qs, cfg.ms, Q), "ceiling": kind_ceiling(qs, cfg.ms, Q, shared),
-            "policies": {name: over_seeds(name, folds, q, shared) for name in POLICIES}}
+    best = best_fixed(fixed, Q)
+    policies = {name: over_seeds(name, folds, q, shared) for name in POLICIES}
+    for p in policies.values():
+        if p is not None:
+            right = p.pop("right")
+            if best:
+                p["vs_best"] = paired(right, {x.id: x.correct[best["m"]] for x in qs})
+    return {"q": q, "quota": Q, "best_fixed": best, "oracle": oracle(qs, cfg.ms, Q),
+            "ceiling": kind_ceiling(qs, cfg.ms, Q, shared), "policies": policies}
+
+
+def paired(splits: list[dict], fixed: dict) -> dict:
+    """A policy against a fixed m on the same questions, per split: the accuracy difference
+    and its standard error from the discordant pairs (b questions only the policy answers
+    right, c only the fixed m: SE = sqrt(b + c - (b - c)^2 / n) / n); means over the splits
+    (the splits reuse the same questions, so the SE does not shrink with their number)."""
+    diffs, ses = [], []
+    for right in splits:
+        n = len(right)
+        b = sum(ok and not fixed[i] for i, ok in right.items())
+        c = sum(fixed[i] and not ok for i, ok in right.items())
+        diffs.append((b - c) / n)
+        ses.append(math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n)
+    return {"diff": _mean(diffs), "se": _mean(ses)}
 
 
 def kind_ceiling(qs: list, ms: list[int], quota: int, shared: dict) -> dict | None:
@@ -347,7 +374,10 @@ def goals(sweep: list[dict]) -> dict:
         deltas = [p["accuracy"] - s["best_fixed"]["accuracy"] for s, p in pts]
         fit = [p["accuracy"] - s["policies"]["fixed-fit"]["accuracy"] for s, p in pts
                if s["policies"]["fixed-fit"]]
+        tied = [p["vs_best"]["diff"] >= -2 * p["vs_best"]["se"] for _, p in pts]
         out[name] = {"points": len(pts), "at_or_above": sum(d >= 0 for d in deltas),
+                     "within_2se": sum(tied),
+                     "se": _mean([p["vs_best"]["se"] for _, p in pts]),
                      "worst_delta": min(deltas, default=0.0), "mean_delta": _mean(deltas),
                      "vs_fit_at_or_above": sum(d >= 0 for d in fit), "vs_fit_points": len(fit),
                      "vs_fit_mean": _mean(fit),
@@ -462,13 +492,17 @@ def _spent(p: dict | None) -> str:
 
 def goals_text(g: dict, n: int) -> str:
     lines = [f"Goals (one question = {100 / n:.2f} points; accuracy differences are means over "
-             "the splits; a run is one held-out half of one split at one q):", "",
-             "| policy | >= best fixed m (hindsight) | worst / mean difference (points) | "
+             "the splits; SE: the standard error of a policy's difference from the best fixed "
+             "m on the same questions, from the questions only one of the two answers right; "
+             "a run is one held-out half of one split at one q):", "",
+             "| policy | >= best fixed m (hindsight) | not below it by 2 SE (mean SE) | "
+             "worst / mean difference (points) | "
              ">= fixed-fit | mean difference | gap to oracle recovered: median (min..max) | "
              "runs with spend > Q | runs < 95% of Q while more would help (at q) |",
-             "|---|---:|---:|---:|---:|---|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
     for name, x in g.items():
         lines.append(f"| {name} | {x['at_or_above']}/{x['points']} | "
+                     f"{x['within_2se']}/{x['points']} ({100 * x['se']:.2f}) | "
                      f"{100 * x['worst_delta']:+.2f} / {100 * x['mean_delta']:+.2f} | "
                      f"{x['vs_fit_at_or_above']}/{x['vs_fit_points']} | "
                      f"{100 * x['vs_fit_mean']:+.2f} | {_median_range(x['recovered'])} | "

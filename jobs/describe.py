@@ -7,7 +7,11 @@ right after its position. So this stage gives the visual tokens that form: token
 equal the LM's input embedding of token i of a fixed-length description, in reading order:
 
 - a mosaic: per cell, row-major, five tokens ``row col colour shape ;`` (a digit cell:
-  ``row col digit <d> ;``), so a 2x2 mosaic takes 20 tokens and a 3x3 one 45;
+  ``row col digit <word> ;``, the digit as a number word), so a 2x2 mosaic takes 20
+  tokens and a 3x3 one 45. Positions are digit tokens, as the questions write them ("row 2,
+  column 3"); a cell's digit is a word (" seven") so that it never shares a token with a
+  position: with "7" for both, the LM answered a digit question with the cell's row or
+  column number in a third of the cases (docs/default-model.md);
 - a single easy-vqa shape: ``colour shape .`` (3 tokens);
 - the rest up to M: a filler token.
 
@@ -32,11 +36,13 @@ from mqt.data.easyvqa import COLORS, SHAPES, captioned_images
 
 FILLER = " "
 CELL_TOKENS = 5
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class DescriptionVocab:
     """Token ids of the words a description uses: one token per word, a word of several
-    tokens by its first (SmolLM2: 'teal' is ' te' + 'al'); the ids must be distinct."""
+    tokens by its first (SmolLM2: 'teal' is ' te' + 'al'); the ids must be distinct.
+    Positions are digit tokens ("2"), a digit cell's content a number word (" two")."""
 
     def __init__(self, tokenizer):
         def one(text: str) -> int:
@@ -44,23 +50,31 @@ class DescriptionVocab:
 
         self._words = {w: one(" " + w) for w in (*COLORS, *SHAPES, "digit")}
         self._digits = {d: one(str(d)) for d in range(10)}
+        self._numbers = {d: one(" " + w) for d, w in enumerate(NUMBER_WORDS)}
         self.sep, self.end, self.filler = one(";"), one("."), one(FILLER)
         self.digit_word = self._words["digit"]
-        ids = [*self._words.values(), *self._digits.values(), self.sep, self.end, self.filler]
+        ids = [*self._words.values(), *self._digits.values(), *self._numbers.values(),
+               self.sep, self.end, self.filler]
         if len(set(ids)) != len(ids):
             raise ValueError("this tokenizer cannot write descriptions: some of the words "
-                             f"{[*self._words, *range(10), ';', '.']} share their first token "
-                             "(the describe stage needs a subword tokenizer such as SmolLM2's)")
+                             f"{[*self._words, *range(10), *NUMBER_WORDS, ';', '.']} share "
+                             "their first token (the describe stage needs a subword "
+                             "tokenizer such as SmolLM2's)")
 
     def word(self, w: str) -> int:
         return self._words[w]
 
     def digit(self, d: int) -> int:
+        """A position (row or column number) as the questions write it."""
         return self._digits[int(d)]
+
+    def number(self, d: int) -> int:
+        """A digit cell's content, as a word."""
+        return self._numbers[int(d)]
 
     def cell(self, c) -> list[int]:
         what = ([self.word(c.color), self.word(c.shape)] if c.kind == "shape"
-                else [self.digit_word, self.digit(c.digit)])
+                else [self.digit_word, self.number(c.digit)])
         return [self.digit(c.row), self.digit(c.col), *what, self.sep]
 
 

@@ -124,7 +124,7 @@ def _scored(model, chunk, embeds, m: int) -> list[dict]:
 def _row(model, ex, m, correct, confidence, output, flops) -> dict:
     return {"id": ex.id, "task": ex.task, "kind": kind_of(ex), "m": m, "correct": bool(correct),
             "confidence": round(float(confidence), 5), "output": output,
-            "answer": ex.answer, "flops": float(flops)}
+            "answer": ex.answer, "flops": float(flops), "question": ex.question}
 
 
 def oracle(rows: list[dict], ms: list[int]) -> dict:

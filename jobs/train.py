@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import re
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ from mqt.matryoshka import MSchedule
 from pipeline.storage import StorageArgs, scheme_of
 
 BACKENDS = ("local", "ddp", "deepspeed")
+NEGATION = re.compile(r"\b(not|no)\b")  # easy-vqa's negated yes/no questions
 
 
 @dataclass
@@ -56,6 +59,10 @@ class DataArgs:
     tasks: list[str] = field(default_factory=lambda: ["vqa", "caption"])
     # easy-vqa is 74% yes/no questions; keeping a fraction of them balances the kinds
     yesno_keep: float = 1.0
+    # keep yes/no questions so that each (negated or not, yes or no) class is a quarter of
+    # those kept: easy-vqa's negated questions are 82% "yes", its plain ones 82% "no", so a
+    # model can score well by reading "not" and never the image (docs/default-model.md)
+    yesno_balance: bool = False
     eval_examples: int = 128  # held out from easy-vqa test (and mosaic test) for progress
     seed: int = 0
     manifest: str = ""  # more training rows {id, image, task, question, answer}: JSONL or
@@ -249,16 +256,35 @@ def load_data(cfg: DataArgs, storage: StorageArgs | None = None) -> tuple[list, 
         train += mosaic_examples("train", cfg.mosaic_images, seed=cfg.seed, tasks=("vqa",))
         test += mosaic_examples("test", max(8, cfg.eval_examples // 8), seed=cfg.seed)
     train = [ex for ex in train if ex.task != "mc"]  # multiple choice is scored, not generated
-    train = [ex for ex in train if ex.meta.get("kind") != "yesno" or keep(ex, cfg)]
+    train = yesno_kept(train, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(test), generator=g)[: cfg.eval_examples].tolist()
     return train, [test[i] for i in pick]
 
 
-def keep(ex, cfg: DataArgs) -> bool:
+def yesno_kept(train: list, cfg: DataArgs) -> list:
+    """All other rows, and of the yes/no questions a share `yesno_keep`: the same share of
+    each, or with `yesno_balance` the share that makes the four (negated, answer) classes
+    equal (each at most whole)."""
+    yesno = [ex for ex in train if ex.meta.get("kind") == "yesno"]
+    share = dict.fromkeys(map(yesno_class, yesno), cfg.yesno_keep)
+    if cfg.yesno_balance:
+        sizes = Counter(map(yesno_class, yesno))
+        share = {c: min(1.0, cfg.yesno_keep * len(yesno) / (len(sizes) * n))
+                 for c, n in sizes.items()}
+    return [ex for ex in train if ex.meta.get("kind") != "yesno"
+            or keep(ex, cfg, share[yesno_class(ex)])]
+
+
+def yesno_class(ex) -> tuple[bool, str]:
+    """(the question is negated, the answer): "is no circle present?" -> (True, "no")."""
+    return bool(NEGATION.search(ex.question)), ex.answer
+
+
+def keep(ex, cfg: DataArgs, share: float) -> bool:
     """A seeded, per-example coin: the same examples are kept on every run and rank."""
     g = torch.Generator().manual_seed(cfg.seed * 7919 + zlib.crc32(ex.id.encode()))
-    return float(torch.rand((), generator=g)) < cfg.yesno_keep
+    return float(torch.rand((), generator=g)) < share
 
 
 def trainable_parts(model) -> tuple[str, ...]:

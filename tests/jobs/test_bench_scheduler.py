@@ -95,3 +95,24 @@ def test_fixed_m_and_the_oracle_are_the_calibration_numbers(result):
 def test_bad_configs_fail_naming_the_field(override, field, capsys):
     assert cli.main(["bench-scheduler", override]) == 2
     assert f"bad config: {field}" in capsys.readouterr().err
+
+
+def test_paired_difference_and_its_standard_error():
+    # 10 questions: the policy alone right on 3, the fixed m alone right on 1, both on 4
+    fixed = {i: i in (0, 1, 2, 3, 4) for i in range(10)}
+    policy = {i: i in (1, 2, 3, 4, 5, 6, 7) for i in range(10)}
+    got = bench_scheduler.paired([policy, policy], fixed)
+    assert got["diff"] == pytest.approx((3 - 1) / 10)
+    assert got["se"] == pytest.approx((4 - 2 ** 2 / 10) ** 0.5 / 10)
+    assert bench_scheduler.paired([fixed], fixed) == {"diff": 0.0, "se": 0.0}
+
+
+def test_the_goals_say_how_far_below_the_best_fixed_m_is_noise(result):
+    r, _ = result
+    for name, g in r["goals"].items():
+        assert g["at_or_above"] <= g["within_2se"] <= g["points"], name
+        assert 0 < g["se"] < 0.05, name  # hundreds of questions: a few points at most
+    for s in r["sweep"]:
+        for p in s["policies"].values():
+            if p is not None and s["best_fixed"]:
+                assert "right" not in p and p["vs_best"]["se"] >= 0

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from jobs.describe import CELL_TOKENS, DescriptionVocab, description, mimic_loss, targets
+from jobs.describe import (
+    CELL_TOKENS,
+    NUMBER_WORDS,
+    DescriptionVocab,
+    description,
+    mimic_loss,
+    targets,
+)
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.data.easyvqa import captioned_images
 from mqt.text import byte_tokenizer, load_tokenizer
@@ -31,7 +38,7 @@ def test_a_mosaic_reads_cell_by_cell_in_reading_order(tok):
         for k, c in enumerate(cells):
             got = words(tok, ids[CELL_TOKENS * k: CELL_TOKENS * (k + 1)])
             what = [c.color if c.color != "teal" else "te", c.shape] if c.kind == "shape" \
-                else ["digit", str(c.digit)]
+                else ["digit", NUMBER_WORDS[c.digit]]  # never a position's token
             assert got == [str(c.row), str(c.col), *what, ";"]
         assert [(c.row, c.col) for c in cells] == sorted((c.row, c.col) for c in cells)
 

@@ -18,6 +18,7 @@ def test_eval_writes_calibration_consistent_with_rows(tmp_path):
     n_questions = 12 + 4 + 3 * 4 * 2  # vqa, captions, mosaic vqa + multiple choice
     assert len(rows) == n_questions * 4  # every question at m = 1, 3, 4, 16
     assert {r["task"] for r in rows} == {"vqa", "caption", "mc"}
+    assert all(r["question"] for r in rows if r["task"] != "caption")  # what a predictor reads
     for task, per_m in cal["by_task"].items():
         for m, s in per_m.items():
             mine = [r for r in rows if r["task"] == task and r["m"] == m]

@@ -1,13 +1,16 @@
 """`mqt train` on the tiny preset: the loss falls, checkpoints resume bit-exactly."""
 
+from collections import Counter
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import jobs.trainloop
 from jobs.cli import resolve
-from jobs.train import main
+from jobs.train import DataArgs, main, yesno_class, yesno_kept
 from mqt.checkpoint import load_checkpoint
+from mqt.data.easyvqa import Example
 from mqt.matryoshka import MSchedule
 
 ARGS = ["data.easyvqa_images=24", "data.eval_examples=8", "stage1.steps=6", "stage2.steps=8",
@@ -88,3 +91,25 @@ def test_alignment_stage_runs_and_is_recorded(tmp_path):
     main(config(tmp_path / "al", "align.steps=20", "align.batch_size=8", "stage2.steps=2"))
     rows = (tmp_path / "al" / "align.csv").read_text().splitlines()
     assert rows[0] == "steps,final_loss" and rows[1].startswith("20,")
+
+
+def _yesno(i: int, negated: bool, answer: str):
+    q = "is there not a circle?" if negated else "is there a circle?"
+    return Example(f"q{i}", None, "vqa", q, answer, meta={"kind": "yesno"})
+
+
+def test_yesno_balance_evens_the_negated_and_answer_classes():
+    # skewed as easy-vqa is: negated questions mostly "yes", plain ones mostly "no"
+    sizes = {(True, "yes"): 800, (True, "no"): 200, (False, "no"): 800, (False, "yes"): 200}
+    classes = [c for c, n in sizes.items() for _ in range(n)]
+    rows = [_yesno(i, neg, ans) for i, (neg, ans) in enumerate(classes)]
+    other = Example("c", None, "caption", "", "a red circle", meta={"kind": "caption"})
+    plain = yesno_kept([*rows, other], DataArgs(yesno_keep=0.4))
+    even = yesno_kept([*rows, other], DataArgs(yesno_keep=0.4, yesno_balance=True))
+    assert other in plain and other in even  # only yes/no rows are sampled
+    got = Counter(yesno_class(ex) for ex in even if ex is not other)
+    assert all(abs(n - 200) <= 40 for n in got.values()), got  # 0.4 x 2000 / 4 each
+    assert got[(True, "no")] == 200  # a small class is kept whole
+    skew = Counter(yesno_class(ex) for ex in plain if ex is not other)
+    assert skew[(True, "yes")] > 2 * skew[(True, "no")]  # the plain share keeps the skew
+    assert even == yesno_kept([*rows, other], DataArgs(yesno_keep=0.4, yesno_balance=True))
