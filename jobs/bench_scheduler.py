@@ -25,9 +25,9 @@ averaged. For per-row budgets q from the cheapest fixed m to the dearest, quota 
 
 It reports, per q: accuracy and spend / Q of every policy, and the issue's goals: at or
 above the best fixed m (Pareto; also whether a policy falls below it by more than two paired
-standard errors, i.e. beyond what the calibration questions can tell apart), the share of the gap
-between it and the oracle recovered,
-spend <= Q always, and >= 95% of Q unless the plan says more would not help.
+standard errors, i.e. beyond what the calibration questions can tell apart), the share of
+the gap between it and the oracle recovered, spend <= Q always, and >= 95% of Q unless the
+plan says more would not help.
 
 Part 2, pacing (pipeline/pacing.py) on the same held-out halves: the corpus size only
 estimated (the estimate 20% low or 25% high) or rows dearer or cheaper than calibrated
@@ -258,11 +258,12 @@ def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
     Q = math.floor(q * len(qs))
     best = best_fixed(fixed, Q)
     policies = {name: over_seeds(name, folds, q, shared) for name in POLICIES}
+    fixed_right = {x.id: x.correct[best["m"]] for x in qs} if best else None
     for p in policies.values():
         if p is not None:
             right = p.pop("right")
-            if best:
-                p["vs_best"] = paired(right, {x.id: x.correct[best["m"]] for x in qs})
+            if fixed_right:
+                p["vs_best"] = paired(right, fixed_right)
     return {"q": q, "quota": Q, "best_fixed": best, "oracle": oracle(qs, cfg.ms, Q),
             "ceiling": kind_ceiling(qs, cfg.ms, Q, shared), "policies": policies}
 

@@ -10,8 +10,8 @@ equal the LM's input embedding of token i of a fixed-length description, in read
   ``row col digit <word> ;``, the digit as a number word), so a 2x2 mosaic takes 20
   tokens and a 3x3 one 45. Positions are digit tokens, as the questions write them ("row 2,
   column 3"); a cell's digit is a word (" seven") so that it never shares a token with a
-  position: with "7" for both, the LM answered a digit question with the cell's row or
-  column number in a third of the cases (docs/default-model.md);
+  position (with "7" for both, digit answers were mostly "1" or "3"; with words they are
+  no more often right: docs/default-model.md);
 - a single easy-vqa shape: ``colour shape .`` (3 tokens);
 - the rest up to M: a filler token.
 

@@ -266,14 +266,16 @@ def yesno_kept(train: list, cfg: DataArgs) -> list:
     """All other rows, and of the yes/no questions a share `yesno_keep`: the same share of
     each, or with `yesno_balance` the share that makes the four (negated, answer) classes
     equal (each at most whole)."""
-    yesno = [ex for ex in train if ex.meta.get("kind") == "yesno"]
-    share = dict.fromkeys(map(yesno_class, yesno), cfg.yesno_keep)
-    if cfg.yesno_balance:
-        sizes = Counter(map(yesno_class, yesno))
-        share = {c: min(1.0, cfg.yesno_keep * len(yesno) / (len(sizes) * n))
-                 for c, n in sizes.items()}
+    sizes = Counter(yesno_class(ex) for ex in train if ex.meta.get("kind") == "yesno")
+    total = sum(sizes.values())
+
+    def share(c: tuple) -> float:
+        if not cfg.yesno_balance:
+            return cfg.yesno_keep
+        return min(1.0, cfg.yesno_keep * total / (len(sizes) * sizes[c]))
+
     return [ex for ex in train if ex.meta.get("kind") != "yesno"
-            or keep(ex, cfg, share[yesno_class(ex)])]
+            or keep(ex, cfg, share(yesno_class(ex)))]
 
 
 def yesno_class(ex) -> tuple[bool, str]:

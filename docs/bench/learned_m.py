@@ -13,7 +13,7 @@ cross-validation inside the fit half (squared error), then the per-task planner
 (pipeline/plan.py) plans over leaves as it plans over tasks or kinds, and the plan is
 replayed behind a ledger on the held-out half, exactly as `mqt bench-scheduler` does (same
 halves, same seeds, same per-row budgets q). Prints a Markdown table: accuracy (%) of the
-per-task plan, the per-kind plan and the tree's plan at each q, means over the splits.
+per-task plan, the per-kind plan and the tree's plan at each q, over all held-out halves.
 Needs scikit-learn (installed with the project's data extra).
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,18 +30,22 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.model_selection import KFold
 from sklearn.tree import DecisionTreeRegressor
 
-from jobs.bench_scheduler import best_fixed, budgets, fixed_points, oracle, trained_ms
+from jobs.bench_scheduler import (
+    best_fixed,
+    budgets,
+    fixed_points,
+    oracle,
+    run_policy,
+    trained_ms,
+)
 from mqt.config import preset
 from pipeline.cascade import (
     fixed_curves,
     load_questions,
-    replay,
     seeded_order,
     shared_flops,
     split_halves,
-    summary,
 )
-from pipeline.plan import InfeasibleQuota, Quota, plan
 
 SEEDS = (0, 1, 2, 3, 4)
 LEAF_SIZES = (8, 16, 32, 64)
@@ -89,15 +92,18 @@ def leafed(qs: list, vec, tree, text: dict) -> list:
     return [replace(q, kind=f"leaf{leaf}") for q, leaf in zip(qs, leaves, strict=True)]
 
 
-def held_out(fit: list, held: list, key: str, q: float, ms: list[int], shared: dict):
-    held = seeded_order(held, 0)
-    rows = dict(Counter(getattr(x, key) for x in held))
-    Q = math.floor(q * len(held))
-    try:
-        p = plan(rows, fixed_curves(fit, ms, key), Quota(flops=Q))
-    except InfeasibleQuota:
-        return None
-    return summary(replay(held, p.policy(), shared, Q, key))["accuracy"]
+def fold(fit: list, held: list, seed: int, ms: list[int]) -> dict:
+    """A fold as `mqt bench-scheduler` replays it (jobs.bench_scheduler.run_policy): the
+    per-task ("plan") and per-kind ("kind") curves of `fit`, `held` in the split's order."""
+    curves = {"plan": fixed_curves(fit, ms, "task"), "kind": fixed_curves(fit, ms, "kind")}
+    return {"curves": curves, "held": seeded_order(held, seed), "cap": True}
+
+
+def right_of(name: str, f: dict, q: float, shared: dict) -> tuple[int, int] | None:
+    """(right answers, rows) of one held-out half; pooled over the halves of all splits
+    they give the benchmark's accuracy (every split holds each question out once)."""
+    r = run_policy(name, f, q, shared)
+    return None if r is None else (r["correct"], r["rows"])
 
 
 def main(results: str, layout: bool) -> None:
@@ -113,23 +119,24 @@ def main(results: str, layout: bool) -> None:
         for fit, held in ((a, b), (b, a)):
             vec, tree, leaf = fit_tree(fit, text, ms)
             leaves.append(f"{tree.get_n_leaves()} (min {leaf})")
-            pairs = {"task": (fit, held, "task"), "kind": (fit, held, "kind"),
-                     "tree": (leafed(fit, vec, tree, text), leafed(held, vec, tree, text), "kind")}
+            plain = fold(fit, held, seed, ms)
+            tree_fold = fold(leafed(fit, vec, tree, text), leafed(held, vec, tree, text), seed,
+                             ms)
+            runs = {"task": ("plan", plain), "kind": ("kind", plain), "tree": ("kind", tree_fold)}
             for i, q in enumerate(grid):
-                for name, (f, h, key) in pairs.items():
-                    if (r := held_out(f, h, key, q, ms, shared)) is not None:
+                for name, (policy, f) in runs.items():
+                    if (r := right_of(policy, f, q, shared)) is not None:
                         acc[name][i].append(r)
     print(f"{len(qs)} questions, m in {ms}; features: task, kind, question words"
           + (" + mosaic layout (grid, cell index)" if layout else "")
           + f"; leaves per fold: {', '.join(leaves)}\n")
     print("| q (GFLOPs/row) | best fixed m (hindsight) | plan (task) | plan (kind) | "
           "plan (tree leaves) | oracle |\n|---:|---:|---:|---:|---:|---:|")
-    runs = 2 * len(SEEDS)
     for i, q in enumerate(grid):
         Q = math.floor(q * len(qs))
         bf, orc = best_fixed(fixed, Q), oracle(qs, ms, Q)
-        cells = [f"{100 * np.mean(acc[k][i]):.2f}" if len(acc[k][i]) == runs else "-"
-                 for k in ("task", "kind", "tree")]
+        cells = [f"{100 * sum(c for c, _ in acc[k][i]) / sum(n for _, n in acc[k][i]):.2f}"
+                 if len(acc[k][i]) == 2 * len(SEEDS) else "-" for k in ("task", "kind", "tree")]
         best = f"m={bf['m']}: {100 * bf['accuracy']:.2f}" if bf else "-"
         top = f"{100 * orc['accuracy']:.2f}" if orc else "-"
         print(f"| {q / 1e9:.2f} | {best} | " + " | ".join(cells) + f" | {top} |")
