@@ -1,9 +1,11 @@
 """`mqt bench-scheduler`: accuracy against spend of the token-budget scheduler's policies.
 
-    mqt bench-scheduler docs=docs/bench
+    mqt bench-scheduler more_results=[docs/eval-s1/results.parquet] docs=docs/bench
 
 Part 1, the default model on its calibration rows (`mqt eval`'s results.parquet: mosaic and
-easy-vqa questions, caption / vqa / mc, right or not, confidence and FLOPs at each trained m).
+easy-vqa questions, caption / vqa / mc, right or not, confidence and FLOPs at each trained m;
+`more_results` adds the rows of further `mqt eval` runs of the same model, such as
+docs/eval-s1, another seed's 1560 questions).
 The questions are split in two halves, stratified by task and kind (pipeline/cascade.py
 `split_halves`). Each adaptive policy is fitted on one half and replayed on the other behind
 a real budget ledger (`replay`, cascades' escalations also capped by the plan's escalation
@@ -66,7 +68,7 @@ from pipeline.cascade import (
 )
 from pipeline.plan import InfeasibleQuota, Quota, best_fixed_plan, plan
 
-COMMAND = "mqt bench-scheduler docs=docs/bench"
+COMMAND = "mqt bench-scheduler more_results=[docs/eval-s1/results.parquet] docs=docs/bench"
 POLICIES = {  # name -> (the field plans are made over, with cascades, planner)
     "fixed-fit": ("task", False, best_fixed_plan), "plan": ("task", False, plan),
     "plan+casc": ("task", True, plan), "kind": ("kind", False, plan),
@@ -80,6 +82,9 @@ TOTALS = ("rows", "correct", "spend", "quota", "planned", "unanswered", "escalat
 @dataclass
 class Config:
     results: str = "docs/eval/results.parquet"  # `mqt eval`'s per-question rows
+    # more `mqt eval` rows of the same model at the same m (e.g. another seed's questions):
+    # joined by question id, a question in several files taken from the first
+    more_results: list[str] = field(default_factory=list)
     ms: list[int] = field(default_factory=list)  # empty: calibration.json's (trained) ms
     # next to `results`
     preset: str = "mqt-smol"  # the cost model's config: what an escalation shares
@@ -107,6 +112,9 @@ class Config:
 def validate(cfg: Config) -> None:
     if not Path(cfg.results).is_file():
         raise ValueError(f"results: no such file {cfg.results!r} (run `mqt eval`)")
+    missing = [p for p in cfg.more_results if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"more_results: no such file {missing[0]!r}")
     cfg.ms = cfg.ms or trained_ms(cfg.results)
     if len(cfg.ms) < 2 or sorted(set(cfg.ms)) != list(cfg.ms):
         raise ValueError(f"ms: give >= 2 increasing m, got {cfg.ms}")
@@ -134,19 +142,29 @@ def main(cfg: Config) -> dict:
     from mqt.config import preset
 
     cfg.ms = cfg.ms or trained_ms(cfg.results)
-    qs = load_questions(cfg.results, cfg.ms)
+    qs = questions(cfg)
     shared = shared_flops(preset(cfg.preset), cfg.ms)
     folds = {seed: [fit_fold(a, b, cfg, shared, seed) for a, b in _swapped(
         split_halves(qs, seed))] for seed in cfg.seeds}
     fixed = fixed_points(qs, cfg.ms)
     sweep = [sweep_point(q, qs, folds, fixed, cfg, shared) for q in budgets(fixed, cfg.points)]
     result = {"questions": len(qs), "ms": cfg.ms, "seeds": cfg.seeds, "fixed": fixed,
+              "lucky": sum(lucky(q, cfg.ms) for q in qs),
               "sweep": sweep, "goals": goals(sweep), "pacing": pacing(cfg, folds, fixed, shared),
               "llava": llava(cfg)}
     text = report(cfg, result)
     print(text)
     write(cfg, result, text)
     return result
+
+
+def questions(cfg: Config) -> list:
+    """The calibration questions of `results` and `more_results`, by id, sorted."""
+    qs = {q.id: q for q in load_questions(cfg.results, cfg.ms)}
+    for path in cfg.more_results:
+        for q in load_questions(path, cfg.ms):
+            qs.setdefault(q.id, q)
+    return [qs[i] for i in sorted(qs)]
 
 
 def _swapped(halves: tuple[list, list]) -> list[tuple[list, list]]:
@@ -172,7 +190,7 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     key, _, planner = POLICIES[name]
     held, curves = fold["held"], fold["curves"][name]
     rows = dict(Counter(getattr(x, key) for x in held))
-    Q = math.floor(q * len(held))
+    Q = quota_for(q, len(held))
     try:
         p = planner(rows, curves, Quota(flops=Q))
     except InfeasibleQuota:
@@ -187,6 +205,13 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     return dict(s, correct=round(s["accuracy"] * s["rows"]), quota=Q, planned=p.spend,
                 over=int(s["spend"] > Q), short=int(not saturated and s["spend"] < 0.95 * Q),
                 right=right)
+
+
+def quota_for(q: float, rows: int) -> int:
+    """Q = q x rows in whole FLOPs, rounded to the nearest: where q is a fixed m's own cost
+    per row (its spend / rows), Q is that spend exactly, not one FLOP short of it from the
+    float product (which would leave that m out of "best fixed m")."""
+    return round(q * rows)
 
 
 def _top(planner, rows: dict, curves: dict):
@@ -237,14 +262,18 @@ def best_fixed(fixed: list[dict], quota: int) -> dict | None:
     return max(fits, key=lambda f: (f["accuracy"], -f["spend"]), default=None)
 
 
-def oracle(qs: list, ms: list[int], quota: int) -> dict | None:
+def oracle(qs: list, ms: list[int], quota: int, needed: bool = False) -> dict | None:
     """The most right answers within `quota` knowing each question's right m: every row at
-    the cheapest m, then the cheapest fixes first (optimal: every fix gains one answer)."""
-    spend, right = sum(q.flops[ms[0]] for q in qs), sum(q.correct[ms[0]] for q in qs)
+    the cheapest m, then the cheapest fixes first (optimal: every fix gains one answer).
+    needed=True: a question counts right only at its needed m (`needed_m`) or dearer, so
+    an m that happens to answer it right below one that answers it wrong does not count."""
+    right_at = (lambda q: needed_m(q, ms)) if needed else (lambda q: _first_right(q, ms))
+    spend = sum(q.flops[ms[0]] for q in qs)
     if spend > quota:
         return None
-    fixes = sorted(min(q.flops[m] for m in ms if q.correct[m]) - q.flops[ms[0]]
-                   for q in qs if not q.correct[ms[0]] and any(q.correct[m] for m in ms))
+    picks = [(q, right_at(q)) for q in qs]
+    right = sum(m == ms[0] for _, m in picks)
+    fixes = sorted(q.flops[m] - q.flops[ms[0]] for q, m in picks if m not in (None, ms[0]))
     for d in fixes:
         if spend + d > quota:
             break
@@ -252,10 +281,34 @@ def oracle(qs: list, ms: list[int], quota: int) -> dict | None:
     return {"accuracy": right / len(qs), "spend": spend}
 
 
+def _first_right(q, ms: list[int]) -> int | None:
+    """The cheapest m is kept if it answers right, else the m with the fewest FLOPs that does."""
+    if q.correct[ms[0]]:
+        return ms[0]
+    return min((m for m in ms if q.correct[m]), key=lambda m: q.flops[m], default=None)
+
+
+def needed_m(q, ms: list[int]) -> int | None:
+    """The smallest m from which every larger m of `ms` answers q right (None: the dearest m
+    answers it wrong): the m the question needs, leaving out answers right by luck."""
+    need = None
+    for m in reversed(ms):
+        if not q.correct[m]:
+            break
+        need = m
+    return need
+
+
+def lucky(q, ms: list[int]) -> bool:
+    """Right at some m and wrong at a dearer one (below its needed m, or with none)."""
+    need = needed_m(q, ms)
+    return any(q.correct[m] for m in ms if need is None or m < need)
+
+
 def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
                 shared: dict) -> dict:
     """Every policy at per-row budget q: quota Q = floor(q x rows) over all questions."""
-    Q = math.floor(q * len(qs))
+    Q = quota_for(q, len(qs))
     best = best_fixed(fixed, Q)
     policies = {name: over_seeds(name, folds, q, shared) for name in POLICIES}
     fixed_right = {x.id: x.correct[best["m"]] for x in qs} if best else None
@@ -265,6 +318,7 @@ def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
             if fixed_right:
                 p["vs_best"] = paired(right, fixed_right)
     return {"q": q, "quota": Q, "best_fixed": best, "oracle": oracle(qs, cfg.ms, Q),
+            "needed": oracle(qs, cfg.ms, Q, needed=True),
             "ceiling": kind_ceiling(qs, cfg.ms, Q, shared), "policies": policies}
 
 
@@ -309,7 +363,7 @@ def pacing(cfg: Config, folds: dict, fixed: list[dict], shared: dict) -> dict:
         for fs in folds.values():
             for fold in fs:
                 held = [_scaled(q, cost) for q in fold["held"]]
-                Q = math.floor(per_row * len(held))
+                Q = quota_for(per_row, len(held))
                 true = Counter(q.task for q in held)
                 estimate = {t: max(1, round(est * n)) for t, n in true.items()}
                 curves = fold["curves"]["plan"]
@@ -383,6 +437,8 @@ def goals(sweep: list[dict]) -> dict:
                      "vs_fit_at_or_above": sum(d >= 0 for d in fit), "vs_fit_points": len(fit),
                      "vs_fit_mean": _mean(fit),
                      "recovered": [r for r in (_recovered(s, p) for s, p in pts) if r is not None],
+                     "recovered_needed": [r for r in (_recovered(s, p, "needed") for s, p in pts)
+                                          if r is not None],
                      "runs": sum(p["runs"] for _, p in pts),
                      "over_quota": sum(p["over"] for _, p in pts),
                      "short": sum(p["short"] for _, p in pts),
@@ -390,8 +446,10 @@ def goals(sweep: list[dict]) -> dict:
     return out
 
 
-def _recovered(s: dict, p: dict) -> float | None:
-    gap = s["oracle"]["accuracy"] - s["best_fixed"]["accuracy"]
+def _recovered(s: dict, p: dict, ref: str = "oracle") -> float | None:
+    """The share of the gap between the best fixed m and `ref` (the oracle, or the
+    needed-m oracle) that policy p closes; None where there is no gap."""
+    gap = s[ref]["accuracy"] - s["best_fixed"]["accuracy"]
     return (p["accuracy"] - s["best_fixed"]["accuracy"]) / gap if gap > 0 else None
 
 
@@ -442,7 +500,8 @@ def report(cfg: Config, r: dict) -> str:
     n = r["questions"]
     cap = "escalations capped at the plan's escalation budget" if cfg.cap_escalations else \
         "escalations not capped (only the job's ledger)"
-    lines = [f"Scheduler benchmark: {cfg.preset} calibration rows ({cfg.results}), {n} "
+    files = ", ".join([cfg.results, *cfg.more_results])
+    lines = [f"Scheduler benchmark: {cfg.preset} calibration rows ({files}), {n} "
              f"questions, m in {cfg.ms}. Adaptive policies are fitted on one half of the "
              "questions and replayed on the other behind a ledger, then the halves swap, so "
              f"every question is held out once; numbers are means over {len(cfg.seeds)} "
@@ -458,14 +517,14 @@ def report(cfg: Config, r: dict) -> str:
 
 def accuracy_table(r: dict) -> str:
     head = ("| q (GFLOPs/row) | best fixed m | " + " | ".join(POLICIES)
-            + " | kind, in-sample | oracle |")
-    lines = [head, "|" + "---:|" * (len(POLICIES) + 4)]
+            + " | kind, in-sample | needed-m oracle | oracle |")
+    lines = [head, "|" + "---:|" * (len(POLICIES) + 5)]
     for s in r["sweep"]:
         f = s["best_fixed"]
         best = f"m={f['m']}: {100 * f['accuracy']:.2f}" if f else "-"
         cells = [_acc(s["policies"][p]) for p in POLICIES]
         lines.append(f"| {s['q'] / 1e9:.2f} | {best} | " + " | ".join(cells)
-                     + f" | {_acc(s['ceiling'])} | {_acc(s['oracle'])} |")
+                     + f" | {_acc(s['ceiling'])} | {_acc(s['needed'])} | {_acc(s['oracle'])} |")
     return "\n".join(lines)
 
 
@@ -499,14 +558,16 @@ def goals_text(g: dict, n: int) -> str:
              "| policy | >= best fixed m (hindsight) | not below it by 2 SE (mean SE) | "
              "worst / mean difference (points) | "
              ">= fixed-fit | mean difference | gap to oracle recovered: median (min..max) | "
+             "gap to the needed-m oracle recovered (q with a gap) | "
              "runs with spend > Q | runs < 95% of Q while more would help (at q) |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
     for name, x in g.items():
         lines.append(f"| {name} | {x['at_or_above']}/{x['points']} | "
                      f"{x['within_2se']}/{x['points']} ({100 * x['se']:.2f}) | "
                      f"{100 * x['worst_delta']:+.2f} / {100 * x['mean_delta']:+.2f} | "
                      f"{x['vs_fit_at_or_above']}/{x['vs_fit_points']} | "
                      f"{100 * x['vs_fit_mean']:+.2f} | {_median_range(x['recovered'])} | "
+                     f"{_median_range(x['recovered_needed'])} ({len(x['recovered_needed'])}) | "
                      f"{x['over_quota']}/{x['runs']} | {_short(name, x)} |")
     return "\n".join(lines)
 
@@ -522,7 +583,29 @@ def ceiling_text(r: dict) -> str:
             f"({gaps[0]:.1f}..{gaps[-1]:.1f}). The rest of the oracle is per question (which m "
             "answers this question right, often a small m where a larger one answers it "
             "wrong): a budget by task or kind cannot see it, and a cascade, which sees the "
-            "answer's confidence, pays a second LM pass for each row it escalates.")
+            "answer's confidence, pays a second LM pass for each row it escalates.\n\n"
+            + needed_text(r))
+
+
+def needed_text(r: dict) -> str:
+    """How the oracle's gap splits into questions that need a larger m and lucky answers."""
+    pts = [s for s in r["sweep"] if s["needed"] and s["best_fixed"]]
+    need = sorted(g for s in pts
+                  if (g := 100 * (s["needed"]["accuracy"] - s["best_fixed"]["accuracy"])) > 0)
+    luck = sorted(100 * (s["oracle"]["accuracy"] - s["needed"]["accuracy"]) for s in pts)
+    return (f"The needed-m oracle counts a question right only at its needed m: the smallest m "
+            f"from which every dearer m answers it right too (at the dearest m's cost it is "
+            f"that m's accuracy). {r['lucky']} of the {r['questions']} questions are answered "
+            "right at some m and wrong at a dearer one. Between the oracle and the needed-m "
+            f"oracle lie {luck[len(luck) // 2]:.1f} points median ({luck[0]:.1f}..{luck[-1]:.1f}): "
+            "answers a small m gets right and a dearer m wrong, which a policy keeps only where "
+            "it happens to choose that m. Where the needed-m oracle is above the best fixed m (at "
+            f"{len(need)} of the {len(pts)} q; elsewhere the best fixed m already has the "
+            "dearest m's accuracy, or the cheapest m's lucky answers), it is above by "
+            f"{need[len(need) // 2]:.1f} points median ({need[0]:.1f}..{need[-1]:.1f}): the "
+            "part a budget that puts each question at the m it needs can win. The goals table "
+            "gives the share of that part each policy recovers, at those q. This is a "
+            "diagnostic beside the goal, not the goal: the goal is stated against the oracle.")
 
 
 def _median_range(xs: list[float]) -> str:
@@ -614,12 +697,13 @@ def plot(r: dict, path: Path) -> None:
     left.step(qs, [100 * b["accuracy"] if b else None for b in best], "k:", where="post",
               label="best fixed m that fits (hindsight)")
     _fixed(right, r["fixed"])
-    for name in [*POLICIES, "ceiling", "oracle"]:
-        pts = [(s["q"], s[name] if name in ("ceiling", "oracle") else s["policies"][name])
+    for name in [*POLICIES, "ceiling", "needed", "oracle"]:
+        pts = [(s["q"], s[name] if name in ("ceiling", "needed", "oracle")
+                else s["policies"][name])
                for s in r["sweep"]]
         pts = [(q, p) for q, p in pts if p]
         acc = [100 * p["accuracy"] for _, p in pts]
-        label = "kind, in-sample" if name == "ceiling" else name
+        label = {"ceiling": "kind, in-sample", "needed": "needed-m oracle"}.get(name, name)
         left.plot([q / 1e9 for q, _ in pts], acc, "-o", ms=3, label=label)
         right.plot([_per_row(p, r) / 1e9 for _, p in pts], acc, "o", ms=3, label=label)
     left.set(xlabel="quota, GFLOPs per row", ylabel="accuracy (%)", title="at equal quota")

@@ -1,6 +1,6 @@
 """Per-image budgets from a learned predictor of the m a question needs (a measurement).
 
-    .venv/bin/python docs/bench/learned_m.py [--layout] [results.parquet]
+    .venv/bin/python docs/bench/learned_m.py [--layout] [results.parquet ...]
 
 The scheduler benchmark's per-kind plan groups questions by their template. This script
 tries finer groups, learned: a multi-output regression tree from cheap question features
@@ -19,7 +19,6 @@ Needs scikit-learn (installed with the project's data extra).
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from jobs.bench_scheduler import (
     budgets,
     fixed_points,
     oracle,
+    quota_for,
     run_policy,
     trained_ms,
 )
@@ -64,10 +64,17 @@ def question_texts(results: str, layout: bool) -> dict[str, str]:
 
 
 def _mosaics(text: dict[str, str]) -> list:
+    """The test mosaics of these questions (ids mosaic/test/s<seed>/<index>/...)."""
     from mqt.data import mosaic_examples
 
-    n = 1 + max(int(i.split("/")[3]) for i in text if i.startswith("mosaic/"))
-    return [ex for ex in mosaic_examples("test", n, tasks=("vqa", "mc")) if ex.id in text]
+    last: dict[int, int] = {}
+    for i in text:
+        if i.startswith("mosaic/"):
+            seed, index = int(i.split("/")[2][1:]), int(i.split("/")[3])
+            last[seed] = max(last.get(seed, 0), index)
+    return [ex for seed, n in last.items()
+            for ex in mosaic_examples("test", n + 1, seed=seed, tasks=("vqa", "mc"))
+            if ex.id in text]
 
 
 def fit_tree(fit: list, text: dict, ms: list[int]):
@@ -106,9 +113,16 @@ def right_of(name: str, f: dict, q: float, shared: dict) -> tuple[int, int] | No
     return None if r is None else (r["correct"], r["rows"])
 
 
-def main(results: str, layout: bool) -> None:
-    ms = trained_ms(results)
-    qs, text = load_questions(results, ms), question_texts(results, layout)
+def main(results: list[str], layout: bool) -> None:
+    """`results`: `mqt eval` rows of one model; a question in several files from the first."""
+    ms = trained_ms(results[0])
+    by_id, text = {}, {}
+    for path in results:
+        for q in load_questions(path, ms):
+            by_id.setdefault(q.id, q)
+        for i, t in question_texts(path, layout).items():
+            text.setdefault(i, t)
+    qs = [by_id[i] for i in sorted(by_id)]
     shared = shared_flops(preset("mqt-smol"), ms)
     fixed = fixed_points(qs, ms)
     grid = budgets(fixed, 12)
@@ -133,7 +147,7 @@ def main(results: str, layout: bool) -> None:
     print("| q (GFLOPs/row) | best fixed m (hindsight) | plan (task) | plan (kind) | "
           "plan (tree leaves) | oracle |\n|---:|---:|---:|---:|---:|---:|")
     for i, q in enumerate(grid):
-        Q = math.floor(q * len(qs))
+        Q = quota_for(q, len(qs))
         bf, orc = best_fixed(fixed, Q), oracle(qs, ms, Q)
         cells = [f"{100 * sum(c for c, _ in acc[k][i]) / sum(n for _, n in acc[k][i]):.2f}"
                  if len(acc[k][i]) == 2 * len(SEEDS) else "-" for k in ("task", "kind", "tree")]
@@ -144,4 +158,4 @@ def main(results: str, layout: bool) -> None:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--layout"]
-    main(args[0] if args else str(Path("docs/eval/results.parquet")), "--layout" in sys.argv)
+    main(args or [str(Path("docs/eval/results.parquet"))], "--layout" in sys.argv)

@@ -116,3 +116,97 @@ def test_the_goals_say_how_far_below_the_best_fixed_m_is_noise(result):
         for p in s["policies"].values():
             if p is not None and s["best_fixed"]:
                 assert "right" not in p and p["vs_best"]["se"] >= 0
+
+
+def _q(i, right):
+    from pipeline.cascade import Question
+    ms = [1, 2, 4]
+    return Question(f"q{i}", "vqa", "k", dict(zip(ms, right, strict=True)),
+                    dict.fromkeys(ms, 0.0), {1: 10, 2: 20, 4: 40})
+
+
+def test_the_needed_m_leaves_out_answers_right_below_a_wrong_one():
+    ms = [1, 2, 4]
+    lucky, steady, never = _q(0, [True, False, True]), _q(1, [False, True, True]), \
+        _q(2, [True, True, False])
+    assert bench_scheduler.needed_m(lucky, ms) == 4
+    assert bench_scheduler.needed_m(steady, ms) == 2
+    assert bench_scheduler.needed_m(never, ms) is None
+    assert [bench_scheduler.lucky(q, ms) for q in (lucky, steady, never)] == [True, False, True]
+    qs = [lucky, steady, never]
+    # at the cheapest m's cost: the oracle keeps both right answers at m=1, the needed-m
+    # oracle none (m=1 is below a wrong m for both)
+    assert bench_scheduler.oracle(qs, ms, 30)["accuracy"] == pytest.approx(2 / 3)
+    assert bench_scheduler.oracle(qs, ms, 30, needed=True)["accuracy"] == 0
+    # room for one fix (10 FLOPs): steady at m=2; lucky needs 30 more for m=4
+    got = bench_scheduler.oracle(qs, ms, 40, needed=True)
+    assert got == {"accuracy": pytest.approx(1 / 3), "spend": 40}
+    assert bench_scheduler.oracle(qs, ms, 70, needed=True)["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_the_needed_m_oracle_reaches_the_dearest_m_and_never_passes_the_oracle(result):
+    r, _ = result
+    for s in r["sweep"]:
+        if s["needed"]:
+            assert s["needed"]["accuracy"] <= s["oracle"]["accuracy"]
+            assert s["needed"]["spend"] <= s["quota"]
+    assert r["sweep"][-1]["needed"]["accuracy"] == pytest.approx(r["fixed"][-1]["accuracy"])
+    for g in r["goals"].values():
+        assert len(g["recovered_needed"]) <= g["points"]
+
+
+def test_more_results_join_by_question_id(tmp_path):
+    if not RESULTS.exists():
+        pytest.skip("no docs/eval in this install")
+    import pyarrow.parquet as pq
+    t = pq.read_table(RESULTS)
+    ids = sorted(set(t.column("id").to_pylist()))
+    keep = set(ids[:100])
+    pq.write_table(t.filter([i in keep for i in t.column("id").to_pylist()]),
+                   tmp_path / "part.parquet")
+    cfg = cli.resolve("bench-scheduler", None, [f"results={tmp_path / 'part.parquet'}",
+                                                f"more_results=[{RESULTS}]",
+                                                f"ms={[1, 2, 4, 8, 16, 32, 48, 64]}"], None)[1]
+    assert [q.id for q in bench_scheduler.questions(cfg)] == ids
+    assert cli.main(["bench-scheduler", "more_results=[/nonexistent.parquet]"]) == 2
+
+
+def _pick_module():
+    import importlib.util
+    path = Path(__file__).parents[2] / "docs" / "bench" / "pick_by_confidence.py"
+    spec = importlib.util.spec_from_file_location("pick_by_confidence", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_picking_among_several_m_by_confidence_or_vote():
+    pick = _pick_module()
+    by_m = {1: {"m": 1, "output": "red", "correct": False, "confidence": -0.1},
+            2: {"m": 2, "output": "blue", "correct": True, "confidence": -0.5},
+            4: {"m": 4, "output": "blue", "correct": True, "confidence": -0.9}}
+    assert pick.keep_most_confident(by_m, (1, 2, 4))["m"] == 1
+    assert pick.keep_vote(by_m, (1, 2, 4))["m"] == 2  # two votes; the more confident of them
+    assert pick.keep_vote(by_m, (1, 4))["m"] == 1  # one vote each: confidence decides
+    if not RESULTS.exists():
+        return
+    ms = [1, 2, 4, 8, 16, 32, 48, 64]
+    per = pick.rows_by_question([str(RESULTS), str(RESULTS)], ms)
+    assert len(per) == 830
+    from mqt.config import preset
+    from pipeline.cascade import shared_flops
+    for r in pick.measure(per, ms, shared_flops(preset("mqt-smol"), ms)):
+        assert max(r["max_conf"], r["vote"], r["dearest"]) <= r["any"]  # a picker's ceiling
+        # every pass after the first costs more than what it shares: the dearest m fits
+        assert r["best_fixed"] >= r["dearest"]
+
+
+def test_at_a_fixed_m_own_cost_that_m_fits(result):
+    """The sweep includes each fixed m's cost per row; Q there pays for that m exactly (a
+    float product one FLOP short once left it out of the best fixed m)."""
+    r, _ = result
+    for f in r["fixed"]:
+        s = next(s for s in r["sweep"] if s["q"] == f["spend"] / f["rows"])
+        assert s["quota"] == f["spend"]
+        assert s["best_fixed"]["accuracy"] >= f["accuracy"]
+    assert bench_scheduler.quota_for(19273460781.0 / 830, 830) == 19273460781
