@@ -6,7 +6,8 @@ or scored by likelihood (multiple choice). Each row records whether it was right
 confidence and its FLOPs from the cost model. The oracle is, per question, the smallest m
 that answers it right: its accuracy and mean cost are the headroom a per-image scheduler
 can chase. Outputs: `results.parquet` (one row per question and m), `calibration.json`
-(what other jobs read), `eval.md` and two PNG plots.
+(what other jobs read), `eval.md` and two PNG plots. `merge=[...]` makes the same outputs
+from several runs' results.parquet without running the model (`merge`).
 """
 
 from __future__ import annotations
@@ -44,9 +45,21 @@ class Config(ModelArgs):
     docs: str = ""  # also write eval.md and the plots here (e.g. docs/eval)
     feature_cache: str = ""
     threads: int = 0
+    # no model run: rebuild calibration.json, results.parquet, eval.md and the plots from
+    # these `mqt eval` results.parquet files of one model (a question in several files is
+    # taken from the first); ms / unseen_ms default to the first file's calibration.json
+    merge: list[str] = field(default_factory=list)
 
 
 def validate(cfg: Config) -> None:
+    if cfg.merge:
+        missing = [p for p in cfg.merge if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"merge: no such file {missing[0]!r}")
+        if not cfg.ms and not Path(cfg.merge[0]).with_name("calibration.json").is_file():
+            raise ValueError(f"merge: no calibration.json beside {cfg.merge[0]!r} to read "
+                             "the trained m from; give ms")
+        return
     validate_model(cfg)
     M = model_config(cfg).query.num_queries
     bad = [m for m in cfg.ms + cfg.unseen_ms if not 1 <= m <= M]
@@ -155,6 +168,8 @@ def table(rows: list[dict], key: str) -> dict:
 
 
 def main(cfg: Config) -> dict:
+    if cfg.merge:
+        return merge(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output)
@@ -172,14 +187,49 @@ def main(cfg: Config) -> dict:
             rows += run_m(model, examples, feats, m, cfg.batch_size)
     log(f"evaluated {len(examples)} questions at {len(set(ms) | set(unseen))} m values "
         f"in {time.perf_counter() - t0:.0f} s")
-    return write_outputs(cfg, model, rows, ms, unseen)
+    return write_outputs(cfg, model.cfg.name, cfg.checkpoint, rows, ms, unseen)
 
 
-def write_outputs(cfg: Config, model, rows: list[dict], ms: list[int], unseen: list[int]):
+def merge(cfg: Config) -> dict:
+    """The outputs of several `mqt eval` runs of one model as one: the questions of all."""
+    first = Path(cfg.merge[0]).with_name("calibration.json")
+    meta = json.loads(first.read_text()) if first.is_file() else {}
+    ms = cfg.ms or [int(m) for m in meta["ms"]]
+    unseen = cfg.unseen_ms or [int(m) for m in meta.get("unseen_ms", [])]
+    rows, kept = merged_rows(cfg.merge, ms, unseen)
+    if dropped := sorted(set(unseen) - set(kept)):
+        log(f"unseen m {dropped} left out: not every file answered its questions there")
+    save_config(cfg, Path(cfg.output))
+    log(f"merged {len({r['id'] for r in rows})} questions from {len(cfg.merge)} files")
+    return write_outputs(cfg, meta.get("model", cfg.preset), meta.get("checkpoint", ""),
+                         rows, ms, kept)
+
+
+def merged_rows(paths: list[str], ms: list[int], unseen: list[int]) -> tuple[list, list]:
+    """Rows of the questions answered at every m of `ms`, each question from the first file
+    that has it; the unseen m every such question has. Returns (rows, unseen m kept)."""
+    import pyarrow.parquet as pq
+
+    per: dict[str, dict[int, dict]] = {}
+    for path in paths:
+        seen: dict[str, dict[int, dict]] = defaultdict(dict)
+        for r in pq.read_table(path).to_pylist():
+            seen[r["id"]][r["m"]] = r
+        for i, by_m in seen.items():
+            if i not in per and set(by_m) >= set(ms):
+                per[i] = by_m
+    kept = [m for m in sorted(set(unseen)) if all(m in by_m for by_m in per.values())]
+    want = set(ms) | set(kept)
+    return [per[i][m] for i in sorted(per) for m in sorted(per[i]) if m in want], kept
+
+
+def write_outputs(cfg: Config, name: str, checkpoint: str, rows: list[dict], ms: list[int],
+                  unseen: list[int]):
     from jobs.evalreport import markdown, plots, write_rows
 
     out = Path(cfg.output)
-    cal = {"model": model.cfg.name, "checkpoint": cfg.checkpoint, "ms": ms, "unseen_ms": unseen,
+    out.mkdir(parents=True, exist_ok=True)
+    cal = {"model": name, "checkpoint": checkpoint, "ms": ms, "unseen_ms": unseen,
            "by_task": table(rows, "task"), "by_kind": table(rows, "kind"),
            "oracle": {t: oracle([r for r in rows if r["task"] == t], ms)
                       for t in sorted({r["task"] for r in rows})},

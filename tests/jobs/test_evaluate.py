@@ -43,3 +43,29 @@ def test_oracle_takes_the_smallest_right_m():
             {"id": "b", "m": 16, "correct": False, "flops": 16.0}]
     o = oracle(rows, [1, 4, 16])
     assert o == {"accuracy": 0.5, "mean_flops": 2.5, "n": 2}
+
+
+def test_merge_joins_eval_runs_without_a_model(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from jobs import cli
+    docs = Path(__file__).parents[2] / "docs"
+    a, b = docs / "eval" / "results.parquet", docs / "eval-s1" / "results.parquet"
+    if not (a.exists() and b.exists()):
+        pytest.skip("no docs/eval in this install")
+    shipped = json.loads(a.with_name("calibration.json").read_text())
+    _, cfg = resolve("eval", None, [f"merge=[{a},{a}]", f"output={tmp_path / 'same'}"], None)
+    same = json.loads(json.dumps(main(cfg)))  # as the file has it (string keys)
+    assert same["by_task"] == shipped["by_task"] and same["unseen_ms"] == shipped["unseen_ms"]
+    _, cfg = resolve("eval", None, [f"merge=[{a},{b}]", f"output={tmp_path / 'both'}"], None)
+    both = main(cfg)
+    ids = set(pq.read_table(a, columns=["id"]).column("id").to_pylist()) | set(
+        pq.read_table(b, columns=["id"]).column("id").to_pylist())
+    assert sum(per[1]["n"] for per in both["by_task"].values()) == len(ids)
+    assert both["unseen_ms"] == []  # the second run has no m = 3, 33
+    rows = pq.read_table(tmp_path / "both" / "results.parquet").to_pylist()
+    assert len(rows) == len(ids) * len(both["ms"])
+    assert (tmp_path / "both" / "calibration.json").is_file()
+    assert cli.main(["eval", "merge=[/nonexistent.parquet]"]) == 2
