@@ -160,11 +160,7 @@ def main(cfg: Config) -> dict:
 
 def questions(cfg: Config) -> list:
     """The calibration questions of `results` and `more_results`, by id, sorted."""
-    qs = {q.id: q for q in load_questions(cfg.results, cfg.ms)}
-    for path in cfg.more_results:
-        for q in load_questions(path, cfg.ms):
-            qs.setdefault(q.id, q)
-    return [qs[i] for i in sorted(qs)]
+    return load_questions([cfg.results, *cfg.more_results], cfg.ms)
 
 
 def _swapped(halves: tuple[list, list]) -> list[tuple[list, list]]:
@@ -307,7 +303,7 @@ def lucky(q, ms: list[int]) -> bool:
 
 def sweep_point(q: float, qs: list, folds: list, fixed: list, cfg: Config,
                 shared: dict) -> dict:
-    """Every policy at per-row budget q: quota Q = floor(q x rows) over all questions."""
+    """Every policy at per-row budget q: quota Q = q x rows (`quota_for`), all questions."""
     Q = quota_for(q, len(qs))
     best = best_fixed(fixed, Q)
     policies = {name: over_seeds(name, folds, q, shared) for name in POLICIES}

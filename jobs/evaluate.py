@@ -207,20 +207,14 @@ def merge(cfg: Config) -> dict:
 
 def merged_rows(paths: list[str], ms: list[int], unseen: list[int]) -> tuple[list, list]:
     """Rows of the questions answered at every m of `ms`, each question from the first file
-    that has it; the unseen m every such question has. Returns (rows, unseen m kept)."""
-    import pyarrow.parquet as pq
+    that has it (pipeline/cascade.py `rows_by_question`); the unseen m every such question
+    has. Returns (rows, unseen m kept)."""
+    from pipeline.cascade import rows_by_question
 
-    per: dict[str, dict[int, dict]] = {}
-    for path in paths:
-        seen: dict[str, dict[int, dict]] = defaultdict(dict)
-        for r in pq.read_table(path).to_pylist():
-            seen[r["id"]][r["m"]] = r
-        for i, by_m in seen.items():
-            if i not in per and set(by_m) >= set(ms):
-                per[i] = by_m
+    per = rows_by_question(paths, ms)
     kept = [m for m in sorted(set(unseen)) if all(m in by_m for by_m in per.values())]
     want = set(ms) | set(kept)
-    return [per[i][m] for i in sorted(per) for m in sorted(per[i]) if m in want], kept
+    return [by_m[m] for by_m in per.values() for m in sorted(by_m) if m in want], kept
 
 
 def write_outputs(cfg: Config, name: str, checkpoint: str, rows: list[dict], ms: list[int],

@@ -69,19 +69,33 @@ class Outcome:
 # ------------------------------------------------------------------ calibration rows
 
 
-def load_questions(path: str | Path, ms: Iterable[int] | None = None) -> list[Question]:
-    """The per-question rows of `mqt eval` (results.parquet), restricted to `ms` if given;
-    only questions answered at every kept m. Sorted by id, so runs are reproducible."""
+def load_questions(paths: str | Path | Sequence[str | Path],
+                   ms: Iterable[int] | None = None) -> list[Question]:
+    """The per-question rows of `mqt eval` (results.parquet; or several runs of one model,
+    joined by `rows_by_question`), restricted to `ms` if given; only questions answered at
+    every kept m. Sorted by id, so runs are reproducible."""
+    keep = set(ms) if ms is not None else None
+    per = rows_by_question(paths, keep)
+    return [_question([r for m, r in by_m.items() if keep is None or m in keep])
+            for by_m in per.values()]
+
+
+def rows_by_question(paths: str | Path | Sequence[str | Path],
+                     ms: Iterable[int] | None = None) -> dict[str, dict[int, dict]]:
+    """Per question id (sorted), per m: its `mqt eval` row, from the first of `paths` that
+    answers it at every m of `ms` (none given: at every m that file has)."""
     import pyarrow.parquet as pq
 
-    keep = set(ms) if ms is not None else None
-    per = defaultdict(list)
-    for r in pq.read_table(path).to_pylist():
-        if keep is None or r["m"] in keep:
-            per[r["id"]].append(r)
-    want = keep or {r["m"] for rows in per.values() for r in rows}
-    return [_question(rows) for _, rows in sorted(per.items())
-            if {r["m"] for r in rows} >= want]
+    per: dict[str, dict[int, dict]] = {}
+    for path in [paths] if isinstance(paths, str | Path) else paths:
+        seen: dict[str, dict[int, dict]] = defaultdict(dict)
+        for r in pq.read_table(path).to_pylist():
+            seen[r["id"]][r["m"]] = r
+        want = set(ms) if ms is not None else {m for by_m in seen.values() for m in by_m}
+        for i, by_m in seen.items():
+            if i not in per and set(by_m) >= want:
+                per[i] = by_m
+    return dict(sorted(per.items()))
 
 
 def _question(rows: list[dict]) -> Question:

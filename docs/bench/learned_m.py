@@ -116,13 +116,10 @@ def right_of(name: str, f: dict, q: float, shared: dict) -> tuple[int, int] | No
 def main(results: list[str], layout: bool) -> None:
     """`results`: `mqt eval` rows of one model; a question in several files from the first."""
     ms = trained_ms(results[0])
-    by_id, text = {}, {}
+    qs, text = load_questions(results, ms), {}
     for path in results:
-        for q in load_questions(path, ms):
-            by_id.setdefault(q.id, q)
         for i, t in question_texts(path, layout).items():
             text.setdefault(i, t)
-    qs = [by_id[i] for i in sorted(by_id)]
     shared = shared_flops(preset("mqt-smol"), ms)
     fixed = fixed_points(qs, ms)
     grid = budgets(fixed, 12)

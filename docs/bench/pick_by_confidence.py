@@ -25,29 +25,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from jobs.bench_scheduler import trained_ms
 from mqt.config import preset
-from pipeline.cascade import shared_flops
+from pipeline.cascade import rows_by_question, shared_flops
 
 ROOT = Path(__file__).parents[2]
-
-
-def rows_by_question(paths: list[str], ms: list[int]) -> dict[str, dict[int, dict]]:
-    """Per question id, per m: its row (output, correct, confidence, flops); only questions
-    answered at every m; a question in several files taken from the first."""
-    per: dict[str, dict[int, dict]] = {}
-    for path in paths:
-        seen: dict[str, dict[int, dict]] = {}
-        cols = ["id", "m", "output", "correct", "confidence", "flops"]
-        for r in pq.read_table(path, columns=cols).to_pylist():
-            if r["m"] in ms:
-                seen.setdefault(r["id"], {})[r["m"]] = r
-        for i, by_m in seen.items():
-            if i not in per and set(by_m) >= set(ms):
-                per[i] = by_m
-    return per
 
 
 def keep_most_confident(by_m: dict[int, dict], s: tuple[int, ...]) -> dict:

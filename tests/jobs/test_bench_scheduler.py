@@ -191,10 +191,10 @@ def test_picking_among_several_m_by_confidence_or_vote():
     if not RESULTS.exists():
         return
     ms = [1, 2, 4, 8, 16, 32, 48, 64]
-    per = pick.rows_by_question([str(RESULTS), str(RESULTS)], ms)
-    assert len(per) == 830
     from mqt.config import preset
-    from pipeline.cascade import shared_flops
+    from pipeline.cascade import rows_by_question, shared_flops
+    per = rows_by_question([RESULTS, RESULTS], ms)
+    assert len(per) == 830
     for r in pick.measure(per, ms, shared_flops(preset("mqt-smol"), ms)):
         assert max(r["max_conf"], r["vote"], r["dearest"]) <= r["any"]  # a picker's ceiling
         # every pass after the first costs more than what it shares: the dearest m fits
