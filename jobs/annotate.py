@@ -94,6 +94,9 @@ def checked(cfg: Config):
         raise ValueError(f"task/question: folder rows would all fail: {why}")
     _check_policy(cfg)
     _check_output(cfg)
+    if not cfg.quota.enabled and cfg.quota.by != "task":
+        raise ValueError("quota.by: plans per question kind need a quota (quota.flops or "
+                         "quota.seconds)")
     return src, budget_plan(cfg, src) if cfg.quota.enabled else None
 
 
@@ -117,7 +120,9 @@ def budget_plan(cfg: Config, src: Source):
     if cfg.policy.m or cfg.policy.default:
         raise ValueError("policy: a job with a quota takes m from its plan; drop policy.*")
     done = output_folder(cfg).done_ids() if not cfg.overwrite else set()
-    todo = [(i, t) for i, t in source_rows(src, cfg.task, cfg.limit) if i not in done]
+    by_kind = cfg.quota.by == "kind"
+    rows = source_rows(src, cfg.task, cfg.limit, (cfg.question or "") if by_kind else None)
+    todo = [r for r in rows if r[0] not in done]
     try:
         return prepare(cfg.quota, todo, ledger_state(cfg), target_config(cfg))
     except InfeasibleQuota as e:
@@ -312,6 +317,10 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))
             token_policy = RemotePacer(pacer)
+        if budget.groups is not None and token_policy is not None:  # quota.by=kind
+            from pipeline.kinds import GroupedPolicy
+
+            token_policy = GroupedPolicy(budget.groups, token_policy)
     try:
         with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
                   desc="annotate") as bar:
@@ -338,10 +347,9 @@ def start_pacer(cfg: Config, budget, ledger, job: str):
     """The job's PacerActor: re-plans the rows left of this run on the ledger's spend."""
     from pipeline.pacing import pacer_actor_class
 
-    estimate = {t.task: t.rows for t in budget.plan.tasks}
-    weights = {t: float(w) for t, w in cfg.quota.weights.items()} or None
+    estimate = {t.task: t.rows for t in budget.plan.tasks}  # per group with quota.by=kind
     return pacer_actor_class().options(name=f"mqt-pacer-{job}").remote(
-        budget.curves, cfg.quota.quota().total_flops, estimate, ledger, weights,
+        budget.curves, cfg.quota.quota().total_flops, estimate, ledger, budget.weights,
         cfg.quota.pacing_every)
 
 
@@ -368,7 +376,7 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
     totals = totals or {"spent": budget.spent, "overrun": 0}  # nothing ran this time
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
-            "skipped_rows": len(budget.skipped),
+            "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
             "escalation_budget_flops": budget.escalations,
             "escalation_flops": totals.get("escalation_flops", 0),
             "pacing": totals.get("pacing"),

@@ -17,11 +17,13 @@ averaged. For per-row budgets q from the cheapest fixed m to the dearest, quota 
 - fixed-fit: the best single m chosen on the fit half, replayed like the others;
 - plan: the per-task plan (pipeline/plan.py) on the fit half's per-task curves;
 - plan+casc: the same planner with per-task cascades (m1, m2, t) as extra options;
-- kind / kind+casc: the plan over question kinds instead of tasks: a predictor of the m a
-  question needs from its kind (a function of the question template), fitted on the same
-  oracle data; with and without cascades;
-- kind, in-sample: the per-kind plan fitted and measured on all questions: the most any
-  per-kind budget reaches on these rows (knows the answers; a reference, not a policy);
+- kind / kind+casc: the plan over (task, question kind) groups instead of tasks
+  (pipeline/kinds.py, what `mqt annotate quota.by=kind` runs): a classifier of the question
+  text fitted on the fit half puts each row in a group, the groups' curves are measured on
+  the fit half's questions the classifier puts there; with and without cascades;
+- kind, in-sample: the plan over the true (task, kind) groups fitted and measured on all
+  questions: the most any per-kind budget reaches on these rows (knows the answers; a
+  reference, not a policy);
 - oracle: per question, knowing which m answer it right, the most right answers within Q
   (the cheapest fixes first), the ceiling no policy can pass.
 
@@ -66,13 +68,15 @@ from pipeline.cascade import (
     summary,
     with_cascades,
 )
+from pipeline.kinds import GroupedPolicy, KindGroups, group_curves, group_name
 from pipeline.plan import InfeasibleQuota, Quota, best_fixed_plan, plan
 
+KIND = "group"  # a POLICIES key: rows go to (task, kind) groups by the question classifier
 COMMAND = "mqt bench-scheduler more_results=[docs/eval-s1/results.parquet] docs=docs/bench"
 POLICIES = {  # name -> (the field plans are made over, with cascades, planner)
     "fixed-fit": ("task", False, best_fixed_plan), "plan": ("task", False, plan),
-    "plan+casc": ("task", True, plan), "kind": ("kind", False, plan),
-    "kind+casc": ("kind", True, plan)}
+    "plan+casc": ("task", True, plan), "kind": (KIND, False, plan),
+    "kind+casc": (KIND, True, plan)}
 LLAVA_ROWS = {"vqav2": 400_000, "gqa": 200_000, "pope": 200_000, "mmbench": 100_000,
               "scienceqa-img": 100_000}
 TOTALS = ("rows", "correct", "spend", "quota", "planned", "unanswered", "escalated", "over",
@@ -149,7 +153,7 @@ def main(cfg: Config) -> dict:
     fixed = fixed_points(qs, cfg.ms)
     sweep = [sweep_point(q, qs, folds, fixed, cfg, shared) for q in budgets(fixed, cfg.points)]
     result = {"questions": len(qs), "ms": cfg.ms, "seeds": cfg.seeds, "fixed": fixed,
-              "lucky": sum(lucky(q, cfg.ms) for q in qs),
+              "lucky": sum(lucky(q, cfg.ms) for q in qs), "classifier": classified(folds),
               "sweep": sweep, "goals": goals(sweep), "pacing": pacing(cfg, folds, fixed, shared),
               "llava": llava(cfg)}
     text = report(cfg, result)
@@ -172,20 +176,27 @@ def _swapped(halves: tuple[list, list]) -> list[tuple[list, list]]:
 
 
 def fit_fold(fit: list, held: list, cfg: Config, shared: dict, seed: int) -> dict:
-    """Per policy, the curves fitted on `fit`; `held` in a seeded arrival order."""
-    curves = {}
+    """Per policy, the curves fitted on `fit` (and the question classifier of the per-kind
+    policies); `held` in a seeded arrival order."""
+    curves, groups = {}, KindGroups.fit(fit)
     for name, (key, cascades, _) in POLICIES.items():
-        curves[name] = (with_cascades(fit, cfg.ms, shared, key, cfg.quantiles) if cascades
-                        else fixed_curves(fit, cfg.ms, key))
-    return {"curves": curves, "held": seeded_order(held, seed), "cap": cfg.cap_escalations}
+        per_task = (with_cascades(fit, cfg.ms, shared, "task", cfg.quantiles) if cascades
+                    else fixed_curves(fit, cfg.ms, "task"))
+        curves[name] = per_task if key != KIND else group_curves(
+            fit, cfg.ms, groups, per_task, shared if cascades else None, cfg.quantiles)
+    return {"curves": curves, "held": seeded_order(held, seed), "cap": cfg.cap_escalations,
+            "groups": groups}
 
 
 def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     """The plan for the held-out rows within q x rows, replayed behind a ledger; None if
     it cannot pay for the cheapest m of the fitted curves (the planner refuses the quota)."""
     key, _, planner = POLICIES[name]
-    held, curves = fold["held"], fold["curves"][name]
-    rows = dict(Counter(getattr(x, key) for x in held))
+    key = fold.get("keys", {}).get(name, key)  # another field (docs/bench/learned_m.py)
+    held, curves, groups = fold["held"], fold["curves"][name], fold.get("groups")
+    # the plan counts rows per group before the job, as `mqt annotate quota.by=kind` does
+    rows = dict(Counter(groups.group(x.task, x.text) if key == KIND else getattr(x, key)
+                        for x in held))
     Q = quota_for(q, len(held))
     try:
         p = planner(rows, curves, Quota(flops=Q))
@@ -194,7 +205,10 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     if p is None:  # no single m fits
         return None
     pot = escalation_budget(p, curves) if fold["cap"] else None
-    out = replay(held, p.policy(), shared, Q, key, pot)
+    if key == KIND:
+        out = replay(held, GroupedPolicy(groups, p.policy()), shared, Q, "task", pot)
+    else:
+        out = replay(held, p.policy(), shared, Q, key, pot)
     s = summary(out)
     saturated = p.value >= _top(planner, rows, curves).value - 1e-9
     right = {x.id: o is not None and o.correct for x, o in zip(held, out, strict=True)}
@@ -334,17 +348,34 @@ def paired(splits: list[dict], fixed: dict) -> dict:
 
 
 def kind_ceiling(qs: list, ms: list[int], quota: int, shared: dict) -> dict | None:
-    """The per-kind plan fitted and measured on the same questions (in-sample): what a
-    per-kind budget could reach at best on these rows. A ceiling to read the policies
-    against, not a policy: it knows the held-out answers."""
-    rows = dict(Counter(q.kind for q in qs))
+    """The plan over the true (task, kind) groups fitted and measured on the same questions
+    (in-sample): what a per-kind budget could reach at best on these rows. A ceiling to read
+    the policies against, not a policy: it knows the held-out answers and kinds."""
+    rows = dict(Counter(true_group(q) for q in qs))
     try:
-        p = plan(rows, fixed_curves(qs, ms, "kind"), Quota(flops=quota))
+        p = plan(rows, fixed_curves(qs, ms, true_group), Quota(flops=quota))
     except InfeasibleQuota:
         return None
     if p is None:
         return None
-    return summary(replay(qs, p.policy(), shared, quota, "kind"))
+    return summary(replay(qs, p.policy(), shared, quota, true_group))
+
+
+def true_group(q) -> str:
+    return group_name(q.task, q.kind)
+
+
+def classified(folds: dict) -> dict:
+    """How the per-kind policies' classifier did on the held-out questions, over all folds:
+    the share put in their true (task, kind) group, and the share left to their task's curve
+    (a kind the classifier did not give, or a group too small for a curve of its own)."""
+    n = right = left = 0
+    for fs in folds.values():
+        for fold in fs:
+            for x in fold["held"]:
+                g = fold["groups"].group(x.task, x.text)
+                n, right, left = n + 1, right + (g == true_group(x)), left + (g == x.task)
+    return {"questions": n, "right": right / n, "to_task": left / n}
 
 
 # ------------------------------------------------------------------ pacing
@@ -505,7 +536,8 @@ def report(cfg: Config, r: dict) -> str:
              "Accuracy (%) at per-row budget q (Q = q x rows):", "", accuracy_table(r), "",
              f"Spend as % of Q (escalated rows, unanswered rows: of {n}, mean over the "
              "splits):", "", spend_table(r), "",
-             goals_text(r["goals"], n), "", ceiling_text(r), "", fixed_text(r), "",
+             goals_text(r["goals"], n), "", classifier_text(r["classifier"]), "",
+             ceiling_text(r), "", fixed_text(r), "",
              pacing_text(r["pacing"]), "",
              llava_text(cfg, r["llava"])]
     return "\n".join(lines)
@@ -566,6 +598,13 @@ def goals_text(g: dict, n: int) -> str:
                      f"{_median_range(x['recovered_needed'])} ({len(x['recovered_needed'])}) | "
                      f"{x['over_quota']}/{x['runs']} | {_short(name, x)} |")
     return "\n".join(lines)
+
+
+def classifier_text(c: dict) -> str:
+    return (f"The kind policies' question classifier (pipeline/kinds.py, fitted on each fit "
+            f"half) put {100 * c['right']:.1f}% of {c['questions']} held-out questions (all "
+            f"splits) in their true (task, kind) group; {100 * c['to_task']:.1f}% went to "
+            "their task's curve (no kind given, or a group under the minimum rows).")
 
 
 def ceiling_text(r: dict) -> str:

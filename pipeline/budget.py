@@ -48,12 +48,18 @@ class QuotaArgs:
     # dearer rows move later ones to cheaper m instead of being refused
     pacing: bool = False
     pacing_every: int = 0  # rows between re-plans; 0 = every batch
+    # what the plan picks m for: "task" (one curve per task), or "kind": per (task, question
+    # kind), the kind told by a classifier of the question text fitted on the calibration
+    # results (pipeline.kinds); a row whose question fits no kind gets its task's m
+    by: str = "task"
 
     @property
     def enabled(self) -> bool:
         return bool(self.flops or self.seconds)
 
     def quota(self) -> Quota:
+        if self.by not in ("task", "kind"):
+            raise ValueError(f"quota.by must be 'task' or 'kind', got {self.by!r}")
         if self.infeasible not in ("fail", "subset"):
             raise ValueError(f"quota.infeasible must be 'fail' or 'subset', "
                              f"got {self.infeasible!r}")
@@ -111,6 +117,31 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
     return out
 
 
+def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], model_cfg=None):
+    """quota.by=kind: the groups (pipeline.kinds.KindGroups) fitted on the calibration
+    results of the tasks in `found`, and their curves beside the tasks' own (with cascades
+    fitted per group if quota.cascades)."""
+    from pipeline.cascade import load_questions, shared_flops
+    from pipeline.kinds import KindGroups, group_curves
+
+    path = results_path(args)
+    if not path.is_file():
+        raise ValueError(f"quota.results: no such file {path} (quota.by=kind fits its "
+                         "question classifier on the per-question results of `mqt eval`)")
+    per_ms = {ms: load_questions(path, ms) for ms in {c.ms for c in found.values()}}
+    questions = {q.id: q for qs in per_ms.values() for q in qs if q.task in found}
+    groups = KindGroups.fit(sorted(questions.values(), key=lambda q: q.id))
+    if not groups.classifier.kinds:
+        raise ValueError(f"quota.by=kind: {path} has no question texts to learn kinds from "
+                         "(its `question` column is missing or empty)")
+    out = dict(found)
+    for ms, qs in per_ms.items():
+        qs = [q for q in qs if q.task in found and found[q.task].ms == ms]
+        shared = shared_flops(model_cfg, ms) if args.cascades else None
+        out.update(group_curves(qs, ms, groups, {}, shared))
+    return groups, out
+
+
 def remaining(args: QuotaArgs, spent: int) -> Quota:
     """The quota left after `spent` FLOPs, in the unit the quota was given in."""
     q = args.quota()
@@ -119,15 +150,21 @@ def remaining(args: QuotaArgs, spent: int) -> Quota:
         seconds=left / q.flops_per_second, flops_per_second=q.flops_per_second)
 
 
-def source_rows(src: Source, default_task: str, limit: int) -> list[tuple[str, str]]:
+def source_rows(src: Source, default_task: str, limit: int,
+                default_question: str | None = None) -> list[tuple]:
     """(id, task) of every source row in source order (the first `limit` if limit > 0);
-    only these two small columns are read. A bad JSONL line (an error row, it costs nothing)
-    counts under the default task."""
+    only these two small columns are read, and with `default_question` given (quota.by=kind)
+    a third, (id, task, question), the row's question or else that default. A bad JSONL
+    line (an error row, it costs nothing) counts under the default task."""
+    with_q = default_question is not None
     if src.kind == "folder":
-        rows = [(relative_id(f, src.loc.path), default_task) for f in src.files]
+        rows = [(relative_id(f, src.loc.path), default_task) + ((default_question,) * with_q)
+                for f in src.files]
     else:
+        cols = ["id", "task", "question"] if with_q else ["id", "task"]
         rows = [(str(r.get("id")) if r else "", r.get("task") or default_task)
-                for r in manifest_records(src, ["id", "task"])]
+                + ((r.get("question") or default_question,) * with_q)
+                for r in manifest_records(src, cols)]
     return rows[:limit] if limit else rows
 
 
@@ -153,31 +190,52 @@ class Budget:
     # FLOPs escalations may spend beside the ledger's quota check: what the plan leaves
     # after its first attempts (pipeline.cascade.escalation_budget); 0 = no cascade planned
     escalations: int = 0
-    curves: dict = field(default_factory=dict)  # the quality curves planned on (per task)
+    curves: dict = field(default_factory=dict)  # the quality curves planned on (per group)
+    # quota.by=kind: which group each row is planned in (pipeline.kinds.KindGroups); None:
+    # the groups are the tasks
+    groups: object = None
+    weights: dict | None = None  # per group, as planned (None: all 1)
 
 
-def prepare(args: QuotaArgs, todo: list[tuple[str, str]], state_path: str,
-            model_cfg=None) -> Budget:
-    """The plan for the rows left, (id, task) in source order, within the quota left. An
-    infeasible quota raises InfeasibleQuota, or with infeasible=subset keeps the first rows
-    the quota pays for at the cheapest m and declares the others skipped."""
+def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None) -> Budget:
+    """The plan for the rows left, (id, task) in source order (with quota.by=kind: (id, task,
+    question)), within the quota left. An infeasible quota raises InfeasibleQuota, or with
+    infeasible=subset keeps the first rows the quota pays for at the cheapest m and declares
+    the others skipped."""
     q = args.quota()
     saved = Path(state_path).exists() or Path(f"{state_path}.journal").exists()
     spent = Ledger(q.total_flops, state_path).spent if saved else 0
     left = remaining(args, spent)
-    cs = curves(args, {t for _, t in todo}, model_cfg)
+    cs = curves(args, {r[1] for r in todo}, model_cfg)
+    groups = None
+    if args.by == "kind":
+        groups, cs = kind_groups(args, cs, model_cfg)
+        keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
+    else:
+        keyed = [(r[0], r[1]) for r in todo]
     weights = {t: float(w) for t, w in args.weights.items()} or None
+    if groups is not None and weights:
+        weights = group_weights(weights, {g for _, g in keyed})
     try:
-        p = plan(Counter(t for _, t in todo), cs, left, weights)
-        return Budget(p, spent, [], len(todo), escalations(p, cs), cs)
+        p = plan(Counter(g for _, g in keyed), cs, left, weights)
+        return Budget(p, spent, [], len(todo), escalations(p, cs), cs, groups, weights)
     except InfeasibleQuota:
         if args.infeasible != "subset":
             raise
-    keep = affordable(todo, cs, left.total_flops)
-    skipped = todo[keep:]
-    kept = Counter(t for _, t in todo[:keep])
+    keep = affordable(keyed, cs, left.total_flops)
+    skipped = [(r[0], r[1]) for r in todo[keep:]]
+    kept = Counter(g for _, g in keyed[:keep])
     p = plan(kept, cs, left, weights) if kept else None
-    return Budget(p, spent, skipped, keep, escalations(p, cs), cs)
+    return Budget(p, spent, skipped, keep, escalations(p, cs), cs, groups, weights)
+
+
+def group_weights(weights: dict, groups: set[str]) -> dict[str, float]:
+    """Per-task weights (quota.weights) for plan groups: a "task:kind" group weighs as its
+    task (the task names stay, so the planner still checks them)."""
+    from pipeline.kinds import task_of
+
+    return {**weights, **{g: weights.get(task_of(g), 1.0) for g in sorted(groups)
+                          if g not in weights}}
 
 
 def escalations(p: Plan | None, cs: dict[str, QualityCurve]) -> int:

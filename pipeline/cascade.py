@@ -54,6 +54,7 @@ class Question:
     correct: Mapping[int, bool]
     confidence: Mapping[int, float]
     flops: Mapping[int, int]
+    text: str = ""  # the question asked ("" for a caption)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def _question(rows: list[dict]) -> Question:
     r0 = rows[0]
     return Question(r0["id"], r0["task"], r0["kind"], {r["m"]: bool(r["correct"]) for r in rows},
                     {r["m"]: float(r["confidence"]) for r in rows},
-                    {r["m"]: round(r["flops"]) for r in rows})  # whole FLOPs, as stored
+                    {r["m"]: round(r["flops"]) for r in rows},  # whole FLOPs, as stored
+                    r0.get("question") or "")
 
 
 def shared_flops(cfg, ms: Iterable[int]) -> dict[int, int]:
@@ -186,7 +188,7 @@ def replay(questions: Sequence[Question], policy, shared: Mapping[int, int],
     step = batch or max(1, len(questions))
     for i in range(0, len(questions), step):
         chunk = questions[i: i + step]
-        choices = policy.choose([getattr(q, key) for q in chunk], [""] * len(chunk))
+        choices = policy.choose([_key(q, key) for q in chunk], [q.text for q in chunk])
         out += [_charged(ledgers, pot + ledgers, q, c, shared)
                 for q, c in zip(chunk, choices, strict=True)]
     return out
@@ -271,11 +273,17 @@ def with_cascades(questions: Sequence[Question], ms: Sequence[int], shared: Mapp
             for g, c in fixed_curves(questions, ms, key).items()}
 
 
-def _groups(questions: Sequence[Question], key: str) -> dict[str, list[Question]]:
+def _groups(questions: Sequence[Question], key) -> dict[str, list[Question]]:
     groups = defaultdict(list)
     for q in questions:
-        groups[getattr(q, key)].append(q)
+        groups[_key(q, key)].append(q)
     return dict(sorted(groups.items()))
+
+
+def _key(q: Question, key) -> str:
+    """A question's group: the field named `key` ("task", "kind"), or `key(q)` (a callable,
+    such as pipeline.kinds.KindGroups.key)."""
+    return key(q) if callable(key) else getattr(q, key)
 
 
 def _mean(xs: Sequence[float]) -> float:

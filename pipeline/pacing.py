@@ -98,9 +98,10 @@ class Pacer:
         self.planned += sum(self._cost(t, c) for t, c in zip(tasks, choices, strict=True))
         return choices
 
-    def skipped(self, tasks: Sequence[str]) -> None:
+    def skipped(self, tasks: Sequence[str], questions: Sequence[str | None] = ()) -> None:
         """Rows that reached the model stage as errors (a corrupt image): seen, costing
-        nothing, so the rows left shrink and their planned spend frees up for the others."""
+        nothing, so the rows left shrink and their planned spend frees up for the others.
+        Their questions do not matter here (pipeline.kinds.GroupedPolicy reads them)."""
         self.seen.update(tasks)
         self._since += len(tasks)
 
@@ -195,7 +196,7 @@ class RemotePacer:
 
         return ray.get(self.actor.choose.remote(list(tasks), list(questions)))
 
-    def skipped(self, tasks: Sequence[str]) -> None:
+    def skipped(self, tasks: Sequence[str], questions: Sequence[str | None] = ()) -> None:
         import ray
 
         ray.get(self.actor.skipped.remote(list(tasks)))

@@ -83,7 +83,8 @@ class Predictor:
         out = [error_row(r, r["error"]) for r in rows]
         ok = [i for i, r in enumerate(rows) if not r["error"]]
         if len(ok) < len(rows) and hasattr(self.policy, "skipped"):  # a pacing policy
-            self.policy.skipped([r["task"] for r in rows if r["error"]])
+            bad = [r for r in rows if r["error"]]
+            self.policy.skipped([r["task"] for r in bad], [r["question"] for r in bad])
         if ok:
             self._answer([rows[i] for i in ok], [out[i] for i in ok])
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)

@@ -101,9 +101,12 @@ def leafed(qs: list, vec, tree, text: dict) -> list:
 
 def fold(fit: list, held: list, seed: int, ms: list[int]) -> dict:
     """A fold as `mqt bench-scheduler` replays it (jobs.bench_scheduler.run_policy): the
-    per-task ("plan") and per-kind ("kind") curves of `fit`, `held` in the split's order."""
+    per-task ("plan") and per-kind ("kind") curves of `fit`, `held` in the split's order.
+    "kind" plans over the questions' `kind` field (the true kind, or here a tree leaf), not
+    over the benchmark's classifier groups."""
     curves = {"plan": fixed_curves(fit, ms, "task"), "kind": fixed_curves(fit, ms, "kind")}
-    return {"curves": curves, "held": seeded_order(held, seed), "cap": True}
+    return {"curves": curves, "held": seeded_order(held, seed), "cap": True,
+            "keys": {"kind": "kind"}}
 
 
 def right_of(name: str, f: dict, q: float, shared: dict) -> tuple[int, int] | None:

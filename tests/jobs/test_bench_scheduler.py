@@ -32,6 +32,16 @@ def test_the_bench_writes_its_tables_and_plot(result):
         assert head in text
     assert (out / "docs" / "scheduler.png").stat().st_size > 10_000
     assert json.loads((out / "bench.json").read_text())["questions"] == 830
+    assert "question classifier" in text
+
+
+def test_the_kind_policies_classify_held_out_questions(result):
+    """The per-kind policies group rows by the question classifier fitted on the fit half:
+    on the shipped rows (templated questions) nearly every held-out question lands in its
+    true (task, kind) group; every held-out row is counted once."""
+    c = result[0]["classifier"]
+    assert c["questions"] == 830  # one split: both halves held out once
+    assert c["right"] >= 0.9 and c["right"] + c["to_task"] <= 1
 
 
 def test_no_policy_spends_more_than_its_quota(result):

@@ -224,3 +224,74 @@ def test_pacing_spends_what_failed_rows_leave_on_the_others(ray_local, calibrati
     assert fixed["quota"]["spent_flops"] < paced["quota"]["spent_flops"] <= quota
     assert paced["quota"]["pacing"]["seen"] == {"caption": 12}
     assert paced["quota"]["pacing"]["plans"] >= 2
+
+
+@pytest.fixture(scope="module")
+def kind_calibration(tmp_path_factory):
+    """A vqa calibration of two question kinds: 30 yes/no questions right at every m, 30
+    counting questions right only at m = 16; FLOPs 3x the tiny model's caption bound (above
+    what a tiny vqa row costs, so the ledger refuses nothing)."""
+    from test_kinds import count, yesno
+
+    folder = tmp_path_factory.mktemp("kindcal")
+    rows = [{"id": f"{kind}{i}", "task": "vqa", "kind": kind, "m": m, "question": text(i),
+             "correct": m >= right_from, "confidence": 0.0, "output": "", "answer": "",
+             "flops": float(3 * tiny_row_bound(m))}
+            for kind, text, right_from in (("yesno", yesno, 1), ("count", count, 16))
+            for i in range(30) for m in MS]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "results.parquet")
+    per_m = {str(m): {"accuracy": acc, "mean_flops": 3 * tiny_row_bound(m), "n": 60}
+             for m, acc in zip(MS, (0.5, 0.5, 1.0), strict=True)}
+    (folder / "calibration.json").write_text(
+        json.dumps({"ms": list(MS), "by_task": {"vqa": per_m}}))
+    return folder / "calibration.json"
+
+
+def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tmp_path):
+    """quota.by=kind: 6 counting then 6 yes/no questions, a quota for half the rows at m = 16.
+    The per-task plan can only split the task (6 rows at m = 16 spread evenly over the
+    source, expected accuracy 0.75); planned by kind, every counting question gets m = 16
+    and every yes/no question m = 1 (expected 1.0), spend <= Q; with pacing too, the pacer
+    counts rows per group."""
+    from test_kinds import count, yesno
+
+    lines = [{"id": f"r{i:02d}", "image": f"{i:02d}.png", "task": "vqa",
+              "question": count(i + 3) if i < 6 else yesno(i + 3)} for i in range(12)]
+    for i in range(12):
+        (tmp_path / f"{i:02d}.png").write_bytes(image_bytes(i))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    quota = 6 * 3 * tiny_row_bound(1) + 6 * 3 * tiny_row_bound(16)
+    base = [*TINY, f"source={manifest}", f"quota.calibration={kind_calibration}",
+            f"quota.flops={quota}"]
+
+    def resolve(*more):
+        return cli.resolve("annotate", None, [*base, *more], "tiny")[1]
+
+    by_task = annotate.budget_plan(cfg := resolve(f"output={tmp_path / 't'}"),
+                                   annotate.validate(cfg)).plan
+    assert by_task.accuracy == pytest.approx(0.75)
+    cfg = resolve(f"output={tmp_path / 'k'}", "quota.by=kind")
+    budget = annotate.budget_plan(cfg, annotate.validate(cfg))
+    assert {t.task: [(p.m, p.rows) for p in t.parts] for t in budget.plan.tasks} == {
+        "vqa:count": [(16, 6)], "vqa:yesno": [(1, 6)]}
+    assert budget.plan.accuracy == pytest.approx(1.0) and budget.plan.spend <= quota
+    s = annotate.main(cfg)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "k" / "data").to_pylist()}
+    assert s["errors"] == 0 and s["quota"]["plan_by"] == "kind"
+    assert [rows[f"r{i:02d}"]["m"] for i in range(12)] == [16] * 6 + [1] * 6
+    assert s["quota"]["spent_flops"] <= quota and s["quota"]["refused_rows"] == 0
+    # the pacer re-plans per group; it holds back one row at the cheapest m for noise
+    spare = quota + 3 * tiny_row_bound(1)
+    paced = annotate.main(cli.resolve("annotate", None, [*base, f"output={tmp_path / 'p'}",
+                                      "quota.by=kind", "quota.pacing=true",
+                                      f"quota.flops={spare}"], "tiny")[1])
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "p" / "data").to_pylist()}
+    assert paced["quota"]["pacing"]["seen"] == {"vqa:count": 6, "vqa:yesno": 6}
+    assert [rows[f"r{i:02d}"]["m"] for i in range(12)] == [16] * 6 + [1] * 6
+    assert paced["quota"]["spent_flops"] <= spare
+    with pytest.raises(ValueError, match="quota.by must be"):
+        resolve(f"output={tmp_path / 'x'}", "quota.by=image")
+    with pytest.raises(ValueError, match="quota.by: plans per question kind need a quota"):
+        cli.resolve("annotate", None, [*TINY, f"source={manifest}", f"output={tmp_path / 'y'}",
+                                       "quota.by=kind"], "tiny")

@@ -1,0 +1,191 @@
+"""Per-image budgets from the question: plan m per (task, question kind), not per task alone.
+
+Within one task, questions of different kinds need very different numbers of visual tokens
+(on `mqt-smol`: an easy-vqa yes/no question is answered as well at m = 4 as at 64, a mosaic
+cell digit needs 16 or more). A predictor of the m a row needs, from a cheap feature of the
+row: the question text.
+
+- `KindClassifier`: question text -> kind (the `kind` column of `mqt eval`'s results, e.g.
+  "mosaic/cell_digit"), a multinomial naive Bayes over the word unigrams and bigrams of the
+  calibration questions. A question whose words are mostly unseen in the calibration
+  (fewer than `min_known` of them) has no kind: nothing in the calibration says what it needs.
+- `KindGroups`: the plan's groups. A row of task t whose question is classified as kind k
+  goes to group "t:k" if the calibration has at least `min_rows` questions there, else to
+  group "t" (the task's own curve, as the per-task plan). Calibration questions are grouped
+  by the same classifier (not by their true kind), so each group's curve is measured on the
+  questions a job would put there.
+- `GroupedPolicy`: any per-task `TokenPolicy` (a `PlanPolicy`, the pacer) asked by group
+  instead of task; `mqt annotate quota.by=kind` plugs it in where the per-task plan goes.
+
+The planner does not change: groups are its "tasks". The plan counts a job's rows per group
+before it starts (the classifier is deterministic), so its spend <= Q holds as for tasks, and
+the ledger enforces Q row by row either way. Pure Python, no Ray, no model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pipeline.policy import Choice
+
+MIN_ROWS = 20  # calibration questions a (task, kind) group needs for a curve of its own
+MIN_KNOWN = 0.5  # share of a question's words seen in the calibration for it to get a kind
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def features(text: str | None) -> tuple[list[str], list[str]]:
+    """(words, features): lower-case words, and the words plus their bigrams (with the
+    question's start and end as words), what the classifier counts."""
+    words = _WORD.findall((text or "").lower())
+    padded = ["<s>", *words, "</s>"]
+    return words, words + [f"{a} {b}" for a, b in zip(padded, padded[1:], strict=False)]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (for the predict cache)
+class KindClassifier:
+    """Multinomial naive Bayes with add-one smoothing: kind = argmax log P(kind) +
+    sum over features of log P(feature | kind). `predict` is None for an empty question or
+    one with fewer than `min_known` of its words in the calibration vocabulary."""
+
+    counts: Mapping[str, Mapping[str, int]]  # kind -> feature -> count
+    priors: Mapping[str, int]  # kind -> questions
+    vocab: frozenset[str]  # every feature seen
+    words: frozenset[str]  # every word seen
+    min_known: float = MIN_KNOWN
+
+    @classmethod
+    def fit(cls, texts: Iterable[str | None], kinds: Iterable[str],
+            min_known: float = MIN_KNOWN) -> KindClassifier:
+        counts: dict[str, Counter] = defaultdict(Counter)
+        priors: Counter = Counter()
+        words: set[str] = set()
+        for text, kind in zip(texts, kinds, strict=True):
+            ws, fs = features(text)
+            if not ws:
+                continue  # an empty question (a caption prompt) says nothing of its kind
+            counts[kind].update(fs)
+            priors[kind] += 1
+            words.update(ws)
+        if not 0 <= min_known <= 1:
+            raise ValueError(f"min_known must lie in [0, 1], got {min_known!r}")
+        vocab = frozenset(f for c in counts.values() for f in c)
+        return cls({k: dict(c) for k, c in counts.items()}, dict(priors), vocab,
+                   frozenset(words), min_known)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.priors)
+
+    def predict(self, text: str | None) -> str | None:
+        return _predict(self, text or "")
+
+    def scores(self, text: str | None) -> dict[str, float]:
+        """Per kind, the log posterior up to a constant (features outside the vocabulary
+        are left out: they favour no kind)."""
+        _, fs = features(text)
+        fs = [f for f in fs if f in self.vocab]
+        total, v = sum(self.priors.values()), len(self.vocab)
+        out = {}
+        for kind in self.kinds:
+            c = self.counts[kind]
+            denom = math.log(sum(c.values()) + v)
+            out[kind] = (math.log(self.priors[kind] / total)
+                         + sum(math.log(c.get(f, 0) + 1) - denom for f in fs))
+        return out
+
+
+@lru_cache(maxsize=65536)
+def _predict(clf: KindClassifier, text: str) -> str | None:
+    words, _ = features(text)
+    if not words or not clf.priors:
+        return None
+    if sum(w in clf.words for w in words) < clf.min_known * len(words):
+        return None
+    scores = clf.scores(text)
+    return max(sorted(scores), key=lambda k: scores[k])
+
+
+def group_name(task: str, kind: str) -> str:
+    return f"{task}:{kind}"
+
+
+def task_of(group: str) -> str:
+    """The task of a group name ("vqa:easy-vqa/yesno" -> "vqa"; "vqa" -> "vqa")."""
+    return group.split(":", 1)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class KindGroups:
+    """Which plan group a row goes to: "task:kind" for the (task, kind) pairs in `groups`,
+    else the task itself."""
+
+    classifier: KindClassifier
+    groups: frozenset[str]
+
+    @classmethod
+    def fit(cls, questions: Sequence, min_rows: int = MIN_ROWS,
+            min_known: float = MIN_KNOWN) -> KindGroups:
+        """From calibration questions (pipeline.cascade.Question: task, kind, text)."""
+        clf = KindClassifier.fit([q.text for q in questions], [q.kind for q in questions],
+                                 min_known)
+        sizes = Counter(group_name(q.task, k) for q in questions
+                        if (k := clf.predict(q.text)) is not None)
+        return cls(clf, frozenset(g for g, n in sizes.items() if n >= min_rows))
+
+    def group(self, task: str, question: str | None) -> str:
+        kind = self.classifier.predict(question)
+        g = group_name(task, kind) if kind is not None else task
+        return g if g in self.groups else task
+
+    def key(self, q) -> str:
+        """The group of a calibration question (for `pipeline.cascade.fixed_curves`)."""
+        return self.group(q.task, q.text)
+
+    def of_rows(self, tasks: Sequence[str], questions: Sequence[str | None]) -> list[str]:
+        return [self.group(t, q) for t, q in zip(tasks, questions, strict=True)]
+
+
+def group_curves(questions: Sequence, ms: Sequence[int], groups: KindGroups,
+                 task_curves: Mapping, shared: Mapping[int, int] | None = None,
+                 quantiles: Sequence[float] | None = None) -> dict:
+    """Quality curves per group: each "task:kind" group measured on the calibration questions
+    the classifier puts there (with cascades if `shared` is given: what an escalation from
+    each m1 reuses; thresholds at `quantiles`), and each task's own curve from `task_curves`
+    for its rows that get no group."""
+    from pipeline.cascade import QUANTILES, fixed_curves, with_cascades
+
+    qs = [q for q in questions if groups.key(q) != q.task]
+    fitted = (with_cascades(qs, list(ms), shared, groups.key, quantiles or QUANTILES)
+              if shared is not None else fixed_curves(qs, list(ms), groups.key))
+    return {**dict(task_curves), **fitted}
+
+
+@dataclass
+class GroupedPolicy:
+    """A per-task `TokenPolicy` asked by each row's group instead of its task."""
+
+    groups: KindGroups
+    inner: object  # PlanPolicy, RemotePacer, ...: choose(groups, questions)
+
+    def bind(self, num_queries: int) -> GroupedPolicy:
+        if hasattr(self.inner, "bind"):
+            self.inner = self.inner.bind(num_queries)
+        else:
+            self.inner.check(num_queries)
+        return self
+
+    def check(self, num_queries: int) -> None:
+        self.inner.check(num_queries)
+
+    def choose(self, tasks: Sequence[str], questions: Sequence[str]) -> list[Choice]:
+        return self.inner.choose(self.groups.of_rows(tasks, questions), questions)
+
+    def skipped(self, tasks: Sequence[str], questions: Sequence[str | None] = ()) -> None:
+        if hasattr(self.inner, "skipped"):
+            qs = list(questions) or [None] * len(tasks)
+            self.inner.skipped(self.groups.of_rows(tasks, qs))

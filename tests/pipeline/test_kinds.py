@@ -1,0 +1,84 @@
+"""pipeline.kinds: the question-kind classifier, the plan groups it makes, their curves, and
+a per-task policy asked by group."""
+
+import pickle
+
+import pytest
+
+from pipeline.cascade import Question
+from pipeline.kinds import GroupedPolicy, KindClassifier, KindGroups, group_curves, task_of
+from pipeline.plan import PlanPolicy
+from pipeline.quality import QualityCurve
+
+MS = (1, 4, 16)
+COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
+SHAPES = ["circle", "square", "triangle", "star", "cross"]
+
+
+def yesno(i: int) -> str:
+    return f"is there a {COLOURS[i % 6]} {SHAPES[i % 5]} in the image?"
+
+
+def count(i: int) -> str:
+    return f"how many {COLOURS[i % 6]} dots are in cell {i % 9}?"
+
+
+def question(i: int, task: str, kind: str, text: str, right_from: int) -> Question:
+    """Right at every m >= right_from; FLOPs 10 m."""
+    return Question(f"{kind}{i}", task, kind, {m: m >= right_from for m in MS},
+                    {m: 0.0 for m in MS}, {m: 10 * m for m in MS}, text)
+
+
+def calibration(n: int = 30) -> list[Question]:
+    return ([question(i, "vqa", "yesno", yesno(i), 1) for i in range(n)]
+            + [question(i, "vqa", "count", count(i), 16) for i in range(n)])
+
+
+def test_classifier_tells_kinds_apart_and_knows_what_it_does_not_know():
+    qs = calibration()
+    clf = KindClassifier.fit([q.text for q in qs], [q.kind for q in qs])
+    assert clf.kinds == ["count", "yesno"]
+    assert clf.predict("is there a purple circle?") == "yesno"  # one unseen word of five
+    assert clf.predict("How many dots are in cell 12?") == "count"  # case, unseen number
+    assert clf.predict("") is None and clf.predict(None) is None
+    assert clf.predict("describe the weather outside today") is None  # no word seen
+    scores = clf.scores("how many dots")
+    assert scores["count"] > scores["yesno"]
+    again = pickle.loads(pickle.dumps(clf))  # shipped to predictor actors
+    assert [again.predict(q.text) for q in qs] == [q.kind for q in qs]
+    with pytest.raises(ValueError, match="min_known"):
+        KindClassifier.fit(["a"], ["k"], min_known=2)
+
+
+def test_groups_need_enough_calibration_rows_and_fall_back_to_the_task():
+    qs = calibration(30)[:40]  # 30 yes/no, 10 counting questions
+    groups = KindGroups.fit(qs, min_rows=20)
+    assert groups.groups == {"vqa:yesno"}
+    assert groups.group("vqa", yesno(3)) == "vqa:yesno"
+    assert groups.group("vqa", count(3)) == "vqa"  # too few calibration rows of its own
+    assert groups.group("caption", "") == "caption"
+    assert groups.group("mc", yesno(3)) == "mc"  # no (mc, yesno) group in the calibration
+    assert task_of("vqa:yesno") == "vqa" and task_of("vqa") == "vqa"
+
+
+def test_group_curves_are_measured_on_the_questions_classified_there():
+    qs = calibration()
+    groups = KindGroups.fit(qs)
+    task = {"vqa": QualityCurve("vqa", MS, (0.5, 0.5, 1.0), (10, 40, 160))}
+    cs = group_curves(qs, MS, groups, task)
+    assert cs["vqa"] is task["vqa"]
+    assert cs["vqa:yesno"].accuracy == (1.0, 1.0, 1.0)
+    assert cs["vqa:count"].accuracy == (0.0, 0.0, 1.0)
+    assert cs["vqa:count"].flops == (10, 40, 160)
+
+
+def test_grouped_policy_asks_the_plan_by_group():
+    groups = KindGroups.fit(calibration())
+    plan = PlanPolicy({"vqa:yesno": ((1, 2),), "vqa:count": ((16, 2),), "caption": ((4, 1),)})
+    pol = GroupedPolicy(groups, plan)
+    got = pol.choose(["vqa", "vqa", "caption", "vqa", "vqa"],
+                     [yesno(1), count(2), "", count(5), yesno(7)])
+    assert got == [1, 16, 4, 16, 1]
+    assert plan.seen == {"vqa:yesno": 2, "vqa:count": 2, "caption": 1}
+    with pytest.raises(ValueError, match="not in the plan"):
+        pol.choose(["vqa"], ["what is the capital of france?"])  # no kind: group "vqa"
