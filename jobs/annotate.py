@@ -274,6 +274,10 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {budget.spent:.4g} spent by "
         f"earlier runs" + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
                            else ": nothing left to plan"))
+    if budget.groups is not None:
+        log(f"planned by (task, question kind): {len(budget.groups.groups)} groups from the "
+            f"calibration's questions, their curves shrunk toward the task's by "
+            f"{budget.shrinkage:g} pseudo-rows (cross-validated on the calibration)")
     if budget.skipped:
         why = SKIPPED.format(kept=budget.rows, rows=budget.rows + len(budget.skipped))
         log(why)
@@ -377,6 +381,7 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
             "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
+            "kind_shrinkage": _alpha(budget.shrinkage),
             "escalation_budget_flops": budget.escalations,
             "escalation_flops": totals.get("escalation_flops", 0),
             "pacing": totals.get("pacing"),
@@ -384,6 +389,11 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
                 "quota: refused by the budget ledger", 0),
             "flops_per_task": summary["flops_per_task"]}
+
+
+def _alpha(alpha: float | None):
+    """The per-kind plan's shrinkage for JSON (None: no per-kind plan; inf as "inf")."""
+    return "inf" if alpha == float("inf") else alpha
 
 
 def _steady(first: tuple[float, int] | None, t0: float, t_end: float, written: int) -> dict:

@@ -68,7 +68,16 @@ from pipeline.cascade import (
     summary,
     with_cascades,
 )
-from pipeline.kinds import GroupedPolicy, KindGroups, group_curves, group_name
+from pipeline.kinds import (
+    GroupedPolicy,
+    KindGroups,
+    choose_shrinkage,
+    group_curves,
+    group_name,
+    group_sizes,
+    shrinkage_folds,
+    shrunk,
+)
 from pipeline.plan import InfeasibleQuota, Quota, best_fixed_plan, plan
 
 KIND = "group"  # a POLICIES key: rows go to (task, kind) groups by the question classifier
@@ -185,7 +194,22 @@ def fit_fold(fit: list, held: list, cfg: Config, shared: dict, seed: int) -> dic
         curves[name] = per_task if key != KIND else group_curves(
             fit, cfg.ms, groups, per_task, shared if cascades else None, cfg.quantiles)
     return {"curves": curves, "held": seeded_order(held, seed), "cap": cfg.cap_escalations,
-            "groups": groups}
+            "groups": groups, "sizes": group_sizes(fit, groups), "fit": fit, "seed": seed,
+            "ms": cfg.ms, "quantiles": cfg.quantiles, "alpha": {}, "inner": {}}
+
+
+def shrinkage(name: str, fold: dict, q: float, shared: dict) -> float:
+    """The shrinkage a per-kind policy plans with at q: cross-validated on the fit half
+    only (pipeline.kinds.choose_shrinkage), as `mqt annotate quota.by=kind` does on its
+    calibration; cached per fold."""
+    if (name, q) not in fold["alpha"]:
+        if name not in fold["inner"]:
+            fold["inner"][name] = shrinkage_folds(
+                fold["fit"], fold["ms"], shared if POLICIES[name][1] else None,
+                fold["quantiles"], fold["seed"])
+        fold["alpha"][name, q] = choose_shrinkage(fold["inner"][name], q, shared,
+                                                  cap=fold["cap"])[0]
+    return fold["alpha"][name, q]
 
 
 def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
@@ -194,6 +218,9 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     key, _, planner = POLICIES[name]
     key = fold.get("keys", {}).get(name, key)  # another field (docs/bench/learned_m.py)
     held, curves, groups = fold["held"], fold["curves"][name], fold.get("groups")
+    alpha = shrinkage(name, fold, q, shared) if key == KIND else None
+    if alpha is not None:
+        curves = shrunk(curves, fold["sizes"], alpha)
     # the plan counts rows per group before the job, as `mqt annotate quota.by=kind` does
     rows = dict(Counter(groups.group(x.task, x.text) if key == KIND else getattr(x, key)
                         for x in held))
@@ -214,7 +241,7 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     right = {x.id: o is not None and o.correct for x, o in zip(held, out, strict=True)}
     return dict(s, correct=round(s["accuracy"] * s["rows"]), quota=Q, planned=p.spend,
                 over=int(s["spend"] > Q), short=int(not saturated and s["spend"] < 0.95 * Q),
-                right=right)
+                right=right, alpha=alpha)
 
 
 def quota_for(q: float, rows: int) -> int:
@@ -235,7 +262,8 @@ def both_folds(name: str, folds: list, q: float, shared: dict) -> dict | None:
     if any(r is None for r in runs):
         return None
     return {**{k: sum(r[k] for r in runs) for k in TOTALS},
-            "right": {i: ok for r in runs for i, ok in r["right"].items()}}
+            "right": {i: ok for r in runs for i, ok in r["right"].items()},
+            "alphas": [r["alpha"] for r in runs]}
 
 
 def over_seeds(name: str, folds: dict, q: float, shared: dict) -> dict | None:
@@ -247,7 +275,8 @@ def over_seeds(name: str, folds: dict, q: float, shared: dict) -> dict | None:
     mean = {k: sum(r[k] for r in runs) / len(runs) for k in TOTALS}
     return dict(mean, accuracy=sum(accs) / len(accs), accuracy_range=(min(accs), max(accs)),
                 over=sum(r["over"] for r in runs), short=sum(r["short"] for r in runs),
-                runs=2 * len(runs), right=[r["right"] for r in runs])
+                runs=2 * len(runs), right=[r["right"] for r in runs],
+                alphas=[a for r in runs for a in r["alphas"]])
 
 
 # ------------------------------------------------------------------ fixed m, the oracle
@@ -536,7 +565,7 @@ def report(cfg: Config, r: dict) -> str:
              "Accuracy (%) at per-row budget q (Q = q x rows):", "", accuracy_table(r), "",
              f"Spend as % of Q (escalated rows, unanswered rows: of {n}, mean over the "
              "splits):", "", spend_table(r), "",
-             goals_text(r["goals"], n), "", classifier_text(r["classifier"]), "",
+             goals_text(r["goals"], n), "", classifier_text(r), "",
              ceiling_text(r), "", fixed_text(r), "",
              pacing_text(r["pacing"]), "",
              llava_text(cfg, r["llava"])]
@@ -600,11 +629,27 @@ def goals_text(g: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def classifier_text(c: dict) -> str:
-    return (f"The kind policies' question classifier (pipeline/kinds.py, fitted on each fit "
-            f"half) put {100 * c['right']:.1f}% of {c['questions']} held-out questions (all "
-            f"splits) in their true (task, kind) group; {100 * c['to_task']:.1f}% went to "
-            "their task's curve (no kind given, or a group under the minimum rows).")
+def classifier_text(r: dict) -> str:
+    c = r["classifier"]
+    kinds = [n for n, (key, _, _) in POLICIES.items() if key == KIND]
+    lines = [f"The kind policies' question classifier (pipeline/kinds.py, fitted on each fit "
+             f"half) put {100 * c['right']:.1f}% of {c['questions']} held-out questions (all "
+             f"splits) in their true (task, kind) group; {100 * c['to_task']:.1f}% went to "
+             "their task's curve (no kind given, or a group under the minimum rows). Their "
+             "group curves are shrunk toward the task's by alpha pseudo-rows, alpha chosen "
+             "at each q by two-fold cross-validation inside the fit half (alpha: runs):", "",
+             "| q (GFLOPs/row) | " + " | ".join(kinds) + " |", "|---:|" + "---|" * len(kinds)]
+    for s in r["sweep"]:
+        cells = [_alphas(s["policies"][n]) for n in kinds]
+        lines.append(f"| {s['q'] / 1e9:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _alphas(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    n = Counter(p["alphas"])
+    return ", ".join(f"{'inf' if math.isinf(a) else f'{a:g}'}: {k}" for a, k in sorted(n.items()))
 
 
 def ceiling_text(r: dict) -> str:
@@ -710,12 +755,23 @@ def llava_text(cfg: Config, lv: dict) -> str:
 def write(cfg: Config, result: dict, text: str) -> None:
     out = Path(cfg.output)
     save_config(cfg, out)
-    (out / "bench.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench.json").write_text(json.dumps(_strict(result), indent=1, default=str))
     for folder in {out, Path(cfg.docs)} if cfg.docs else {out}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "scheduler.md").write_text(f"```\n$ {COMMAND}\n```\n\n{text}\n")
         plot(result, folder / "scheduler.png")
     log(f"wrote {out / 'bench.json'}")
+
+
+def _strict(x):
+    """`x` with every infinite float (a shrinkage alpha) as the string "inf": strict JSON."""
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_strict(v) for v in x]
+    return x
 
 
 def plot(r: dict, path: Path) -> None:

@@ -13,6 +13,7 @@ the ledger state is saved next to the output.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -117,29 +118,41 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
     return out
 
 
-def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], model_cfg=None):
+def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str],
+                per_row: float, model_cfg=None):
     """quota.by=kind: the groups (pipeline.kinds.KindGroups) fitted on the calibration
-    results of the tasks in `found`, and their curves beside the tasks' own (with cascades
-    fitted per group if quota.cascades)."""
+    results, the curves to plan on (the tasks' own, and the groups' shrunk toward them by
+    the alpha that two-fold cross-validation on those results picks at `per_row` FLOPs per
+    row; with cascades fitted per group if quota.cascades), and that alpha."""
     from pipeline.cascade import load_questions, shared_flops
-    from pipeline.kinds import KindGroups, group_curves
+    from pipeline.kinds import (
+        choose_shrinkage,
+        fit_groups,
+        shrinkage_folds,
+        shrunk,
+        task_of,
+    )
 
     path = results_path(args)
     if not path.is_file():
         raise ValueError(f"quota.results: no such file {path} (quota.by=kind fits its "
                          "question classifier on the per-question results of `mqt eval`)")
-    per_ms = {ms: load_questions(path, ms) for ms in {c.ms for c in found.values()}}
-    questions = {q.id: q for qs in per_ms.values() for q in qs if q.task in found}
-    groups = KindGroups.fit(sorted(questions.values(), key=lambda q: q.id))
+    sets = {found[t].ms for t in tasks}
+    if len(sets) != 1:
+        raise ValueError(f"quota.by=kind: the job's tasks {sorted(tasks)} have curves at "
+                         f"different m in {args.calibration or 'the shipped calibration'}")
+    (ms,) = sets
+    questions = [q for q in load_questions(path, ms) if q.task in found]
+    shared = shared_flops(model_cfg, ms) if model_cfg is not None else dict.fromkeys(ms, 0)
+    cascades = shared if args.cascades else None
+    groups, fitted, sizes = fit_groups(questions, ms, cascades)
     if not groups.classifier.kinds:
         raise ValueError(f"quota.by=kind: {path} has no question texts to learn kinds from "
                          "(its `question` column is missing or empty)")
-    out = dict(found)
-    for ms, qs in per_ms.items():
-        qs = [q for q in qs if q.task in found and found[q.task].ms == ms]
-        shared = shared_flops(model_cfg, ms) if args.cascades else None
-        out.update(group_curves(qs, ms, groups, {}, shared))
-    return groups, out
+    alpha = choose_shrinkage(shrinkage_folds(questions, ms, cascades), per_row, shared)[0] \
+        if math.isfinite(per_row) else 0.0
+    own = {g: c for g, c in fitted.items() if g != task_of(g)}
+    return groups, {**found, **shrunk({**own, **found}, sizes, alpha)}, alpha
 
 
 def remaining(args: QuotaArgs, spent: int) -> Quota:
@@ -195,6 +208,7 @@ class Budget:
     # the groups are the tasks
     groups: object = None
     weights: dict | None = None  # per group, as planned (None: all 1)
+    shrinkage: float | None = None  # quota.by=kind: the cross-validated alpha planned with
 
 
 def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None) -> Budget:
@@ -207,9 +221,10 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None)
     spent = Ledger(q.total_flops, state_path).spent if saved else 0
     left = remaining(args, spent)
     cs = curves(args, {r[1] for r in todo}, model_cfg)
-    groups = None
+    groups, alpha = None, None
     if args.by == "kind":
-        groups, cs = kind_groups(args, cs, model_cfg)
+        per_row = left.total_flops / len(todo) if todo else math.inf
+        groups, cs, alpha = kind_groups(args, cs, {r[1] for r in todo}, per_row, model_cfg)
         keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
     else:
         keyed = [(r[0], r[1]) for r in todo]
@@ -218,7 +233,8 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None)
         weights = group_weights(weights, {g for _, g in keyed})
     try:
         p = plan(Counter(g for _, g in keyed), cs, left, weights)
-        return Budget(p, spent, [], len(todo), escalations(p, cs), cs, groups, weights)
+        return Budget(p, spent, [], len(todo), escalations(p, cs), cs, groups, weights,
+                      alpha)
     except InfeasibleQuota:
         if args.infeasible != "subset":
             raise
@@ -226,7 +242,7 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None)
     skipped = [(r[0], r[1]) for r in todo[keep:]]
     kept = Counter(g for _, g in keyed[:keep])
     p = plan(kept, cs, left, weights) if kept else None
-    return Budget(p, spent, skipped, keep, escalations(p, cs), cs, groups, weights)
+    return Budget(p, spent, skipped, keep, escalations(p, cs), cs, groups, weights, alpha)
 
 
 def group_weights(weights: dict, groups: set[str]) -> dict[str, float]:

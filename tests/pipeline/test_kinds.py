@@ -23,15 +23,18 @@ def count(i: int) -> str:
     return f"how many {COLOURS[i % 6]} dots are in cell {i % 9}?"
 
 
-def question(i: int, task: str, kind: str, text: str, right_from: int) -> Question:
-    """Right at every m >= right_from; FLOPs 10 m."""
+def question(i: int, task: str, kind: str, text: str, right_from: int,
+             extra: int = 0) -> Question:
+    """Right at every m >= right_from; FLOPs 10 m (+ extra at m = 16)."""
     return Question(f"{kind}{i}", task, kind, {m: m >= right_from for m in MS},
-                    {m: 0.0 for m in MS}, {m: 10 * m for m in MS}, text)
+                    {m: 0.0 for m in MS}, {m: 10 * m + extra * (m == 16) for m in MS}, text)
 
 
 def calibration(n: int = 30) -> list[Question]:
+    """n yes/no questions right at every m, n counting questions right only at m = 16 and
+    a little dearer there (longer answers)."""
     return ([question(i, "vqa", "yesno", yesno(i), 1) for i in range(n)]
-            + [question(i, "vqa", "count", count(i), 16) for i in range(n)])
+            + [question(i, "vqa", "count", count(i), 16, extra=5) for i in range(n)])
 
 
 def test_classifier_tells_kinds_apart_and_knows_what_it_does_not_know():
@@ -69,7 +72,7 @@ def test_group_curves_are_measured_on_the_questions_classified_there():
     assert cs["vqa"] is task["vqa"]
     assert cs["vqa:yesno"].accuracy == (1.0, 1.0, 1.0)
     assert cs["vqa:count"].accuracy == (0.0, 0.0, 1.0)
-    assert cs["vqa:count"].flops == (10, 40, 160)
+    assert cs["vqa:count"].flops == (10, 40, 165)
 
 
 def test_grouped_policy_asks_the_plan_by_group():
@@ -82,3 +85,40 @@ def test_grouped_policy_asks_the_plan_by_group():
     assert plan.seen == {"vqa:yesno": 2, "vqa:count": 2, "caption": 1}
     with pytest.raises(ValueError, match="not in the plan"):
         pol.choose(["vqa"], ["what is the capital of france?"])  # no kind: group "vqa"
+
+
+def test_shrunk_pulls_group_accuracy_toward_the_task():
+    import math
+
+    from pipeline.kinds import shrunk
+
+    task = QualityCurve("vqa", MS, (0.5, 0.5, 1.0), (10, 40, 160))
+    group = QualityCurve("vqa:count", MS, (0.0, 0.0, 1.0), (12, 42, 170))
+    cs = {"vqa": task, "vqa:count": group}
+    assert shrunk(cs, {"vqa:count": 30}, 0)["vqa:count"] is group
+    half = shrunk(cs, {"vqa:count": 30}, 30)
+    assert half["vqa:count"].accuracy == (0.25, 0.25, 1.0)  # (30 x 0 + 30 x 0.5) / 60
+    assert half["vqa:count"].flops == group.flops and half["vqa"] is task
+    assert shrunk(cs, {"vqa:count": 30}, math.inf)["vqa:count"].accuracy == task.accuracy
+
+
+def test_cross_validation_keeps_kinds_apart_when_they_differ():
+    """Kinds that differ (yes/no right at every m, counting only at m = 16): the plans of
+    every finite alpha answer all held-out rows right at a quota for the counting half at
+    m = 16; on the task's curve (alpha = inf) the kinds look alike and the cheaper yes/no
+    upgrade wins, which answers only half right. The tie among the finite ones goes to
+    the curves that predict the held-out answers best: no shrinkage."""
+    import math
+
+    from pipeline.kinds import choose_shrinkage, shrinkage_folds
+
+    qs = calibration(50)
+    folds = shrinkage_folds(qs, MS)
+    assert [len(held) for held, *_ in folds] == [50, 50]
+    per_row = (10 * 1 + 10 * 16 + 5) / 2
+    alpha, scores = choose_shrinkage(folds, per_row, dict.fromkeys(MS, 0))
+    assert alpha == 0 and scores[0] == (100, 0.0)
+    assert scores[math.inf][0] < 100
+    errors = [scores[a][1] for a in sorted(scores)]
+    assert errors == sorted(errors)  # more shrinkage, worse predictions of these answers
+    assert choose_shrinkage(folds, 1.0, dict.fromkeys(MS, 0))[0] == 0  # infeasible: none
