@@ -3,9 +3,12 @@
     mqt plan rows.vqa=1000 rows.mc=200 quota=1.5e13          # mqt-smol's shipped calibration
     mqt plan prior=llava-7b rows.vqav2=400000 rows.gqa=200000 \\
         quota_seconds=1.8e6 flops_per_second=4e14 match_m=256
+    mqt plan source=rows.jsonl quota=2e13 by=kind          # the rows of a corpus, per kind
 
 Reads quality curves (an `mqt eval` calibration.json, or the llava-7b prior), solves the
-per-task plan (pipeline/plan.py) and prints: task, rows, m, expected accuracy, spend and
+per-task plan (pipeline/plan.py), with `source=` for the rows of a folder or manifest (per
+task, or with `by=kind` per (task, question kind) as `mqt annotate quota.by=kind` plans
+them), and prints: task, rows, m, expected accuracy, spend and
 share of the quota, with totals; then the best single m for all tasks that fits, and with
 `match_m`, the quota at which the plan matches fixed m on every row. Writes plan.json
 (`PlanPolicy.from_dict` reads it), plan.md and config.yaml to `output`.
@@ -28,6 +31,7 @@ from pipeline.plan import (
     quota_to_match,
 )
 from pipeline.quality import QualityCurve, from_calibration, prior_curves, shipped_calibration
+from pipeline.storage import StorageArgs
 
 
 @dataclass
@@ -42,6 +46,13 @@ class Config:
     flops_per_second: float | None = None  # sustained FLOP/s of one accelerator (assumed)
     match_m: int = 0  # also find the quota at which the plan matches fixed m on every row
     match_within: float = 0.0  # ... or comes within this many points of accuracy of it
+    # the rows of a corpus instead of rows.*: a folder or manifest (as `mqt annotate` reads)
+    source: str = ""
+    task: str = "caption"  # for source rows that do not name one (every row of a folder)
+    question: str = ""  # for source rows that do not have one
+    by: str = "task"  # with source: "kind" plans per (task, question kind) (pipeline/kinds.py)
+    results: str = ""  # by=kind: `mqt eval` per-question results; "" = beside the calibration
+    storage: StorageArgs = field(default_factory=StorageArgs)  # for s3:// and other URLs
     output: str = "runs/plan"  # folder for plan.json, plan.md and config.yaml
 
 
@@ -75,30 +86,72 @@ def quota(cfg: Config) -> Quota:
 def validate(cfg: Config) -> None:
     if cfg.prior and cfg.calibration:
         raise ValueError("prior: give a prior or a calibration file, not both")
-    cs = curves(cfg)
-    if not cfg.rows:
-        raise ValueError(f"rows: give rows per task, e.g. rows.{next(iter(cs))}=1000; "
-                         f"tasks: {sorted(cs)}")
-    if cfg.match_m and any(cfg.match_m not in cs[t].ms for t in cfg.rows if t in cs):
+    if not cfg.source and cfg.by != "task":
+        raise ValueError("by: plans per question kind need the rows' questions: give source=")
+    if not cfg.source and not cfg.rows:
+        raise ValueError(f"rows: give rows per task, e.g. rows.{next(iter(curves(cfg)))}=1000;"
+                         f" or source= (a folder or manifest); tasks: {sorted(curves(cfg))}")
+    # a bad source, unknown tasks, bad rows or weights, an infeasible quota: fail here
+    rows, cs, weights = inputs(cfg)
+    solve(cfg, cs, rows, weights)
+    if cfg.match_m and any(cfg.match_m not in cs[t].ms for t in rows if t in cs):
         raise ValueError(f"match_m: {cfg.match_m} is not an m of every task's curve")
     if not 0 <= cfg.match_within <= 100:
         raise ValueError(f"match_within: must be in 0..100 points, got {cfg.match_within}")
-    solve(cfg, cs)  # unknown tasks, bad rows or weights, an infeasible quota: fail here
 
 
-def solve(cfg: Config, cs: dict[str, QualityCurve]) -> Plan:
+def solve(cfg: Config, cs: dict[str, QualityCurve], rows: dict | None = None,
+          weights: dict | None = None) -> Plan:
     q = quota(cfg)
     try:
-        return plan(cfg.rows, cs, q, cfg.weights)
+        return plan(cfg.rows if rows is None else rows, cs, q,
+                    cfg.weights if weights is None else weights)
     except InfeasibleQuota as e:
-        raise ValueError(f"{'quota' if q.flops is not None else 'quota_seconds'}: {e}") from e
+        raise ValueError(f"{_quota_field(q)}: {e}") from e
+
+
+def _quota_field(q: Quota) -> str:
+    return "quota" if q.flops is not None else "quota_seconds"
+
+
+def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
+    """With `source`: rows per task (by=kind: per group) of the corpus, the curves planned
+    on (by=kind: with the groups', shrunk as `mqt annotate` does) and the weights per plan
+    group, through pipeline.budget.prepare; else rows.*, the curves and weights.*."""
+    if not cfg.source:
+        return cfg.rows, curves(cfg), cfg.weights
+    from pipeline.budget import QuotaArgs, prepare, source_rows
+    from pipeline.sources import open_source
+
+    if cfg.prior:
+        raise ValueError("source: plans a corpus on an `mqt eval` calibration; drop prior=")
+    if cfg.rows:
+        raise ValueError("rows: give rows.* or source=, not both")
+    if cfg.by not in ("task", "kind"):
+        raise ValueError(f"by must be 'task' or 'kind', got {cfg.by!r}")
+    q = quota(cfg)
+    args = QuotaArgs(flops=q.flops or 0.0, seconds=q.seconds or 0.0,
+                     flops_per_second=q.flops_per_second or 0.0, calibration=cfg.calibration,
+                     weights=cfg.weights, by=cfg.by, results=cfg.results)
+    src = open_source(cfg.source, cfg.storage)
+    todo = source_rows(src, cfg.task, 0, cfg.question if cfg.by == "kind" else None)
+    try:
+        budget = prepare(args, todo, None)
+    except InfeasibleQuota as e:
+        raise ValueError(f"{_quota_field(q)}: {e}") from e
+    except ValueError as e:  # pipeline.budget names its fields quota.*
+        raise ValueError(str(e).replace("quota.calibration", "calibration")
+                         .replace("quota.results", "results")
+                         .replace("quota.by=kind", "by=kind")) from None
+    rows = {t.task: t.rows for t in budget.plan.tasks}
+    return rows, budget.curves, budget.weights or {}
 
 
 def main(cfg: Config) -> dict:
-    cs = curves(cfg)
-    p = solve(cfg, cs)
-    best = best_fixed_plan(cfg.rows, cs, p.quota, cfg.weights)
-    match = matched(cfg, cs, p.quota) if cfg.match_m else None
+    rows, cs, weights = inputs(cfg)
+    p = solve(cfg, cs, rows, weights)
+    best = best_fixed_plan(rows, cs, p.quota, weights)
+    match = matched(cfg, cs, p.quota, rows, weights) if cfg.match_m else None
     text = report(cfg, p, best, match)
     print(text)
     out = Path(cfg.output)
@@ -115,16 +168,24 @@ def main(cfg: Config) -> dict:
 def source(cfg: Config) -> str:
     if cfg.prior:
         return f"prior {cfg.prior}"
-    return f"calibration {cfg.calibration}" if cfg.calibration else "calibration of mqt-smol"
+    cal = f"calibration {cfg.calibration}" if cfg.calibration else "calibration of mqt-smol"
+    if not cfg.source:
+        return cal
+    return cal + f", rows of {cfg.source}" + (" per (task, question kind)" if cfg.by == "kind"
+                                              else "")
 
 
-def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota) -> dict:
+def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota, rows: dict | None = None,
+            weights: dict | None = None) -> dict:
     """Fixed match_m on every row against the plan that reaches its value, less
-    match_within points of accuracy on every row, for the fewest FLOPs."""
-    fixed = fixed_plan(cfg.rows, cs, cfg.match_m, q, cfg.weights)
+    match_within points of accuracy on every row, for the fewest FLOPs (rows and weights:
+    cfg's unless given)."""
+    rows = cfg.rows if rows is None else rows
+    weights = cfg.weights if weights is None else weights
+    fixed = fixed_plan(rows, cs, cfg.match_m, q, weights)
     slack = cfg.match_within / 100 * sum(t.weight * t.rows for t in fixed.tasks)
-    need = quota_to_match(cfg.rows, cs, fixed.value - slack, cfg.weights)
-    at = plan(cfg.rows, cs, Quota(flops=need), cfg.weights)
+    need = quota_to_match(rows, cs, fixed.value - slack, weights)
+    at = plan(rows, cs, Quota(flops=need), weights)
     return {"m": cfg.match_m, "within": cfg.match_within, "fixed_spend": fixed.spend,
             "fixed_accuracy": fixed.accuracy, "fixed_value": fixed.value,
             "plan_spend": at.spend, "plan_accuracy": at.accuracy, "plan_value": at.value,

@@ -211,13 +211,15 @@ class Budget:
     shrinkage: float | None = None  # quota.by=kind: the cross-validated alpha planned with
 
 
-def prepare(args: QuotaArgs, todo: list[tuple], state_path: str, model_cfg=None) -> Budget:
+def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
+            model_cfg=None) -> Budget:
     """The plan for the rows left, (id, task) in source order (with quota.by=kind: (id, task,
     question)), within the quota left. An infeasible quota raises InfeasibleQuota, or with
     infeasible=subset keeps the first rows the quota pays for at the cheapest m and declares
-    the others skipped."""
+    the others skipped. `state_path` None: no earlier spend (a plan with no job, `mqt plan`)."""
     q = args.quota()
-    saved = Path(state_path).exists() or Path(f"{state_path}.journal").exists()
+    saved = state_path is not None and (Path(state_path).exists()
+                                        or Path(f"{state_path}.journal").exists())
     spent = Ledger(q.total_flops, state_path).spent if saved else 0
     left = remaining(args, spent)
     cs = curves(args, {r[1] for r in todo}, model_cfg)

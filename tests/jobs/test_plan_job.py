@@ -85,3 +85,57 @@ def test_infeasible_quota_prints_a_minimum_that_works(unit, tmp_path, capsys):
     assert err.startswith(f"mqt plan: bad config: {field}: ")
     assert main([*args[:-2 - len(fps)], f"{field}={minimum}", *fps, f"output={tmp_path}"]) == 0
     assert "| **total** | 100000 |" in capsys.readouterr().out
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    """20 easy-vqa yes/no and 20 mosaic cell-digit multiple-choice questions of the shipped
+    calibration as a manifest (the images are not read to plan)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.quality import shipped_calibration
+
+    rows = pq.read_table(shipped_calibration().with_name("results.parquet"),
+                         columns=["id", "task", "kind", "question"]).to_pylist()
+    lines, seen = [], set()
+    for task, kind in (("vqa", "easy-vqa/yesno"), ("mc", "mosaic/cell_digit")):
+        picked = [r for r in rows
+                  if (r["task"], r["kind"]) == (task, kind) and r["id"] not in seen][:20]
+        assert len(picked) == 20
+        seen |= {r["id"] for r in picked}
+        lines += [{"id": r["id"], "image": "x.png", "task": r["task"],
+                   "question": r["question"]} for r in picked]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_plan_the_rows_of_a_manifest_per_task_and_per_kind(manifest, tmp_path, capsys):
+    quota = 40 * 25e9  # between the cheapest (20.8 GFLOPs/row) and the dearest m
+    by_task = plan_main(resolve("plan", None, [f"source={manifest}", f"quota={quota}",
+                                               f"output={tmp_path / 't'}"], None)[1])
+    assert {t["task"]: t["rows"] for t in by_task["tasks"]} == {"vqa": 20, "mc": 20}
+    by_kind = plan_main(resolve("plan", None, [f"source={manifest}", f"quota={quota}",
+                                               "by=kind", f"output={tmp_path / 'k'}"], None)[1])
+    assert {t["task"]: t["rows"] for t in by_kind["tasks"]} == {
+        "vqa:easy-vqa/yesno": 20, "mc:mosaic/cell_digit": 20}
+    assert by_kind["spend"] <= quota and by_task["spend"] <= quota
+    out = capsys.readouterr().out
+    assert f"rows of {manifest} per (task, question kind)" in out
+    assert "| vqa:easy-vqa/yesno | 20 |" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rows.vqa=10", "quota=1e15", "by=kind"], "by: plans per question kind need"),
+    (["rows.vqa=10", "quota=1e15", "source=M"], "rows: give rows.* or source="),
+    (["prior=llava-7b", "quota=1e15", "source=M"], "source: plans a corpus on an `mqt eval`"),
+    (["quota=1e15", "source=M", "by=image"], "by must be 'task' or 'kind'"),
+    (["quota=1e15", "source=M", "by=kind", "results=/no/such.parquet"],
+     "results: no such file /no/such.parquet"),
+    (["quota=1e9", "source=M"], "quota: a quota of 1e+09 FLOPs cannot pay"),
+])
+def test_bad_source_plans_fail_before_work(args, message, manifest, tmp_path, capsys):
+    args = [a.replace("source=M", f"source={manifest}") for a in args]
+    assert main(["plan", *args, f"output={tmp_path / 'out'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
