@@ -1,0 +1,89 @@
+"""`mqt annotate` under one quota, planned per task and per (task, question kind), live.
+
+    .venv/bin/python docs/bench/annotate_by_kind.py [GFLOPS_PER_ROW ...]
+
+The corpus: the questions of the second `mqt eval` run (docs/eval-s1: its config rebuilds
+the same examples, images included), less those in the shipped calibration, so every row is
+held out from what the plans are fitted on (the shipped mqt-smol calibration, docs/eval).
+For each per-row budget q (default 16.5 and 20 GFLOPs/row) it runs `mqt annotate` on a local
+Ray with quota.flops = q x rows, quota.by=task and quota.by=kind, and prints accuracy (the
+task's own scoring of the written answers), spend as % of Q, the m used, and the paired
+difference (kind - task) with its standard error from the rows only one of the two got
+right. The model is the shipped default; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from jobs import annotate, evaluate  # noqa: E402
+from mqt.data.corpus import write_corpus  # noqa: E402
+from pipeline.budget import QuotaArgs  # noqa: E402
+from pipeline.quality import shipped_calibration  # noqa: E402
+from pipeline.tasks import TASKS  # noqa: E402
+
+OUT = ROOT / "runs" / "annotate-by-kind"
+
+
+def corpus() -> Path:
+    """The eval-s1 examples not in the shipped calibration, as a manifest."""
+    cfg = evaluate.Config(**yaml.safe_load((ROOT / "docs/eval-s1/config.yaml").read_text()))
+    shipped = set(pq.read_table(shipped_calibration().with_name("results.parquet"),
+                                columns=["id"]).column("id").to_pylist())
+    examples = [e for e in evaluate.eval_examples(cfg) if e.id not in shipped]
+    return write_corpus(OUT / "corpus", examples)
+
+
+def run(manifest: Path, rows: int, q: float, by: str) -> tuple[dict, dict]:
+    out = OUT / f"q{q / 1e9:g}-{by}"
+    cfg = annotate.Config(preset="mqt-smol", source=str(manifest), output=str(out),
+                          overwrite=True, batch_size=32, block_rows=32, progress=False,
+                          quota=QuotaArgs(flops=round(q * rows), by=by))
+    summary = annotate.main(cfg)
+    right = {r["id"]: bool(r["error"] is None and r["answer"] is not None
+                           and TASKS[r["task"]].is_correct(r["output"] or "", r["answer"]))
+             for r in pq.read_table(out / "data").to_pylist()}
+    return summary, right
+
+
+def main(qs: list[float]) -> None:
+    manifest = corpus()
+    rows = sum(1 for line in manifest.read_text().splitlines() if line.strip())
+    lines = [f"{rows} held-out rows ({manifest}), mqt-smol, shipped calibration", "",
+             "| q (GFLOPs/row) | plan by | accuracy | spend / Q | m used | kind shrinkage |",
+             "|---:|---|---:|---:|---|---:|"]
+    diffs = []
+    for q in qs:
+        got = {}
+        for by in ("task", "kind"):
+            s, right = run(manifest, rows, q, by)
+            got[by] = right
+            acc = sum(right.values()) / len(right)
+            used = Counter()
+            for hist in s["m_histogram"].values():
+                used.update(hist)
+            ms = ", ".join(f"{m}: {n}" for m, n in sorted(used.items()))
+            lines.append(f"| {q / 1e9:g} | {by} | {100 * acc:.2f}% | "
+                         f"{100 * s['quota']['share']:.1f}% | {ms} | "
+                         f"{s['quota']['kind_shrinkage']} |")
+        b = sum(got["kind"][i] and not got["task"][i] for i in got["task"])
+        c = sum(got["task"][i] and not got["kind"][i] for i in got["task"])
+        n = len(got["task"])
+        se = math.sqrt(b + c - (b - c) ** 2 / n) / n
+        diffs.append(f"q = {q / 1e9:g}: kind - task = {100 * (b - c) / n:+.2f} points "
+                     f"(paired SE {100 * se:.2f}; {b} rows only kind answers right, {c} only "
+                     "task)")
+    print("\n".join(lines + [""] + diffs))
+
+
+if __name__ == "__main__":
+    main([float(a) * 1e9 for a in sys.argv[1:]] or [16.5e9, 20e9])
