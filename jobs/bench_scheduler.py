@@ -70,11 +70,9 @@ from pipeline.cascade import (
 )
 from pipeline.kinds import (
     GroupedPolicy,
-    KindGroups,
     choose_shrinkage,
-    group_curves,
+    fit_groups,
     group_name,
-    group_sizes,
     shrinkage_folds,
     shrunk,
 )
@@ -187,14 +185,16 @@ def _swapped(halves: tuple[list, list]) -> list[tuple[list, list]]:
 def fit_fold(fit: list, held: list, cfg: Config, shared: dict, seed: int) -> dict:
     """Per policy, the curves fitted on `fit` (and the question classifier of the per-kind
     policies); `held` in a seeded arrival order."""
-    curves, groups = {}, KindGroups.fit(fit)
+    curves = {}
     for name, (key, cascades, _) in POLICIES.items():
-        per_task = (with_cascades(fit, cfg.ms, shared, "task", cfg.quantiles) if cascades
-                    else fixed_curves(fit, cfg.ms, "task"))
-        curves[name] = per_task if key != KIND else group_curves(
-            fit, cfg.ms, groups, per_task, shared if cascades else None, cfg.quantiles)
+        if key == KIND:  # the same groups with or without cascades (one fitted classifier)
+            groups, curves[name], sizes = fit_groups(fit, cfg.ms, shared if cascades else None,
+                                                     cfg.quantiles)
+        else:
+            curves[name] = (with_cascades(fit, cfg.ms, shared, "task", cfg.quantiles)
+                            if cascades else fixed_curves(fit, cfg.ms, "task"))
     return {"curves": curves, "held": seeded_order(held, seed), "cap": cfg.cap_escalations,
-            "groups": groups, "sizes": group_sizes(fit, groups), "fit": fit, "seed": seed,
+            "groups": groups, "sizes": sizes, "fit": fit, "seed": seed,
             "ms": cfg.ms, "quantiles": cfg.quantiles, "alpha": {}, "inner": {}}
 
 

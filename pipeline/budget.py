@@ -152,7 +152,7 @@ def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str]
     alpha = choose_shrinkage(shrinkage_folds(questions, ms, cascades), per_row, shared)[0] \
         if math.isfinite(per_row) else 0.0
     own = {g: c for g, c in fitted.items() if g != task_of(g)}
-    return groups, {**found, **shrunk({**own, **found}, sizes, alpha)}, alpha
+    return groups, shrunk({**own, **found}, sizes, alpha), alpha
 
 
 def remaining(args: QuotaArgs, spent: int) -> Quota:
