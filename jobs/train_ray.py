@@ -12,16 +12,21 @@ The last checkpoint is exported to `<output>/model` (mqt.checkpoint's folder) on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from hashlib import sha1
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
+import torch.distributed as dist
 
 from jobs.common import log, save_config
 from jobs.train import Config, fit, load_state, saved_step, write_state
@@ -115,6 +120,37 @@ def read_reports(output: str | Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@contextlib.contextmanager
+def node_copy(checkpoint: ray.train.Checkpoint, ranks: Ranks) -> Iterator[Path]:
+    """A checkpoint's folder that every rank of a node reads. A local checkpoint is read
+    in place. A remote one (s3://) is downloaded by the node's local rank 0 into a folder
+    named for the checkpoint, the job and the node; all ranks wait for it, read it, and
+    wait again before rank 0 removes it. (Checkpoint.as_directory shares one temp folder
+    among the ranks without a barrier: a rank that finishes early deletes it while a
+    slower one is still arriving, which fails that rank's restore.)"""
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    context = ray.get_runtime_context()
+    key = f"{checkpoint.path}|{context.get_job_id()}|{context.get_node_id()}"
+    folder = Path(tempfile.gettempdir()) / f"mqt-restore-{sha1(key.encode()).hexdigest()[:16]}"
+
+    def barrier() -> None:
+        if ranks.world > 1:
+            dist.barrier()
+
+    if ranks.local_rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        checkpoint.to_directory(str(folder))
+    barrier()
+    try:
+        yield folder
+    finally:
+        barrier()
+        if ranks.local_rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def worker(config: dict) -> None:
     """One Ray Train worker process."""
     fit(config["cfg"], RaySession(Path(config["cfg"].output)))
@@ -142,8 +178,8 @@ class RaySession:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return 0
-        with checkpoint.as_directory() as folder:  # on s3://: downloaded once per node
-            step = load_state(Path(folder), training, self.ranks)
+        with node_copy(checkpoint, self.ranks) as folder:  # on s3://: once per node
+            step = load_state(folder, training, self.ranks)
         if self.ranks.main:
             log(f"resuming from step {step} ({checkpoint.path})")
         return step

@@ -10,6 +10,8 @@ compiles a C++ extension (~80 s, then cached in ~/.cache/mqt/torch_extensions).
 
 import csv
 import io
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +93,8 @@ def test_the_same_name_resumes_from_the_s3_checkpoint(zero2_run, s3_runs):
     steps = optim["optimizer_state_dict"]["base_optimizer_state"]["state"].values()
     assert {int(s["step"]) for s in steps} == {18}
     assert load_checkpoint(out / "model").num_queries == 16  # the export loads strictly
+    # the node's copy of the s3 checkpoint (jobs.train_ray.node_copy) is removed after
+    assert not list(Path(tempfile.gettempdir()).glob("mqt-restore-*"))
 
 
 @pytest.mark.slow
