@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
 from jobs.trainloop import FeatureCache, task_question
-from mqt.cost import total_flops
+from mqt.cost import scored_flops, total_flops
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.text import encode_prompt
 from pipeline.tasks import get_task
@@ -128,9 +128,9 @@ def _scored(model, chunk, embeds, m: int) -> list[dict]:
         ex, best = chunk[j], max(range(len(s)), key=s.__getitem__)
         probs = torch.softmax(torch.tensor(s), 0)
         T = len(encode_prompt(model.tokenizer, model.format_prompts([q])[0], m)) - m
-        flops = len(s) * total_flops(model.cfg, m, T + 2, 1).total  # each option's prefill
         rows.append(_row(model, ex, m, ex.options[best] == ex.answer,
-                         math.log(float(probs[best])), ex.options[best], flops))
+                         math.log(float(probs[best])), ex.options[best],
+                         scored_flops(model.cfg, m, T, len(s))))  # as the predictor charges
     return rows
 
 

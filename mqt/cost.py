@@ -184,6 +184,14 @@ def total_flops(cfg: VLMConfig, m: int, T: int, K: int) -> CostBreakdown:
                          kv_bytes=kv_cache_bytes(cfg, m, T, K))
 
 
+def scored_flops(cfg: VLMConfig, m: int, T: int, options: int) -> int:
+    """Multiple choice by likelihood (T prompt text tokens, `options` options): the image
+    is encoded and queried once, then each option is one prefill of the prompt and the
+    option (~T + 2 tokens); nothing is decoded."""
+    return (vision_flops(cfg) + query_flops(cfg, m)
+            + options * prefill_flops(cfg, m, T + 2))
+
+
 def default_ms(cfg: VLMConfig) -> list[int]:
     """The paper's m values that fit under M, plus M; N alone for the MLP projector."""
     if cfg.projector == "mlp2x_gelu":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from mqt.cost import lm_visual_tokens, query_flops, total_flops, vision_flops
+from mqt.cost import lm_visual_tokens, query_flops, scored_flops, total_flops, vision_flops
 from mqt.text import encode_prompt
 from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
@@ -225,8 +225,7 @@ class Predictor:
         logp = float(torch.log_softmax(torch.tensor(scores), 0)[best])
         prompt = self.model.format_prompts([question])[0]
         T = len(encode_prompt(self.model.tokenizer, prompt, m)) - m
-        cost = total_flops(self.model.cfg, m, T + 2, 1)  # each option: a prefill of ~T + 2
-        flops = cost.vision + cost.query + len(options) * cost.prefill
+        flops = scored_flops(self.model.cfg, m, T, len(options))
         return Answer(options[best], T, 0, flops, logp)
 
 

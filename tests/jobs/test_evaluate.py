@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 
 from jobs.cli import resolve
-from jobs.evaluate import main, oracle
+from jobs.evaluate import eval_examples, main, oracle
 
 
 def test_eval_writes_calibration_consistent_with_rows(tmp_path):
@@ -32,6 +32,46 @@ def test_eval_writes_calibration_consistent_with_rows(tmp_path):
     assert json.loads((tmp_path / "calibration.json").read_text())["unseen_ms"] == [3]
     assert (tmp_path / "docs" / "eval.md").exists()
     assert (tmp_path / "docs" / "accuracy.png").exists()
+    assert_priced_as_the_predictor_charges(cfg, rows)
+
+
+def assert_priced_as_the_predictor_charges(cfg, rows):
+    """A calibration row costs what mqt annotate's predictor charges for the same question:
+    for multiple choice the image is encoded once, each option is one more prefill."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from pipeline.decode import decode_batch
+    from pipeline.policy import FixedPolicy
+    from pipeline.predictor import Predictor
+
+    def image_bytes(seed: int) -> bytes:  # the pixels do not change what a row costs
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    examples = {e.id: e for e in eval_examples(cfg)}
+    picked = [r for r in rows if r["task"] == "mc" and r["m"] in (1, 16)][:6]
+    picked += [r for r in rows if r["task"] == "vqa" and r["m"] == 4][:2]
+    assert {r["task"] for r in picked} == {"mc", "vqa"}
+    for m in sorted({r["m"] for r in picked}):
+        mine = [r for r in picked if r["m"] == m]
+        source = [{"id": r["id"], "task": r["task"], "question": examples[r["id"]].question,
+                   "options": examples[r["id"]].options or None, "path": None,
+                   "image": image_bytes(i), "error": None} for i, r in enumerate(mine)]
+        pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=m),
+                         threads=1)
+        out = pred(decode_batch(pa.Table.from_pylist(source), image_size=32)).to_pylist()
+        by_id = {o["id"]: o for o in out}
+        for r in mine:
+            o = by_id[r["id"]]
+            assert o["error"] is None and o["m"] == m
+            if r["task"] == "mc":  # a generation's cost depends on what it generates
+                assert o["flops"] == int(r["flops"]), (r["id"], m, o["flops"], r["flops"])
 
 
 def test_oracle_takes_the_smallest_right_m():
