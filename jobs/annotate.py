@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from jobs.common import ModelArgs, log, resolved_config, validate_model
+from jobs.common import ModelArgs, log, resolved_config, strict_json, validate_model
 from mqt.config import VLMConfig
 from mqt.configtree import to_dict
 from pipeline.budget import QuotaArgs
@@ -381,7 +381,7 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
             "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
-            "kind_shrinkage": _alpha(budget.shrinkage),
+            "kind_shrinkage": strict_json(budget.shrinkage),
             "escalation_budget_flops": budget.escalations,
             "escalation_flops": totals.get("escalation_flops", 0),
             "pacing": totals.get("pacing"),
@@ -389,11 +389,6 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
                 "quota: refused by the budget ledger", 0),
             "flops_per_task": summary["flops_per_task"]}
-
-
-def _alpha(alpha: float | None):
-    """The per-kind plan's shrinkage for JSON (None: no per-kind plan; inf as "inf")."""
-    return "inf" if alpha == float("inf") else alpha
 
 
 def _steady(first: tuple[float, int] | None, t0: float, t_end: float, written: int) -> dict:

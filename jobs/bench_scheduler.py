@@ -55,7 +55,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.common import log, save_config
+from jobs.common import log, save_config, strict_json
 from pipeline.cascade import (
     QUANTILES,
     escalation_budget,
@@ -673,6 +673,7 @@ def needed_text(r: dict) -> str:
     need = sorted(g for s in pts
                   if (g := 100 * (s["needed"]["accuracy"] - s["best_fixed"]["accuracy"])) > 0)
     luck = sorted(100 * (s["oracle"]["accuracy"] - s["needed"]["accuracy"]) for s in pts)
+    own = sorted(x for s in pts if (x := _recovered(s, s["needed"])) is not None)
     return (f"The needed-m oracle counts a question right only at its needed m: the smallest m "
             f"from which every dearer m answers it right too (at the dearest m's cost it is "
             f"that m's accuracy). {r['lucky']} of the {r['questions']} questions are answered "
@@ -685,7 +686,11 @@ def needed_text(r: dict) -> str:
             f"{need[len(need) // 2]:.1f} points median ({need[0]:.1f}..{need[-1]:.1f}): the "
             "part a budget that puts each question at the m it needs can win. The goals table "
             "gives the share of that part each policy recovers, at those q. This is a "
-            "diagnostic beside the goal, not the goal: the goal is stated against the oracle.")
+            "diagnostic beside the goal, not the goal: the goal is stated against the oracle. "
+            f"Against it, the needed-m oracle itself recovers at most {100 * own[-1]:.0f}% "
+            f"(median {100 * own[len(own) // 2]:.0f}% over the {len(own)} q) of the gap between "
+            "the best fixed m and the oracle: a policy that put every question at exactly the m "
+            f"it needs would recover half of it at {sum(x >= 0.5 for x in own)} of those q.")
 
 
 def _median_range(xs: list[float]) -> str:
@@ -755,23 +760,12 @@ def llava_text(cfg: Config, lv: dict) -> str:
 def write(cfg: Config, result: dict, text: str) -> None:
     out = Path(cfg.output)
     save_config(cfg, out)
-    (out / "bench.json").write_text(json.dumps(_strict(result), indent=1, default=str))
+    (out / "bench.json").write_text(json.dumps(strict_json(result), indent=1, default=str))
     for folder in {out, Path(cfg.docs)} if cfg.docs else {out}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "scheduler.md").write_text(f"```\n$ {COMMAND}\n```\n\n{text}\n")
         plot(result, folder / "scheduler.png")
     log(f"wrote {out / 'bench.json'}")
-
-
-def _strict(x):
-    """`x` with every infinite float (a shrinkage alpha) as the string "inf": strict JSON."""
-    if isinstance(x, float) and math.isinf(x):
-        return "inf"
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_strict(v) for v in x]
-    return x
 
 
 def plot(r: dict, path: Path) -> None:

@@ -26,7 +26,6 @@ from jobs.common import ModelArgs, load_model, log, model_config, save_config, v
 from jobs.trainloop import FeatureCache, task_question
 from mqt.cost import scored_flops, total_flops
 from mqt.data import easyvqa_examples, mosaic_examples
-from mqt.text import encode_prompt
 from pipeline.tasks import get_task
 
 
@@ -127,10 +126,10 @@ def _scored(model, chunk, embeds, m: int) -> list[dict]:
     for j, q, s in zip(idx, qs, scores, strict=True):
         ex, best = chunk[j], max(range(len(s)), key=s.__getitem__)
         probs = torch.softmax(torch.tensor(s), 0)
-        T = len(encode_prompt(model.tokenizer, model.format_prompts([q])[0], m)) - m
         rows.append(_row(model, ex, m, ex.options[best] == ex.answer,
                          math.log(float(probs[best])), ex.options[best],
-                         scored_flops(model.cfg, m, T, len(s))))  # as the predictor charges
+                         scored_flops(model.cfg, m, model.prompt_text_tokens(q), len(s))))
+        # ^ priced as the predictor charges
     return rows
 
 

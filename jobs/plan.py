@@ -120,7 +120,7 @@ def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
     group, through pipeline.budget.prepare; else rows.*, the curves and weights.*."""
     if not cfg.source:
         return cfg.rows, curves(cfg), cfg.weights
-    from pipeline.budget import QuotaArgs, prepare, source_rows
+    from pipeline.budget import FieldError, QuotaArgs, prepare, source_rows
     from pipeline.sources import open_source
 
     if cfg.prior:
@@ -139,10 +139,8 @@ def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
         budget = prepare(args, todo, None)
     except InfeasibleQuota as e:
         raise ValueError(f"{_quota_field(q)}: {e}") from e
-    except ValueError as e:  # pipeline.budget names its fields quota.*
-        raise ValueError(str(e).replace("quota.calibration", "calibration")
-                         .replace("quota.results", "results")
-                         .replace("quota.by=kind", "by=kind")) from None
+    except FieldError as e:  # named quota.<field> there, <field> here
+        raise ValueError(f"{e.field}: {e.detail}") from None
     rows = {t.task: t.rows for t in budget.plan.tasks}
     return rows, budget.curves, budget.weights or {}
 

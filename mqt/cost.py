@@ -184,12 +184,13 @@ def total_flops(cfg: VLMConfig, m: int, T: int, K: int) -> CostBreakdown:
                          kv_bytes=kv_cache_bytes(cfg, m, T, K))
 
 
-def scored_flops(cfg: VLMConfig, m: int, T: int, options: int) -> int:
+def scored_flops(cfg: VLMConfig, m: int, T: int, options: int, option_tokens: int = 2) -> int:
     """Multiple choice by likelihood (T prompt text tokens, `options` options): the image
     is encoded and queried once, then each option is one prefill of the prompt and the
-    option (~T + 2 tokens); nothing is decoded."""
+    option (T + option_tokens tokens, ~2 for the short options scored here); nothing is
+    decoded."""
     return (vision_flops(cfg) + query_flops(cfg, m)
-            + options * prefill_flops(cfg, m, T + 2))
+            + options * prefill_flops(cfg, m, T + option_tokens))
 
 
 def default_ms(cfg: VLMConfig) -> list[int]:

@@ -23,6 +23,7 @@ from mqt.text import (
     IMAGE_TOKEN,
     build_batch,
     byte_tokenizer,
+    encode_prompt,
     get_template,
     load_tokenizer,
 )
@@ -96,6 +97,11 @@ class VisionLanguageModel(nn.Module):
 
     def format_prompts(self, questions: Sequence[str]) -> list[str]:
         return [self.template.format(q) for q in questions]
+
+    def prompt_text_tokens(self, question: str) -> int:
+        """T of the cost model: the tokens of the question's prompt besides its m image
+        tokens (the same at every m)."""
+        return len(encode_prompt(self.tokenizer, self.format_prompts([question])[0], 1)) - 1
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], num_visual_tokens: int | Sequence[int],

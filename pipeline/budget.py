@@ -29,6 +29,16 @@ SKIPPED = ("quota: skipped (quota.infeasible=subset): the quota pays for the fir
            "{rows} rows at the cheapest m")
 
 
+class FieldError(ValueError):
+    """A bad quota setting, named by its field (`calibration`); reads "quota.<field>: ..."
+    as `mqt annotate` spells it, and `mqt plan`, whose fields have no prefix, re-raises it
+    as "<field>: ..."."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"quota.{field}: {detail}")
+        self.field, self.detail = field, detail
+
+
 @dataclass
 class QuotaArgs:
     """The job's compute quota: `flops`, or `seconds` at `flops_per_second`; none = no quota."""
@@ -60,9 +70,9 @@ class QuotaArgs:
 
     def quota(self) -> Quota:
         if self.by not in ("task", "kind"):
-            raise ValueError(f"quota.by must be 'task' or 'kind', got {self.by!r}")
+            raise FieldError("by", f"must be 'task' or 'kind', got {self.by!r}")
         if self.infeasible not in ("fail", "subset"):
-            raise ValueError(f"quota.infeasible must be 'fail' or 'subset', "
+            raise FieldError("infeasible", f"must be 'fail' or 'subset', "
                              f"got {self.infeasible!r}")
         if self.flops and self.seconds:
             raise ValueError("quota.flops / quota.seconds: give one of them, not both")
@@ -76,12 +86,12 @@ def curves(args: QuotaArgs, tasks: set[str], model_cfg=None) -> dict[str, Qualit
     the calibration's per-question results (`model_cfg` prices what an escalation reuses)."""
     path = args.calibration or shipped_calibration()
     if not Path(path).is_file():
-        raise ValueError(f"quota.calibration: no such file {path}")
+        raise FieldError("calibration", f"no such file {path}")
     found = from_calibration(path)
     missing = sorted(tasks - set(found))
     if missing:
-        raise ValueError(f"quota.calibration: {path} has no curve for task {missing[0]!r} "
-                         f"(it has {sorted(found)}); run `mqt eval` with that task")
+        raise FieldError("calibration", f"{path} has no curve for task {missing[0]!r} (it has "
+                         f"{sorted(found)}); run `mqt eval` with that task")
     if not args.cascades:
         return found
     return with_fitted_cascades(args, path, found, model_cfg)
@@ -103,10 +113,10 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
 
     path = results_path(args)
     if not path.is_file():
-        raise ValueError(f"quota.results: no such file {path} (quota.cascades fits cascades "
-                         f"on the per-question results `mqt eval` writes beside {calibration})")
+        raise FieldError("results", f"no such file {path} (cascades are fitted on the "
+                         f"per-question results `mqt eval` writes beside {calibration})")
     if model_cfg is None:
-        raise ValueError("quota.cascades: the model's config is needed to price escalations")
+        raise FieldError("cascades", "the model's config is needed to price escalations")
     out, read = dict(found), {}  # the results read once per set of m (tasks share one)
     for task, curve in found.items():
         if curve.ms not in read:
@@ -135,20 +145,20 @@ def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str]
 
     path = results_path(args)
     if not path.is_file():
-        raise ValueError(f"quota.results: no such file {path} (quota.by=kind fits its "
-                         "question classifier on the per-question results of `mqt eval`)")
+        raise FieldError("results", f"no such file {path} (the per-kind plan fits its question "
+                         "classifier on the per-question results of `mqt eval`)")
     sets = {found[t].ms for t in tasks}
     if len(sets) != 1:
-        raise ValueError(f"quota.by=kind: the job's tasks {sorted(tasks)} have curves at "
-                         f"different m in {args.calibration or 'the shipped calibration'}")
+        raise FieldError("by=kind", f"the job's tasks {sorted(tasks)} have curves at different "
+                         f"m in {args.calibration or 'the shipped calibration'}")
     (ms,) = sets
     questions = [q for q in load_questions(path, ms) if q.task in found]
     shared = shared_flops(model_cfg, ms) if model_cfg is not None else dict.fromkeys(ms, 0)
     cascades = shared if args.cascades else None
     groups, fitted, sizes = fit_groups(questions, ms, cascades)
     if not groups.classifier.kinds:
-        raise ValueError(f"quota.by=kind: {path} has no question texts to learn kinds from "
-                         "(its `question` column is missing or empty)")
+        raise FieldError("by=kind", f"{path} has no question texts to learn kinds from (its "
+                         "`question` column is missing or empty)")
     alpha = choose_shrinkage(shrinkage_folds(questions, ms, cascades), per_row, shared)[0] \
         if math.isfinite(per_row) else 0.0
     own = {g: c for g, c in fitted.items() if g != task_of(g)}

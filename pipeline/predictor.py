@@ -30,7 +30,6 @@ import pyarrow as pa
 import torch
 
 from mqt.cost import lm_visual_tokens, query_flops, scored_flops, total_flops, vision_flops
-from mqt.text import encode_prompt
 from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
 from pipeline.policy import Cascade, first_m, top_m
@@ -185,12 +184,9 @@ class Predictor:
     def _bound(self, row: dict, m: int) -> int:
         """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""
         t = self.tasks[row["task"]]
-        prompt = self.model.format_prompts([t.format(row["question"] or "",
-                                                     row["options"] or ())])[0]
-        T = len(encode_prompt(self.model.tokenizer, prompt, m)) - m
-        if t.scoring == "loglik":  # as `_pick` charges: one prefill per option
-            cost = total_flops(self.model.cfg, m, T + 8, 1)
-            return int(cost.vision + cost.query + len(row["options"]) * cost.prefill)
+        T = self.model.prompt_text_tokens(t.format(row["question"] or "", row["options"] or ()))
+        if t.scoring == "loglik":  # as `_pick` charges, with room for options up to 8 tokens
+            return scored_flops(self.model.cfg, m, T, len(row["options"]), option_tokens=8)
         return int(total_flops(self.model.cfg, m, T, t.max_new_tokens).total)
 
     @torch.no_grad()
@@ -223,8 +219,7 @@ class Predictor:
         """The most likely option; confidence is its log-probability among the options."""
         best = max(range(len(scores)), key=scores.__getitem__)
         logp = float(torch.log_softmax(torch.tensor(scores), 0)[best])
-        prompt = self.model.format_prompts([question])[0]
-        T = len(encode_prompt(self.model.tokenizer, prompt, m)) - m
+        T = self.model.prompt_text_tokens(question)
         flops = scored_flops(self.model.cfg, m, T, len(options))
         return Answer(options[best], T, 0, flops, logp)
 

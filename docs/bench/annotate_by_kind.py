@@ -9,7 +9,9 @@ For each per-row budget q (default 16.5 and 20 GFLOPs/row) it runs `mqt annotate
 Ray with quota.flops = q x rows, quota.by=task and quota.by=kind, and prints accuracy (the
 task's own scoring of the written answers), spend as % of Q, the m used, and the paired
 difference (kind - task) with its standard error from the rows only one of the two got
-right. The model is the shipped default; nothing is trained.
+right. The model is the shipped default; nothing is trained. It also checks every written
+row against what `mqt eval` recorded for that question at the same m (docs/eval-s1): right
+or wrong the same, and the FLOPs the job charged against the FLOPs eval priced.
 """
 
 from __future__ import annotations
@@ -49,10 +51,21 @@ def run(manifest: Path, rows: int, q: float, by: str) -> tuple[dict, dict]:
                           overwrite=True, batch_size=32, block_rows=32, progress=False,
                           quota=QuotaArgs(flops=round(q * rows), by=by))
     summary = annotate.main(cfg)
+    written = pq.read_table(out / "data").to_pylist()
     right = {r["id"]: bool(r["error"] is None and r["answer"] is not None
                            and TASKS[r["task"]].is_correct(r["output"] or "", r["answer"]))
-             for r in pq.read_table(out / "data").to_pylist()}
-    return summary, right
+             for r in written}
+    return summary, right, written
+
+
+def as_recorded(written: list[dict], right: dict, recorded: dict) -> str:
+    """How many answered rows were right or wrong as `mqt eval` recorded at that m, and how
+    many cost the FLOPs eval priced (to 1e-6, relative), with the largest difference."""
+    rows = [r for r in written if r["error"] is None]
+    same = sum(right[r["id"]] == recorded[r["id"], r["m"]]["correct"] for r in rows)
+    rel = [abs(r["flops"] / recorded[r["id"], r["m"]]["flops"] - 1) for r in rows]
+    return (f"{same}/{len(rows)} right or wrong as eval recorded, {sum(x < 1e-6 for x in rel)}"
+            f"/{len(rows)} at eval's FLOPs (largest difference {100 * max(rel):.4f}%)")
 
 
 def main(qs: list[float]) -> None:
@@ -61,12 +74,15 @@ def main(qs: list[float]) -> None:
     lines = [f"{rows} held-out rows ({manifest}), mqt-smol, shipped calibration", "",
              "| q (GFLOPs/row) | plan by | accuracy | spend / Q | m used | kind shrinkage |",
              "|---:|---|---:|---:|---|---:|"]
-    diffs = []
+    diffs, checks = [], []
+    recorded = {(r["id"], r["m"]): r for r in pq.read_table(
+        ROOT / "docs/eval-s1/results.parquet", columns=["id", "m", "correct", "flops"]).to_pylist()}
     for q in qs:
         got = {}
         for by in ("task", "kind"):
-            s, right = run(manifest, rows, q, by)
+            s, right, written = run(manifest, rows, q, by)
             got[by] = right
+            checks.append(f"q = {q / 1e9:g}, by {by}: {as_recorded(written, right, recorded)}")
             acc = sum(right.values()) / len(right)
             used = Counter()
             for hist in s["m_histogram"].values():
@@ -82,7 +98,7 @@ def main(qs: list[float]) -> None:
         diffs.append(f"q = {q / 1e9:g}: kind - task = {100 * (b - c) / n:+.2f} points "
                      f"(paired SE {100 * se:.2f}; {b} rows only kind answers right, {c} only "
                      "task)")
-    print("\n".join(lines + [""] + diffs))
+    print("\n".join(lines + [""] + diffs + [""] + checks))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_infeasible_quota_fails_before_work_with_the_minimum(monkeypatch, folder
             f"quota.calibration={calibration}"]
     with pytest.raises(ValueError, match=rf"quota: .*the minimum quota is {minimum}"):
         cli.resolve("annotate", None, [*args, f"quota.flops={minimum - 1}"], "tiny")
-    with pytest.raises(ValueError, match="quota.infeasible must be"):
+    with pytest.raises(ValueError, match="quota.infeasible: must be"):
         cli.resolve("annotate", None, [*args, "quota.flops=1", "quota.infeasible=some"], "tiny")
     cli.resolve("annotate", None, [*args, f"quota.flops={minimum}"], "tiny")  # feasible
     with pytest.raises(ValueError, match="policy: a job with a quota"):
@@ -302,7 +302,7 @@ def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tm
     assert paced["quota"]["pacing"]["seen"] == {"vqa:count": 6, "vqa:yesno": 6}
     assert [rows[f"r{i:02d}"]["m"] for i in range(12)] == [16] * 6 + [1] * 6
     assert paced["quota"]["spent_flops"] <= spare
-    with pytest.raises(ValueError, match="quota.by must be"):
+    with pytest.raises(ValueError, match="quota.by: must be"):
         resolve(f"output={tmp_path / 'x'}", "quota.by=image")
     with pytest.raises(ValueError, match="quota.by: plans per question kind need a quota"):
         cli.resolve("annotate", None, [*TINY, f"source={manifest}", f"output={tmp_path / 'y'}",
