@@ -123,8 +123,9 @@ def budget_plan(cfg: Config, src: Source):
     by_kind = cfg.quota.by == "kind"
     rows = source_rows(src, cfg.task, cfg.limit, (cfg.question or "") if by_kind else None)
     todo = [r for r in rows if r[0] not in done]
-    try:
-        return prepare(cfg.quota, todo, ledger_state(cfg), target_config(cfg))
+    state = ledger_state(cfg)  # (checked even with overwrite: a remote output needs one)
+    try:  # overwrite=true starts the job afresh: its earlier spend goes with its rows
+        return prepare(cfg.quota, todo, None if cfg.overwrite else state, target_config(cfg))
     except InfeasibleQuota as e:
         raise ValueError(f"quota: {e} (or quota.infeasible=subset to answer the rows it "
                          "pays for and skip the others)") from None
@@ -240,6 +241,10 @@ def main(cfg: Config) -> dict:
     out = output_folder(cfg)
     if cfg.overwrite:
         out.clear()
+        if budget is not None:
+            from pipeline.ledger import clear_state
+
+            clear_state(ledger_state(cfg))
     out.drop_temporaries()
     done = frozenset(out.done_ids())
     todo = max(0, (min(src.rows, cfg.limit) if cfg.limit else src.rows) - len(done))

@@ -219,6 +219,14 @@ def ledger_name(job_name: str) -> str:
     return f"mqt-ledger-{job_name}"
 
 
+def clear_state(state_path: str | os.PathLike) -> None:
+    """Forget a ledger's saved spend, its snapshot and its journal (a job started afresh:
+    `mqt annotate overwrite=true`)."""
+    path = Path(state_path)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".journal").unlink(missing_ok=True)
+
+
 def get_or_create_ledger(job_name: str, quota_flops: int, state_path: str | None = None,
                          namespace: str | None = None):
     """The job's ledger actor: the running one named after the job, or a new one. A running

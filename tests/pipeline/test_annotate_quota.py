@@ -94,6 +94,11 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
     assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_flops"] == 0
     assert again["quota"]["spent_flops"] == q["spent_flops"]
+    # overwrite=true starts afresh: the whole quota again, not what the first run left
+    fresh = annotate.main(cli.resolve("annotate", None, [*args, "overwrite=true"], "tiny")[1])
+    assert fresh["rows"] == 12 and fresh["m_histogram"]["caption"] == {4: 10, 16: 2}
+    assert fresh["quota"]["spent_flops"] == fresh["quota"]["this_run_flops"] == q["spent_flops"]
+    assert json.loads((tmp_path / "o" / "ledger.json").read_text())["spent"] == q["spent_flops"]
 
 
 def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
