@@ -185,12 +185,16 @@ def total_flops(cfg: VLMConfig, m: int, T: int, K: int) -> CostBreakdown:
 
 
 def scored_flops(cfg: VLMConfig, m: int, T: int, options: int, option_tokens: int = 2) -> int:
-    """Multiple choice by likelihood (T prompt text tokens, `options` options): the image
-    is encoded and queried once, then each option is one prefill of the prompt and the
-    option (T + option_tokens tokens, ~2 for the short options scored here); nothing is
-    decoded."""
-    return (vision_flops(cfg) + query_flops(cfg, m)
-            + options * prefill_flops(cfg, m, T + option_tokens))
+    """Multiple choice by likelihood (T prompt text tokens, `options` options), as
+    `VisionLanguageModel.option_logprobs` computes it: the image is encoded and queried once, the prompt
+    (m + T tokens) is prefilled once, and each option's k tokens (~2 for the short options
+    scored here) run in one pass over that cached prompt: k tokens through the layers and
+    the head, attending over the n + k positions (no causal halving, as in prefill)."""
+    n, k = lm_visual_tokens(cfg, m) + T, option_tokens
+    width = cfg.lm.num_heads * cfg.lm.head_dim
+    option = (k * (_lm_linear_per_token(cfg) + _lm_head(cfg))
+              + cfg.lm.num_layers * _attention(k, n + k, width))
+    return vision_flops(cfg) + query_flops(cfg, m) + prefill_flops(cfg, m, T) + options * option
 
 
 def default_ms(cfg: VLMConfig) -> list[int]:

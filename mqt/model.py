@@ -19,10 +19,10 @@ from mqt.config import LMConfig, VLMConfig
 from mqt.lora import add_lora
 from mqt.query import QueryTransformer, check_num_tokens
 from mqt.text import (
-    IGNORE_INDEX,
     IMAGE_TOKEN,
     build_batch,
     byte_tokenizer,
+    encode_answer,
     encode_prompt,
     get_template,
     load_tokenizer,
@@ -137,24 +137,49 @@ class VisionLanguageModel(nn.Module):
                         num_visual_tokens: int, grid_features: torch.Tensor | None = None,
                         image_embeds: torch.Tensor | None = None,
                         pixel_values: torch.Tensor | None = None) -> list[list[float]]:
-        """Summed log-probability of each option as the answer: multiple choice by likelihood."""
+        """Summed log-probability of each option as the answer: multiple choice by likelihood.
+
+        The prompt (m image tokens and the question) is run once per question and its KV
+        cache is shared by that question's options, so each option costs only its own
+        tokens (`mqt.cost.scored_flops`); the scores are those of a full forward of prompt
+        + option (the token sequence is the same: prompt ids, then the option's ids).
+        """
         m = check_num_tokens(num_visual_tokens, self.num_queries)
         if image_embeds is None:
             image_embeds = (self.encode_features(grid_features, m) if grid_features is not None
                             else self.encode_images(pixel_values, m))
-        rows = [(i, opt) for i, opts in enumerate(options) for opt in opts]
-        prompts = self.format_prompts([questions[i] for i, _ in rows])
-        batch = build_batch(self.tokenizer, prompts, m, answers=[o for _, o in rows],
-                            padding_side="right")
         dev = image_embeds.device
-        logits = self(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), m,
-                      image_embeds=image_embeds[[i for i, _ in rows], :m]).logits
-        scores = _label_logprob_sums(logits, batch["labels"].to(dev)).tolist()
-        out, k = [], 0
+        prompt = build_batch(self.tokenizer, self.format_prompts(questions), m,
+                             padding_side="left")
+        p_mask = prompt["attention_mask"].to(dev)
+        p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # positions skip the left padding
+        out = self.lm(inputs_embeds=self.embed(prompt["input_ids"].to(dev), image_embeds[:, :m]),
+                      attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                      logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (Q, V): 1st option token
+        owner = [i for i, opts in enumerate(options) for _ in opts]
+        ids = [encode_answer(self.tokenizer, o) for opts in options for o in opts]
+        scores = [float(first[i, t[0]]) if t else 0.0 for i, t in zip(owner, ids, strict=True)]
+        width = max((len(t) for t in ids), default=0)
+        if width > 1:  # the rest of each option over its question's cached prompt
+            cache, rows = out.past_key_values, torch.tensor(owner, device=dev)
+            cache.batch_select_indices(rows)
+            o_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            o_mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for r, t in enumerate(ids):
+                o_ids[r, :len(t)], o_mask[r, :len(t)] = torch.tensor(t), 1
+            o_ids, o_mask = o_ids.to(dev), o_mask.to(dev)
+            o_pos = p_mask.sum(1)[rows].unsqueeze(1) + torch.arange(width, device=dev)
+            logits = self.lm(input_ids=o_ids, attention_mask=torch.cat([p_mask[rows], o_mask], 1),
+                             position_ids=o_pos, past_key_values=cache).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # t predicts token t + 1
+            picked = logp.gather(-1, o_ids[:, 1:].unsqueeze(-1)).squeeze(-1) * o_mask[:, 1:]
+            scores = [s + float(v) for s, v in zip(scores, picked.sum(1).tolist(), strict=True)]
+        result, k = [], 0
         for opts in options:
-            out.append(scores[k: k + len(opts)])
+            result.append(scores[k: k + len(opts)])
             k += len(opts)
-        return out
+        return result
 
     def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
                         max_new_tokens: int) -> list[Generation]:
@@ -199,15 +224,6 @@ def lm_folder(cfg: LMConfig) -> str:
     if cfg.kind != "pretrained" or not cfg.path:
         raise ValueError(f"lm.kind={cfg.kind!r} with lm.path={cfg.path!r} names no folder")
     return cfg.path
-
-
-def _label_logprob_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) sum over answer positions of log p(label): logits at t predict the token at t+1."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    return (picked * keep).sum(dim=1)
 
 
 def build_lm(cfg: LMConfig) -> nn.Module:

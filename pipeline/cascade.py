@@ -22,10 +22,9 @@ refused escalation keeps the m1 answer; optionally escalations also draw on thei
 (`escalation_budget`: the quota less the planned first attempts), so that more escalations
 than planned early on cannot starve later rows. `CascadePolicy` is a fixed choice per task.
 
-Caveat on the shipped rows: `mqt eval` prices a multiple-choice row as one whole forward
-(vision and MQT included) per option, the predictor as one vision + MQT and a prefill per
-option; `shared` takes one vision + MQT off an escalation either way, so on those rows the
-simulated escalation is priced slightly high (conservative). Pure Python, no Ray.
+Prices: `mqt eval` prices each row as the predictor charges it (`total_flops`; for
+multiple choice `scored_flops`), and `shared` takes one vision + MQT at m1 off an
+escalation, which is what the predictor does not compute again. Pure Python, no Ray.
 """
 
 from __future__ import annotations

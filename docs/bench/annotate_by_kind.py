@@ -5,13 +5,16 @@
 The corpus: the questions of the second `mqt eval` run (docs/eval-s1: its config rebuilds
 the same examples, images included), less those in the shipped calibration, so every row is
 held out from what the plans are fitted on (the shipped mqt-smol calibration, docs/eval).
-For each per-row budget q (default 16.5 and 20 GFLOPs/row) it runs `mqt annotate` on a local
+For each per-row budget q (default 8.5 and 10 GFLOPs/row: between fixed m = 4's and 8's
+cost per row on these rows, and between m = 8's and 16's) it runs `mqt annotate` on a local
 Ray with quota.flops = q x rows, quota.by=task and quota.by=kind, and prints accuracy (the
-task's own scoring of the written answers), spend as % of Q, the m used, and the paired
-difference (kind - task) with its standard error from the rows only one of the two got
-right. The model is the shipped default; nothing is trained. It also checks every written
-row against what `mqt eval` recorded for that question at the same m (docs/eval-s1): right
-or wrong the same, and the FLOPs the job charged against the FLOPs eval priced.
+task's own scoring of the written answers; a row the ledger refused counts wrong), spend
+as % of Q, the rows refused, the m used, the paired difference (kind - task) with its
+standard error from the rows only one of the two got right, and the best single m whose
+mean cost on these rows (as eval recorded it) fits q. The model is the shipped default;
+nothing is trained. It also checks every written row against what `mqt eval` recorded for
+that question at the same m (docs/eval-s1): right or wrong the same, and the FLOPs the job
+charged against the FLOPs eval priced.
 """
 
 from __future__ import annotations
@@ -68,12 +71,27 @@ def as_recorded(written: list[dict], right: dict, recorded: dict) -> str:
             f"/{len(rows)} at eval's FLOPs (largest difference {100 * max(rel):.4f}%)")
 
 
+def best_fixed(recorded: dict, ids: set, q: float) -> str:
+    """The single m with the most right answers on the rows whose mean recorded cost fits q."""
+    by_m = {}
+    for (i, m), r in recorded.items():
+        if i in ids:
+            by_m.setdefault(m, []).append(r)
+    fits = {m: rs for m, rs in by_m.items() if sum(r["flops"] for r in rs) / len(rs) <= q}
+    if not fits:
+        return "no single m fits"
+    m = max(fits, key=lambda m: (sum(r["correct"] for r in fits[m]), -m))
+    rs = fits[m]
+    acc, cost = sum(r["correct"] for r in rs) / len(rs), sum(r["flops"] for r in rs) / len(rs)
+    return f"best single m that fits: m = {m}, {100 * acc:.2f}% at {cost / 1e9:.2f} GFLOPs/row"
+
+
 def main(qs: list[float]) -> None:
     manifest = corpus()
     rows = sum(1 for line in manifest.read_text().splitlines() if line.strip())
     lines = [f"{rows} held-out rows ({manifest}), mqt-smol, shipped calibration", "",
-             "| q (GFLOPs/row) | plan by | accuracy | spend / Q | m used | kind shrinkage |",
-             "|---:|---|---:|---:|---|---:|"]
+             "| q (GFLOPs/row) | plan by | accuracy | spend / Q | refused rows | m used | kind "
+             "shrinkage |", "|---:|---|---:|---:|---:|---|---:|"]
     diffs, checks = [], []
     recorded = {(r["id"], r["m"]): r for r in pq.read_table(
         ROOT / "docs/eval-s1/results.parquet", columns=["id", "m", "correct", "flops"]).to_pylist()}
@@ -88,18 +106,19 @@ def main(qs: list[float]) -> None:
             for hist in s["m_histogram"].values():
                 used.update(hist)
             ms = ", ".join(f"{m}: {n}" for m, n in sorted(used.items()))
+            alpha = s["quota"]["kind_shrinkage"]
             lines.append(f"| {q / 1e9:g} | {by} | {100 * acc:.2f}% | "
-                         f"{100 * s['quota']['share']:.1f}% | {ms} | "
-                         f"{s['quota']['kind_shrinkage']} |")
+                         f"{100 * s['quota']['share']:.1f}% | {s['quota']['refused_rows']} | "
+                         f"{ms} | {'-' if alpha is None else f'{alpha:g}'} |")
         b = sum(got["kind"][i] and not got["task"][i] for i in got["task"])
         c = sum(got["task"][i] and not got["kind"][i] for i in got["task"])
         n = len(got["task"])
         se = math.sqrt(b + c - (b - c) ** 2 / n) / n
         diffs.append(f"q = {q / 1e9:g}: kind - task = {100 * (b - c) / n:+.2f} points "
                      f"(paired SE {100 * se:.2f}; {b} rows only kind answers right, {c} only "
-                     "task)")
+                     f"task); {best_fixed(recorded, set(got['task']), q)}")
     print("\n".join(lines + [""] + diffs + [""] + checks))
 
 
 if __name__ == "__main__":
-    main([float(a) * 1e9 for a in sys.argv[1:]] or [16.5e9, 20e9])
+    main([float(a) * 1e9 for a in sys.argv[1:]] or [8.5e9, 10e9])

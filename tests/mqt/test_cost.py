@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mqt import cost
 from mqt.config import preset, tiny
 from mqt.model import build_model, llama_kwargs
-from mqt.text import build_batch
+from mqt.text import build_batch, encode_answer
 
 T, K = cost.PAPER_PROMPT_TOKENS, cost.PAPER_NEW_TOKENS
 OFF_FIT = "the plotted 2.83 is 6.6% below the authors' own fit 1.13 + 0.0132 m (3.03) at m=144"
@@ -209,3 +209,20 @@ def test_mobilenet_grid_encoder_flops_are_measured_exactly(stride, channels):
     with FlopCounterMode(display=False) as counter:
         encoder(torch.zeros(1, 3, 224, 224))
     assert counter.get_total_flops() == cost.vision_flops(cfg)
+
+
+@pytest.mark.parametrize("m,k", [(1, 2), (9, 3)])
+def test_tiny_multiple_choice_matches_scored_flops(setup, m, k):
+    """One question, four options of k tokens each, scored over one cached prompt."""
+    cfg, model, pixels = setup
+    question = "which shape is it?"
+    options = [o for o in ("ab", "cd", "ef", "gh", "abc", "cde", "efg", "ghi")
+               if len(encode_answer(model.tokenizer, o)) == k][:4]
+    assert len(options) == 4
+    with measured() as fc:
+        model.option_logprobs([question], [options], m, pixel_values=pixels)
+    T = model.prompt_text_tokens(question)
+    expected = cost.scored_flops(cfg, m, T, len(options), option_tokens=k)
+    assert fc.get_total_flops() == expected  # exact: the same matmuls, counted
+    # one prompt pass for all options: well under four full forwards of prompt + option
+    assert expected < 0.5 * len(options) * cost.total_flops(cfg, m, T + k, 1).total

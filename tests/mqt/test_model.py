@@ -156,3 +156,31 @@ def test_lora_starts_as_identity_and_round_trips(tmp_path):
     torch.testing.assert_close(
         again(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits,
         model(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits)
+
+
+def full_forward_logprob(model, question: str, option: str, image_embeds) -> float:
+    """Reference: one forward of prompt + option, no padding, no cache."""
+    m = image_embeds.shape[1]
+    batch = build_batch(model.tokenizer, model.format_prompts([question]), m, answers=[option])
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"], m,
+                       image_embeds=image_embeds).logits
+    logp = torch.log_softmax(logits[0, :-1].float(), -1)
+    target = batch["labels"][0, 1:]
+    keep = target != IGNORE_INDEX
+    return float(logp[keep].gather(-1, target[keep].unsqueeze(-1)).sum())
+
+
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_option_scores_over_a_shared_prompt_equal_full_forwards(model, m):
+    qs = ["which?", "what colour is the big shape on the left?", "odd one out"]
+    options = [["red", "a blue circle", "no"], ["x", "", "yellow"], ["one", "two", "three", "4"]]
+    with torch.no_grad():
+        embeds = model.encode_images(model.preprocess(images(3)), m)
+    cached = model.option_logprobs(qs, options, m, image_embeds=embeds)
+    assert [len(s) for s in cached] == [3, 3, 4]
+    for i, (q, opts) in enumerate(zip(qs, options, strict=True)):
+        for j, o in enumerate(opts):
+            ref = full_forward_logprob(model, q, o, embeds[i: i + 1])
+            assert cached[i][j] == pytest.approx(ref, abs=1e-4), (q, o)
+    assert cached[1][1] == 0.0 and all(s < 0 for row in cached for s in row if s)
