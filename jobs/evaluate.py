@@ -128,7 +128,8 @@ def _scored(model, chunk, embeds, m: int) -> list[dict]:
         probs = torch.softmax(torch.tensor(s), 0)
         rows.append(_row(model, ex, m, ex.options[best] == ex.answer,
                          math.log(float(probs[best])), ex.options[best],
-                         scored_flops(model.cfg, m, model.prompt_text_tokens(q), len(s))))
+                         scored_flops(model.cfg, m, model.prompt_text_tokens(q),
+                                      model.option_token_counts(ex.options))))
         # ^ priced as the predictor charges
     return rows
 

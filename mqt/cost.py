@@ -1,8 +1,9 @@
 """Pure cost model of the MQT vision-language model: FLOPs and KV-cache bytes per image.
 
 Every function is a closed form of a `VLMConfig` and three integers: m (visual tokens asked
-for), T (text tokens of the prompt) and K (new tokens generated). Nothing here builds a
-model or imports torch, so the scheduler, the ledger and the benchmarks can price work.
+for), T (text tokens of the prompt) and K (new tokens generated), or for multiple choice the
+options' token counts. Nothing here builds a model or imports torch, so the scheduler, the
+ledger and the benchmarks can price work.
 
 Conventions (those of `torch.utils.flop_counter.FlopCounterMode`):
 - FLOPs = 2 x the multiply-accumulates of matmuls and convolutions; biases, norms, softmax,
@@ -31,6 +32,7 @@ plot; the plotted 2.83 lies 6.6% below the authors' own fit (3.03) there, see do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from mqt.config import VLMConfig
@@ -184,17 +186,20 @@ def total_flops(cfg: VLMConfig, m: int, T: int, K: int) -> CostBreakdown:
                          kv_bytes=kv_cache_bytes(cfg, m, T, K))
 
 
-def scored_flops(cfg: VLMConfig, m: int, T: int, options: int, option_tokens: int = 2) -> int:
-    """Multiple choice by likelihood (T prompt text tokens, `options` options), as
-    `VisionLanguageModel.option_logprobs` computes it: the image is encoded and queried once, the prompt
-    (m + T tokens) is prefilled once, and each option's k tokens (~2 for the short options
-    scored here) run in one pass over that cached prompt: k tokens through the layers and
-    the head, attending over the n + k positions (no causal halving, as in prefill)."""
-    n, k = lm_visual_tokens(cfg, m) + T, option_tokens
+def scored_flops(cfg: VLMConfig, m: int, T: int, option_tokens: Sequence[int]) -> int:
+    """Multiple choice by likelihood (T prompt text tokens; option i has option_tokens[i]
+    tokens), as `VisionLanguageModel.option_logprobs` computes it: the image is encoded and
+    queried once and the prompt (n = m + T tokens) prefilled once; the prefill's last
+    logits score every option's first token. An option of k >= 2 tokens then runs its first
+    k - 1 tokens over the cached prompt (their logits score its tokens 2..k): through the
+    layers and the head, attending over n + k - 1 positions (no causal halving, as in
+    prefill). A one-token option costs nothing beyond the prefill."""
+    n = lm_visual_tokens(cfg, m) + T
     width = cfg.lm.num_heads * cfg.lm.head_dim
-    option = (k * (_lm_linear_per_token(cfg) + _lm_head(cfg))
-              + cfg.lm.num_layers * _attention(k, n + k, width))
-    return vision_flops(cfg) + query_flops(cfg, m) + prefill_flops(cfg, m, T) + options * option
+    per_token = _lm_linear_per_token(cfg) + _lm_head(cfg)
+    options = sum((k - 1) * per_token + cfg.lm.num_layers * _attention(k - 1, n + k - 1, width)
+                  for k in option_tokens if k > 1)
+    return vision_flops(cfg) + query_flops(cfg, m) + prefill_flops(cfg, m, T) + options
 
 
 def default_ms(cfg: VLMConfig) -> list[int]:

@@ -132,6 +132,10 @@ class VisionLanguageModel(nn.Module):
                 out[i] = gen
         return out
 
+    def option_token_counts(self, options: Sequence[str]) -> list[int]:
+        """Tokens of each option as scored: what `mqt.cost.scored_flops` prices."""
+        return [len(encode_answer(self.tokenizer, o)) for o in options]
+
     @torch.no_grad()
     def option_logprobs(self, questions: Sequence[str], options: Sequence[Sequence[str]],
                         num_visual_tokens: int, grid_features: torch.Tensor | None = None,
@@ -139,10 +143,12 @@ class VisionLanguageModel(nn.Module):
                         pixel_values: torch.Tensor | None = None) -> list[list[float]]:
         """Summed log-probability of each option as the answer: multiple choice by likelihood.
 
-        The prompt (m image tokens and the question) is run once per question and its KV
-        cache is shared by that question's options, so each option costs only its own
-        tokens (`mqt.cost.scored_flops`); the scores are those of a full forward of prompt
-        + option (the token sequence is the same: prompt ids, then the option's ids).
+        The prompt (m image tokens and the question) runs once per question; its last
+        logits score every option's first token, and its KV cache is shared by the options
+        of two or more tokens, whose first k - 1 tokens run over it to score the rest
+        (`mqt.cost.scored_flops` prices exactly this). The scores are those of a full
+        forward of prompt + option: the token sequence is the same, prompt ids then the
+        option's ids. An empty option scores 0.
         """
         m = check_num_tokens(num_visual_tokens, self.num_queries)
         if image_embeds is None:
@@ -160,26 +166,36 @@ class VisionLanguageModel(nn.Module):
         owner = [i for i, opts in enumerate(options) for _ in opts]
         ids = [encode_answer(self.tokenizer, o) for opts in options for o in opts]
         scores = [float(first[i, t[0]]) if t else 0.0 for i, t in zip(owner, ids, strict=True)]
-        width = max((len(t) for t in ids), default=0)
-        if width > 1:  # the rest of each option over its question's cached prompt
-            cache, rows = out.past_key_values, torch.tensor(owner, device=dev)
-            cache.batch_select_indices(rows)
-            o_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            o_mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for r, t in enumerate(ids):
-                o_ids[r, :len(t)], o_mask[r, :len(t)] = torch.tensor(t), 1
-            o_ids, o_mask = o_ids.to(dev), o_mask.to(dev)
-            o_pos = p_mask.sum(1)[rows].unsqueeze(1) + torch.arange(width, device=dev)
-            logits = self.lm(input_ids=o_ids, attention_mask=torch.cat([p_mask[rows], o_mask], 1),
-                             position_ids=o_pos, past_key_values=cache).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # t predicts token t + 1
-            picked = logp.gather(-1, o_ids[:, 1:].unsqueeze(-1)).squeeze(-1) * o_mask[:, 1:]
-            scores = [s + float(v) for s, v in zip(scores, picked.sum(1).tolist(), strict=True)]
+        longer = [r for r, t in enumerate(ids) if len(t) > 1]
+        if longer:
+            tails = self._option_tails(out.past_key_values, p_mask, [owner[r] for r in longer],
+                                       [ids[r] for r in longer])
+            for r, tail in zip(longer, tails, strict=True):
+                scores[r] += tail
         result, k = [], 0
         for opts in options:
             result.append(scores[k: k + len(opts)])
             k += len(opts)
         return result
+
+    def _option_tails(self, cache, p_mask: torch.Tensor, owner: list[int],
+                      ids: list[list[int]]) -> list[float]:
+        """log p(tokens 2..k | prompt, token 1..) of each option (k >= 2) over its question's
+        cached prompt: its first k - 1 tokens run in one right-padded pass."""
+        dev, width = p_mask.device, max(len(t) for t in ids) - 1
+        rows = torch.tensor(owner, device=dev)
+        cache.batch_select_indices(rows)  # (R, ...): one copy of the prompt per option
+        x = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        y, mask = torch.zeros_like(x), torch.zeros_like(x)
+        for r, t in enumerate(ids):
+            x[r, :len(t) - 1], y[r, :len(t) - 1] = torch.tensor(t[:-1]), torch.tensor(t[1:])
+            mask[r, :len(t) - 1] = 1
+        x, y, mask = x.to(dev), y.to(dev), mask.to(dev)
+        pos = p_mask.sum(1)[rows].unsqueeze(1) + torch.arange(width, device=dev)  # (R, width)
+        logits = self.lm(input_ids=x, attention_mask=torch.cat([p_mask[rows], mask], 1),
+                         position_ids=pos, past_key_values=cache).logits  # (R, width, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # position j predicts token j + 2
+        return (logp.gather(-1, y.unsqueeze(-1)).squeeze(-1) * mask).sum(1).tolist()
 
     def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
                         max_new_tokens: int) -> list[Generation]:

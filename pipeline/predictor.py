@@ -185,8 +185,9 @@ class Predictor:
         """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""
         t = self.tasks[row["task"]]
         T = self.model.prompt_text_tokens(t.format(row["question"] or "", row["options"] or ()))
-        if t.scoring == "loglik":  # as `_pick` charges, with room for options up to 8 tokens
-            return scored_flops(self.model.cfg, m, T, len(row["options"]), option_tokens=8)
+        if t.scoring == "loglik":  # exactly what `_pick` charges: the options are known
+            return scored_flops(self.model.cfg, m, T,
+                                self.model.option_token_counts(row["options"]))
         return int(total_flops(self.model.cfg, m, T, t.max_new_tokens).total)
 
     @torch.no_grad()
@@ -220,7 +221,7 @@ class Predictor:
         best = max(range(len(scores)), key=scores.__getitem__)
         logp = float(torch.log_softmax(torch.tensor(scores), 0)[best])
         T = self.model.prompt_text_tokens(question)
-        flops = scored_flops(self.model.cfg, m, T, len(options))
+        flops = scored_flops(self.model.cfg, m, T, self.model.option_token_counts(options))
         return Answer(options[best], T, 0, flops, logp)
 
 

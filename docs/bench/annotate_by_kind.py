@@ -5,13 +5,13 @@
 The corpus: the questions of the second `mqt eval` run (docs/eval-s1: its config rebuilds
 the same examples, images included), less those in the shipped calibration, so every row is
 held out from what the plans are fitted on (the shipped mqt-smol calibration, docs/eval).
-For each per-row budget q (default 8.5 and 10 GFLOPs/row: between fixed m = 4's and 8's
-cost per row on these rows, and between m = 8's and 16's) it runs `mqt annotate` on a local
-Ray with quota.flops = q x rows, quota.by=task and quota.by=kind, and prints accuracy (the
-task's own scoring of the written answers; a row the ledger refused counts wrong), spend
-as % of Q, the rows refused, the m used, the paired difference (kind - task) with its
-standard error from the rows only one of the two got right, and the best single m whose
-mean cost on these rows (as eval recorded it) fits q. The model is the shipped default;
+For each per-row budget q (default 7.8 and 9.9 GFLOPs/row: between fixed m = 4's and 8's
+cost per row on these rows, 7.36 and 8.24, and between m = 8's and 16's, 8.24 and 9.99) it
+runs `mqt annotate` on a local Ray with quota.flops = q x rows, quota.by=task and
+quota.by=kind, and prints accuracy (the task's own scoring of the written answers; a row
+the ledger refused counts wrong), spend as % of Q, the rows refused, the m used, the paired
+difference (kind - task) with its standard error from the rows only one of the two got
+right, and the best single m whose mean cost on these rows (as eval recorded it) fits q. The model is the shipped default;
 nothing is trained. It also checks every written row against what `mqt eval` recorded for
 that question at the same m (docs/eval-s1): right or wrong the same, and the FLOPs the job
 charged against the FLOPs eval priced.
@@ -121,4 +121,4 @@ def main(qs: list[float]) -> None:
 
 
 if __name__ == "__main__":
-    main([float(a) * 1e9 for a in sys.argv[1:]] or [8.5e9, 10e9])
+    main([float(a) * 1e9 for a in sys.argv[1:]] or [7.8e9, 9.9e9])

@@ -1,14 +1,19 @@
 """Re-score and re-price the multiple-choice rows of stored `mqt eval` results as mqt eval
 now computes and prices them.
 
-`mqt eval` has priced a multiple-choice row three ways:
+`mqt eval` has priced a multiple-choice row four ways:
 
 1. until commit 10ffbf1, the vision encoder and the query transformer once per option:
    `options x total_flops(m, T + 2, 1)`;
 2. then the image once and one full forward of prompt + option per option:
    `vision + query + options x prefill_flops(m, T + 2)`;
-3. now as `VisionLanguageModel.option_logprobs` computes it, the prompt prefilled once and its KV cache
-   shared by the options (`mqt.cost.scored_flops`).
+3. until 2026-12-07, the prompt prefilled once and its KV cache shared by the options,
+   each option charged 2 tokens over it whatever its length (its first token scored there
+   too, though the prefill's last logits already score it);
+4. now exactly as `VisionLanguageModel.option_logprobs` computes it: the prompt prefilled
+   once, its last logits scoring every option's first token, and an option of k >= 2
+   tokens running its first k - 1 tokens over the cache (`mqt.cost.scored_flops` with the
+   options' token counts; a one-token option costs nothing more).
 
 Each mc row is re-derived from its question (the same examples `mqt eval` drew, rebuilt
 from the eval's settings) and its stored price is checked to be what one of the formulas
@@ -51,12 +56,15 @@ RUNS = {
 SHIPPED = ROOT / "mqt/weights/mqt-smol"  # a copy of docs/eval's calibration and results
 
 
-def prices(cfg, m: int, T: int, options: int) -> tuple[float, float, float]:
-    """What formulas 1, 2 and 3 of the module docstring charge."""
+def prices(cfg, m: int, T: int, counts: list[int]) -> tuple[float, ...]:
+    """What formulas 1 to 4 of the module docstring charge (counts: the options' tokens)."""
+    options = len(counts)
     per_option = float(options * total_flops(cfg, m, T + 2, 1).total)
     image_once = float(vision_flops(cfg) + query_flops(cfg, m)
                        + options * prefill_flops(cfg, m, T + 2))
-    return per_option, image_once, float(scored_flops(cfg, m, T, options))
+    # formula 3 ran 2 tokens per option over the cache: formula 4's price of 3-token options
+    two_each = float(scored_flops(cfg, m, T, [3] * options))
+    return per_option, image_once, two_each, float(scored_flops(cfg, m, T, counts))
 
 
 def rescore(folder: Path, settings: dict, model) -> dict:
@@ -69,7 +77,8 @@ def rescore(folder: Path, settings: dict, model) -> dict:
         ex = examples[r["id"]]
         assert ex.question == r["question"] and ex.answer == r["answer"], r["id"]
         T = model.prompt_text_tokens(task_question(ex))
-        assert r["flops"] in prices(model.cfg, r["m"], T, len(ex.options)), (r["id"], r["m"])
+        tokens = model.option_token_counts(ex.options)
+        assert r["flops"] in prices(model.cfg, r["m"], T, tokens), (r["id"], r["m"])
     todo = list(examples.values())
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(model, Path(tmp) / "features.pt")

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mqt import cost
 from mqt.config import preset, tiny
 from mqt.model import build_model, llama_kwargs
-from mqt.text import build_batch, encode_answer
+from mqt.text import build_batch
 
 T, K = cost.PAPER_PROMPT_TOKENS, cost.PAPER_NEW_TOKENS
 OFF_FIT = "the plotted 2.83 is 6.6% below the authors' own fit 1.13 + 0.0132 m (3.03) at m=144"
@@ -211,18 +211,23 @@ def test_mobilenet_grid_encoder_flops_are_measured_exactly(stride, channels):
     assert counter.get_total_flops() == cost.vision_flops(cfg)
 
 
-@pytest.mark.parametrize("m,k", [(1, 2), (9, 3)])
-def test_tiny_multiple_choice_matches_scored_flops(setup, m, k):
-    """One question, four options of k tokens each, scored over one cached prompt."""
+@pytest.mark.parametrize("m,options", [(1, ["ab", "cd", "ef", "gh"]),
+                                       (9, ["abc", "cde", "efg"]),
+                                       (4, ["a", "b", "cde", "fgh"]),  # only the longer run
+                                       (2, ["a", "b", "c", "d"])])  # the prefill alone
+def test_tiny_multiple_choice_matches_scored_flops(setup, m, options):
+    """One question scored over one cached prompt; the options that run past the prefill
+    have the same length here, so no padding is computed and the count is exact."""
     cfg, model, pixels = setup
     question = "which shape is it?"
-    options = [o for o in ("ab", "cd", "ef", "gh", "abc", "cde", "efg", "ghi")
-               if len(encode_answer(model.tokenizer, o)) == k][:4]
-    assert len(options) == 4
+    counts = model.option_token_counts(options)
+    assert counts == [len(o) for o in options]  # the tiny tokenizer: one token per byte
     with measured() as fc:
         model.option_logprobs([question], [options], m, pixel_values=pixels)
     T = model.prompt_text_tokens(question)
-    expected = cost.scored_flops(cfg, m, T, len(options), option_tokens=k)
+    expected = cost.scored_flops(cfg, m, T, counts)
     assert fc.get_total_flops() == expected  # exact: the same matmuls, counted
-    # one prompt pass for all options: well under four full forwards of prompt + option
-    assert expected < 0.5 * len(options) * cost.total_flops(cfg, m, T + k, 1).total
+    one_pass = cost.vision_flops(cfg) + cost.query_flops(cfg, m) + cost.prefill_flops(cfg, m, T)
+    assert (expected == one_pass) == (max(counts) == 1)
+    # one prompt pass for all options: well under one full forward of prompt + option each
+    assert expected < 0.5 * len(options) * cost.total_flops(cfg, m, T + max(counts), 1).total
