@@ -276,9 +276,13 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     from pipeline.predictor import OUTPUT_SCHEMA, error_row
     from pipeline.writer import PartWriter
 
-    log(f"quota {cfg.quota.quota().total_flops:.4g} FLOPs, {budget.spent:.4g} spent by "
-        f"earlier runs" + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
-                           else ": nothing left to plan"))
+    q = cfg.quota.quota()
+    given = (f"{q.seconds:.4g} s of measured accelerator time (planned at "
+             f"{q.flops_per_second:.4g} FLOP/s), {budget.spent / 1e6:.4g} s"
+             if cfg.quota.measured else f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}")
+    log(f"quota {given} spent by earlier runs"
+        + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
+           else ": nothing left to plan"))
     if budget.groups is not None:
         log(f"planned by (task, question kind): {len(budget.groups.groups)} groups from the "
             f"calibration's questions, their curves shrunk toward the task's by "
@@ -312,17 +316,19 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     first, actor, client, token_policy = None, None, None, None
     esc_actor, esc_client, pacer = None, None, None
     if budget is not None:
-        from pipeline.budget import LedgerClient
+        from pipeline.budget import LedgerClient, in_ledger_units, ledger_quota
         from pipeline.ledger import get_or_create_ledger
         from pipeline.pacing import RemotePacer
 
-        actor = get_or_create_ledger(_job_id(out), cfg.quota.quota().total_flops,
-                                     ledger_state(cfg))
-        client = LedgerClient(actor)
+        units, unit = ledger_quota(cfg.quota)
+        actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit)
+        client = LedgerClient(actor, measured_rate(cfg))
         token_policy = budget.plan.policy() if budget.plan else None
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
-            esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations", budget.escalations)
-            esc_client = LedgerClient(esc_actor)
+            esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations",
+                                             in_ledger_units(cfg.quota, budget.escalations),
+                                             unit=unit)
+            esc_client = LedgerClient(esc_actor, measured_rate(cfg))
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))
             token_policy = RemotePacer(pacer)
@@ -348,18 +354,29 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     if totals is not None and pacer is not None:
         totals["pacing"] = stats
     if totals is not None and escalated is not None:
-        totals["escalation_flops"] = escalated["spent"]
+        totals["escalation_spent"] = escalated["spent"]  # in the ledger's unit
     return writer.written, first, totals
+
+
+def measured_rate(cfg: Config):
+    """A measured-seconds quota: each predictor's own `MeasuredRate`, starting from the
+    job's FLOP/s estimate; None for a quota in FLOPs."""
+    from pipeline.budget import MeasuredRate
+
+    q = cfg.quota
+    return MeasuredRate(1 / q.flops_per_second, q.margin) if q.measured else None
 
 
 def start_pacer(cfg: Config, budget, ledger, job: str):
     """The job's PacerActor: re-plans the rows left of this run on the ledger's spend."""
+    from pipeline.budget import ledger_quota
     from pipeline.pacing import pacer_actor_class
 
     estimate = {t.task: t.rows for t in budget.plan.tasks}  # per group with quota.by=kind
+    fps = cfg.quota.flops_per_second if cfg.quota.measured else None
     return pacer_actor_class().options(name=f"mqt-pacer-{job}").remote(
-        budget.curves, cfg.quota.quota().total_flops, estimate, ledger, budget.weights,
-        cfg.quota.pacing_every)
+        budget.curves, ledger_quota(cfg.quota)[0], estimate, ledger, budget.weights,
+        cfg.quota.pacing_every, flops_per_second=fps)
 
 
 def _job_id(out: OutputFolder) -> str:
@@ -383,16 +400,39 @@ def _close_ledger(actor) -> dict | None:
 def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> dict:
     q = cfg.quota.quota()
     totals = totals or {"spent": budget.spent, "overrun": 0}  # nothing ran this time
+    if cfg.quota.measured:
+        return measured_summary(cfg, summary, totals, budget)
     return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
             "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
             "kind_shrinkage": strict_json(budget.shrinkage),
             "escalation_budget_flops": budget.escalations,
-            "escalation_flops": totals.get("escalation_flops", 0),
+            "escalation_flops": totals.get("escalation_spent", 0),
             "pacing": totals.get("pacing"),
             "share": round(totals["spent"] / max(q.total_flops, 1), 4),
             "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
                 "quota: refused by the budget ledger", 0),
+            "flops_per_task": summary["flops_per_task"]}
+
+
+def measured_summary(cfg: Config, summary: dict, totals: dict, budget) -> dict:
+    """The quota part of a measured-seconds job's summary: time against the quota, and the
+    FLOP/s the job really reached (a better estimate for the next job)."""
+    q = cfg.quota.quota()
+    spent, over = totals["spent"] / 1e6, totals["overrun"] / 1e6
+    this_run = spent + over - budget.spent / 1e6
+    flops = summary["flops"]
+    return {"measured": True, "quota_seconds": q.seconds, "spent_seconds": round(spent, 6),
+            "overrun_seconds": round(over, 6), "this_run_seconds": round(this_run, 6),
+            "share": round((spent + over) / max(q.seconds, 1e-9), 4),
+            "flops_per_second_planned": q.flops_per_second,
+            "flops_per_second_measured": round(flops / (spent + over)) if spent + over else None,
+            "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
+            "kind_shrinkage": strict_json(budget.shrinkage),
+            "escalation_budget_seconds": round(budget.escalations / q.flops_per_second, 6),
+            "escalation_seconds": totals.get("escalation_spent", 0) / 1e6,
+            "pacing": totals.get("pacing"),
+            "refused_rows": summary["error_kinds"].get("quota: refused by the budget ledger", 0),
             "flops_per_task": summary["flops_per_task"]}
 
 
@@ -459,7 +499,14 @@ def print_summary(s: dict) -> None:
         print(f"  {task}: " + ", ".join(f"m={m}: {n}" for m, n in hist.items()) + score)
     for kind, n in s["error_kinds"].items():
         print(f"  error {kind}: {n}")
-    if "quota" in s:
+    if "quota" in s and s["quota"].get("measured"):
+        q = s["quota"]
+        print(f"quota {q['quota_seconds']:.4g} s measured: spent {q['spent_seconds']:.4g} s "
+              f"+ {q['overrun_seconds']:.4g} s past reservations ({100 * q['share']:.1f}%), "
+              f"this run {q['this_run_seconds']:.4g} s, refused rows {q['refused_rows']}, "
+              f"skipped {q['skipped_rows']}; {q['flops_per_second_measured'] or 0:.4g} FLOP/s "
+              f"measured (planned at {q['flops_per_second_planned']:.4g})")
+    elif "quota" in s:
         q = s["quota"]
         print(f"quota {q['quota_flops']:.4g} FLOPs: spent {q['spent_flops']:.4g} "
               f"({100 * q['share']:.1f}%), this run {q['this_run_flops']:.4g}, "

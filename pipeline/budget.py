@@ -9,13 +9,21 @@ spends them and commits the actual cost after (`LedgerClient`); a refused row be
 error row (`quota: ...`), so the spend recorded in the ledger never exceeds the quota, crashes,
 retries and resumed runs included: every attempt is charged (keys are row id + attempt), and
 the ledger state is saved next to the output.
+
+A quota in measured accelerator-seconds (`quota.seconds` with `quota.measured=true`): the
+plan is made as for converted seconds, at `quota.flops_per_second` (the estimate of this
+model's throughput on the job's accelerators), but the ledger counts the time the
+predictors really take (each row's `seconds`, in microseconds). A row's reservation is its
+FLOP bound at the seconds per FLOP the predictor last measured (`MeasuredRate`, with a
+margin); what a row takes beyond it is recorded as overrun, so spend <= Q holds for the
+reservations and the overrun says by how much measured time went past them.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +71,11 @@ class QuotaArgs:
     # kind), the kind told by a classifier of the question text fitted on the calibration
     # results (pipeline.kinds); a row whose question fits no kind gets its task's m
     by: str = "task"
+    # `seconds` are measured accelerator time: the ledger charges each row the seconds it
+    # took; `flops_per_second` is then only the estimate the plan and the first
+    # reservations are made with (pacing re-plans on the time really spent)
+    measured: bool = False
+    margin: float = 1.5  # measured: a row reserves this x its bound at the measured rate
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +89,15 @@ class QuotaArgs:
                              f"got {self.infeasible!r}")
         if self.flops and self.seconds:
             raise ValueError("quota.flops / quota.seconds: give one of them, not both")
+        if self.measured and not self.seconds:
+            raise FieldError("measured", "measured spend needs a quota in seconds "
+                             "(quota.seconds), not quota.flops")
+        if self.measured and not self.flops_per_second:
+            raise FieldError("flops_per_second", "a measured quota still plans, and makes its "
+                             "first reservations, at an estimate of the model's FLOP/s on the "
+                             "job's accelerators (`mqt annotate` prints what it measured)")
+        if not 1 <= self.margin < math.inf:
+            raise FieldError("margin", f"must be >= 1, got {self.margin!r}")
         if self.flops:
             return Quota(flops=self.flops)
         return Quota(seconds=self.seconds, flops_per_second=self.flops_per_second or None)
@@ -165,9 +187,25 @@ def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str]
     return groups, shrunk({**own, **found}, sizes, alpha), alpha
 
 
+def ledger_quota(args: QuotaArgs) -> tuple[int, str]:
+    """The job ledger's quota and unit: FLOPs, or microseconds of measured time."""
+    if args.measured:
+        return math.floor(args.quota().seconds * 1e6), "us"
+    return args.quota().total_flops, "flops"
+
+
+def in_ledger_units(args: QuotaArgs, flops: float) -> int:
+    """FLOPs as the job's ledger counts them: as they are, or (measured) the microseconds
+    they take at quota.flops_per_second."""
+    return math.floor(flops * 1e6 / args.flops_per_second) if args.measured else int(flops)
+
+
 def remaining(args: QuotaArgs, spent: int) -> Quota:
-    """The quota left after `spent` FLOPs, in the unit the quota was given in."""
+    """The quota left after `spent` (the ledger's units), in the unit it was given in."""
     q = args.quota()
+    if args.measured:
+        return Quota(seconds=max(0.0, q.seconds - spent / 1e6),
+                     flops_per_second=q.flops_per_second)
     left = max(0, q.total_flops - spent)
     return Quota(flops=left) if q.flops is not None else Quota(
         seconds=left / q.flops_per_second, flops_per_second=q.flops_per_second)
@@ -207,7 +245,7 @@ class Budget:
     rows it declares skipped (quota.infeasible=subset) when Q cannot pay for every row."""
 
     plan: Plan | None
-    spent: int
+    spent: int  # by earlier runs, in the ledger's units (FLOPs, or measured microseconds)
     skipped: list[tuple[str, str]]  # (id, task)
     rows: int  # rows this run was planned for (skipped ones excluded)
     # FLOPs escalations may spend beside the ledger's quota check: what the plan leaves
@@ -227,10 +265,14 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
     question)), within the quota left. An infeasible quota raises InfeasibleQuota, or with
     infeasible=subset keeps the first rows the quota pays for at the cheapest m and declares
     the others skipped. `state_path` None: no earlier spend (a plan with no job, `mqt plan`)."""
-    q = args.quota()
     saved = state_path is not None and (Path(state_path).exists()
                                         or Path(f"{state_path}.journal").exists())
-    spent = Ledger(q.total_flops, state_path).spent if saved else 0
+    units, unit = ledger_quota(args)
+    try:  # what earlier runs took, the time measured past their reservations included
+        ledger = Ledger(units, state_path, unit=unit) if saved else None
+        spent = ledger.spent + ledger.overrun if ledger else 0
+    except ValueError as e:  # a state in the other unit, or spent past a smaller quota
+        raise FieldError("measured" if "counts" in str(e) else "ledger_state", str(e)) from None
     left = remaining(args, spent)
     cs = curves(args, {r[1] for r in todo}, model_cfg)
     groups, alpha = None, None
@@ -276,13 +318,51 @@ def escalations(p: Plan | None, cs: dict[str, QualityCurve]) -> int:
     return escalation_budget(p, cs)
 
 
+@dataclass
+class MeasuredRate:
+    """Seconds per FLOP of one predictor, learned from its own batches: what it reserves for
+    a row in a measured-seconds ledger. Before its first batch it uses the job's estimate
+    (1 / quota.flops_per_second); after, the slowest of its last `window` batches, so a
+    slow batch (a cold start, a neighbour on the machine) keeps reservations high for a while."""
+
+    prior: float  # seconds per FLOP before any batch
+    margin: float = 1.5  # a reservation is this x the bound at the rate
+    window: int = 8
+    seen: deque = field(default_factory=deque)
+
+    @property
+    def rate(self) -> float:
+        return max(self.seen) if self.seen else self.prior
+
+    def reserve(self, flops: float) -> int:
+        """Microseconds to hold for work of `flops` FLOPs."""
+        return math.ceil(flops * self.rate * self.margin * 1e6)
+
+    def observe(self, flops: float, seconds: float) -> None:
+        if flops > 0 and seconds > 0:
+            self.seen.append(seconds / flops)
+            while len(self.seen) > self.window:
+                self.seen.popleft()
+
+
+def charge_us(seconds: float) -> int:
+    """Measured seconds as the ledger charges them: whole microseconds (rows' seconds are
+    written to the microsecond)."""
+    return round(seconds * 1e6)
+
+
 class LedgerClient:
     """What a predictor holds: the job's ledger actor behind plain calls (a plain `Ledger`
     works the same in tests without Ray). Keys are row id + a fresh attempt id, so every
-    attempt at a row is charged: a block retried after a crash pays again, never past Q."""
+    attempt at a row is charged: a block retried after a crash pays again, never past Q.
 
-    def __init__(self, actor):
-        self.actor = actor
+    Callers give FLOPs (bounds, actual costs) and the seconds they measured; with `rate`
+    (a measured-seconds quota) the ledger is charged time: bounds go through the rate, a
+    commit charges the measured seconds and teaches the rate, and the ledger keeps the
+    FLOPs behind both (its FLOP/s for the pacer)."""
+
+    def __init__(self, actor, rate: MeasuredRate | None = None):
+        self.actor, self.rate = actor, rate
 
     def _call(self, method: str, *args):
         if isinstance(self.actor, Ledger):
@@ -292,13 +372,21 @@ class LedgerClient:
         return ray.get(getattr(self.actor, method).remote(*args))
 
     def reserve(self, ids: list[str], bounds: list[int]) -> tuple[list[str], list[bool]]:
-        """Attempt keys and whether each row's upper bound was granted."""
+        """Attempt keys and whether each row's upper bound (FLOPs) was granted."""
         attempt = uuid.uuid4().hex[:12]
         keys = [f"{i}@{attempt}" for i in ids]
-        return keys, self._call("reserve_many", list(zip(keys, bounds, strict=True)))
+        if self.rate is None:
+            return keys, self._call("reserve_many", list(zip(keys, bounds, strict=True)))
+        holds = [(k, self.rate.reserve(b), b) for k, b in zip(keys, bounds, strict=True)]
+        return keys, self._call("reserve_many", holds)
 
-    def commit(self, keys: list[str], flops: list[int]) -> None:
-        self._call("commit_many", list(zip(keys, flops, strict=True)))
+    def commit(self, keys: list[str], flops: list[int], seconds: list[float]) -> None:
+        """Charge what each row cost: its FLOPs, or (measured) its seconds."""
+        if self.rate is None:
+            self._call("commit_many", list(zip(keys, flops, strict=True)))
+            return
+        self.rate.observe(sum(flops), sum(seconds))
+        self._call("commit_many", list(zip(keys, map(charge_us, seconds), flops, strict=True)))
 
     def release(self, keys: list[str]) -> None:
         self._call("release_many", keys)

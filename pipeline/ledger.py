@@ -11,9 +11,11 @@ Protocol for a predictor, per row (or per group of rows) with a stable key such 
 The upper bound comes from the cost model at the most new tokens the task allows; the actual
 from the tokens really generated. Rules:
 
-- `reserve` refuses when spent + reserved + flops > quota, so **spent + reserved <= quota
-  always**. It also refuses a key that is already committed (`is_committed` tells the two
-  refusals apart): a row is paid once, and a retried or resumed row must not run again.
+- `reserve` refuses when spent + reserved + overrun + flops > quota, so **spent + reserved
+  <= quota always** (overrun is 0 when bounds are upper bounds, as FLOP bounds are; measured
+  time past a reservation is counted against what later reservations may take). It also
+  refuses a key that is already committed (`is_committed` tells the two refusals apart): a
+  row is paid once, and a retried or resumed row must not run again.
   Reserving a key that holds a reservation replaces it if the new amount fits, else keeps it.
 - `commit(key, actual)` charges min(actual, reserved) and frees the rest. Charging more than
   the reserve would break the guarantee, so an actual above it is charged at the reserve and
@@ -29,6 +31,12 @@ from the tokens really generated. Rules:
   journal line (dropped: that commit never returned), loses nothing committed. Open
   reservations are not saved: their workers are gone after a restart.
 
+The ledger counts whole units of one kind (`unit`): FLOPs (the default), or microseconds
+of measured accelerator time for a quota in measured seconds (`mqt annotate
+quota.measured=true`). The unit is saved with the state, and a state is only reloaded in
+its own unit. Time cannot be bounded before it is spent: in that unit a reservation is an
+estimate (pipeline.budget.MeasuredRate), and time measured beyond it shows in `overrun`.
+
 `get_or_create_ledger(job, quota)` gives one named Ray actor per job; Ray runs its methods
 one at a time, so concurrent predictors see one consistent ledger. Ray is imported only there.
 """
@@ -40,6 +48,8 @@ import math
 import os
 from pathlib import Path
 
+UNITS = ("flops", "us")  # what a ledger counts: FLOPs, or microseconds of measured time
+
 
 def _key(key) -> str:
     if not isinstance(key, str):
@@ -48,23 +58,30 @@ def _key(key) -> str:
 
 
 def _flops(x, what: str) -> int:
-    """Whole FLOPs, rounded up (a reservation is an upper bound)."""
+    """Whole units (FLOPs, or microseconds), rounded up (a reservation is an upper bound)."""
     if isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x < math.inf:
-        raise ValueError(f"{what} must be a finite number of FLOPs >= 0, got {x!r}")
+        raise ValueError(f"{what} must be a finite number >= 0 (FLOPs or microseconds), "
+                         f"got {x!r}")
     return math.ceil(x)
 
 
 class Ledger:
-    """Spend against a quota in FLOPs, by key; optionally saved to `state_path`."""
+    """Spend against a quota in FLOPs (or `unit`), by key; optionally saved to `state_path`."""
 
     def __init__(self, quota_flops: int, state_path: str | os.PathLike | None = None,
-                 compact_every: int = 10_000, fsync: bool = False):
-        self.quota = _flops(quota_flops, "quota_flops")
+                 compact_every: int = 10_000, fsync: bool = False, unit: str = "flops"):
+        if unit not in UNITS:
+            raise ValueError(f"ledger unit must be one of {UNITS}, got {unit!r}")
+        self.quota, self.unit = _flops(quota_flops, "quota_flops"), unit
         self.state_path = Path(state_path) if state_path else None
         self.compact_every, self.fsync = max(1, compact_every), fsync
         self.spent, self.reserved, self.overrun = 0, 0, 0
+        # a ledger of time also keeps the FLOPs behind it (this process's commits and the
+        # FLOP bounds held), from which a pacer reads the FLOP/s really reached; not saved
+        self.flops_spent, self.flops_reserved = 0, 0
         self._committed: dict[str, int] = {}  # key -> FLOPs charged
         self._holds: dict[str, int] = {}  # key -> FLOPs reserved
+        self._hold_flops: dict[str, int] = {}  # key -> FLOP bound behind a hold of time
         self._journaled = 0  # commits in the journal since the last snapshot
         self._journal = None  # the open journal file, appended to by commits
         if self.state_path:
@@ -75,22 +92,27 @@ class Ledger:
     @property
     def remaining(self) -> int:
         """What a new reservation may still take."""
-        return self.quota - self.spent - self.reserved
+        return max(0, self.quota - self.spent - self.reserved - self.overrun)
 
     def is_committed(self, key: str) -> bool:
         return key in self._committed
 
-    def reserve(self, key: str, flops) -> bool:
-        """Hold `flops` for `key`; False if it does not fit or `key` is already paid."""
+    def reserve(self, key: str, flops, work: float = 0) -> bool:
+        """Hold `flops` for `key`; False if it does not fit or `key` is already paid.
+        `work`: in a ledger of time, the FLOP bound the hold is for."""
         need, old = _flops(flops, "reserve"), self._holds.get(_key(key), 0)
-        if key in self._committed or self.spent + self.reserved - old + need > self.quota:
+        if key in self._committed or need - old > self.remaining:
             return False
         self._holds[key] = need
         self.reserved += need - old
+        work = _flops(work, "reserve work")
+        self.flops_reserved += work - self._hold_flops.get(key, 0)
+        self._hold_flops[key] = work
         return True
 
-    def commit(self, key: str, actual_flops) -> int:
-        """Charge min(actual, reserved) to `key` and free its hold; returns the charge."""
+    def commit(self, key: str, actual_flops, work: float = 0) -> int:
+        """Charge min(actual, reserved) to `key` and free its hold; returns the charge.
+        `work`: in a ledger of time, the FLOPs the row really computed."""
         actual = _flops(actual_flops, "commit")
         if _key(key) in self._committed:
             return 0  # a retried or resumed row: already paid
@@ -98,6 +120,8 @@ class Ledger:
             raise KeyError(f"commit({key!r}) without a reservation: reserve first")
         hold = self._holds.pop(key)
         self.reserved -= hold
+        self.flops_reserved -= self._hold_flops.pop(key, 0)
+        self.flops_spent += _flops(work, "commit work")
         charge = min(actual, hold)
         self.overrun += actual - charge
         self._charge(key, charge)
@@ -106,13 +130,14 @@ class Ledger:
     def release(self, key: str) -> None:
         """Free the hold of `key` (no-op if it has none)."""
         self.reserved -= self._holds.pop(key, 0)
+        self.flops_reserved -= self._hold_flops.pop(key, 0)
 
-    def reserve_many(self, items: list[tuple[str, float]]) -> list[bool]:
-        """`reserve` for each (key, flops), in order: one round trip to the actor."""
-        return [self.reserve(k, f) for k, f in items]
+    def reserve_many(self, items: list[tuple]) -> list[bool]:
+        """`reserve` for each (key, flops[, work]), in order: one round trip to the actor."""
+        return [self.reserve(*item) for item in items]
 
-    def commit_many(self, items: list[tuple[str, float]]) -> list[int]:
-        return [self.commit(k, f) for k, f in items]
+    def commit_many(self, items: list[tuple]) -> list[int]:
+        return [self.commit(*item) for item in items]
 
     def release_many(self, keys: list[str]) -> None:
         for k in keys:
@@ -121,7 +146,8 @@ class Ledger:
     def totals(self) -> dict:
         return {"quota": self.quota, "spent": self.spent, "reserved": self.reserved,
                 "remaining": self.remaining, "committed": len(self._committed),
-                "overrun": self.overrun}
+                "overrun": self.overrun, "unit": self.unit, "flops_spent": self.flops_spent,
+                "flops_reserved": self.flops_reserved}
 
     def _charge(self, key: str, charge: int) -> None:
         self._committed[key] = charge
@@ -154,8 +180,8 @@ class Ledger:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
-        state = {"quota": self.quota, "spent": self.spent, "overrun": self.overrun,
-                 "committed": self._committed}
+        state = {"quota": self.quota, "unit": self.unit, "spent": self.spent,
+                 "overrun": self.overrun, "committed": self._committed}
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)
         if self._journal is not None:
@@ -167,6 +193,10 @@ class Ledger:
     def _load(self) -> None:
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
+            if state.get("unit", "flops") != self.unit:  # states before units counted FLOPs
+                raise ValueError(f"ledger state {self.state_path} counts "
+                                 f"{state.get('unit', 'flops')}, not {self.unit}: a job's quota "
+                                 "cannot change between FLOPs and measured seconds")
             self._committed = {k: int(v) for k, v in state["committed"].items()}
             self.overrun = int(state.get("overrun", 0))
         for entry in self._journal_entries():
@@ -174,8 +204,8 @@ class Ledger:
             self.overrun = max(self.overrun, int(entry.get("overrun", 0)))
         self.spent = sum(self._committed.values())
         if self.spent > self.quota:
-            raise ValueError(f"ledger state {self.state_path} has spent {self.spent} FLOPs, "
-                             f"more than quota_flops={self.quota}")
+            raise ValueError(f"ledger state {self.state_path} has spent {self.spent} "
+                             f"{self.unit}, more than its quota {self.quota}")
         self.save()  # start from a clean snapshot: a torn journal line must not glue to the next
 
     def _journal_entries(self) -> list[dict]:
@@ -228,7 +258,7 @@ def clear_state(state_path: str | os.PathLike) -> None:
 
 
 def get_or_create_ledger(job_name: str, quota_flops: int, state_path: str | None = None,
-                         namespace: str | None = None):
+                         namespace: str | None = None, unit: str = "flops"):
     """The job's ledger actor: the running one named after the job, or a new one. A running
     one with another quota is an error (two jobs with one name would share a budget)."""
     import ray
@@ -236,9 +266,9 @@ def get_or_create_ledger(job_name: str, quota_flops: int, state_path: str | None
     actor = ledger_actor_class().options(
         name=ledger_name(job_name), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave
-    ).remote(quota_flops, state_path)
-    quota = ray.get(actor.get.remote("quota"))
-    if quota != _flops(quota_flops, "quota_flops"):
+    ).remote(quota_flops, state_path, unit=unit)
+    quota, running = ray.get([actor.get.remote("quota"), actor.get.remote("unit")])
+    if (quota, running) != (_flops(quota_flops, "quota_flops"), unit):
         raise ValueError(f"ledger {ledger_name(job_name)!r} is running with quota {quota} "
-                         f"FLOPs, not {quota_flops}")
+                         f"{running}, not {quota_flops} {unit}")
     return actor

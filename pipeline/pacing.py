@@ -29,7 +29,12 @@ Past even the high estimate, `tail` plans as if that share of the rows seen were
 come. The ratio r learns a drift between the curves and this corpus (answers shorter or longer
 than in calibration, error rows that cost nothing; clamped to [1/4, 4]): rows that cost
 less than planned free quota for later upgrades instead of leaving it unused, dearer ones
-move later rows to cheaper m instead of running out. The ledger stays the hard limit:
+move later rows to cheaper m instead of running out. With a ledger of measured time
+(`time_left`, quota.measured) the quota left is the time the ledger has left (its quota
+less spent, held and overrun microseconds) times the FLOP/s the job has measured so far
+(the FLOPs of its committed rows over their time; the job's estimate before any), and r
+compares FLOPs (committed and held bounds) with the curves'. The ledger stays the hard
+limit:
 spend never exceeds Q whatever the estimate. If the quota left cannot pay the cheapest m on
 the central rows, every row gets its task's cheapest m and the ledger refuses what it
 cannot pay.
@@ -54,7 +59,10 @@ from pipeline.quality import QualityCurve
 class Pacer:
     """A `TokenPolicy` that re-plans every `every` rows (0: every batch) on the quota left.
 
-    `spent` returns the FLOPs already spent or held (the ledger's spent + reserved)."""
+    `spent` returns the FLOPs already spent or held (the ledger's spent + reserved); with
+    `time_left` (a ledger of measured time) that returns (FLOPs spent or held, FLOPs the
+    time left buys at the FLOP/s measured so far) instead, and `quota_flops` and `spent`
+    are not read."""
 
     curves: Mapping[str, QualityCurve]
     quota_flops: int
@@ -64,6 +72,7 @@ class Pacer:
     every: int = 0
     error: float = 0.0  # the estimate may be this much (relative) too low
     tail: float = 0.1
+    time_left: Callable[[], tuple[int, float]] | None = None
     seen: Counter = field(default_factory=Counter)
     plans: int = 0  # how many times it planned
     planned: int = 0  # the curves' FLOPs of every row handed out so far
@@ -111,6 +120,14 @@ class Pacer:
             return 1.0
         return min(4.0, max(0.25, spent / self.planned))
 
+    def _left(self) -> float:
+        """The quota left, in the curves' FLOPs (before the reserve and the spare)."""
+        if self.time_left is None:
+            spent = self.spent()
+            return (self.quota_flops - spent) / self.ratio(spent)
+        used, buys = self.time_left()
+        return buys / self.ratio(used)
+
     def _cost(self, task: str, choice: Choice) -> int:
         return next(f for c, _, f in self.curves[task].points() if c == choice)
 
@@ -133,10 +150,8 @@ class Pacer:
 
     def _replan(self, batch: Counter) -> None:
         rows = {t: n for t, n in self.rows_left(batch).items() if n}
-        spent = self.spent()
         spare = max(self.curves[t].cheapest for t in rows)  # one row's worth for the noise
-        left = max(0, int((self.quota_flops - spent) / self.ratio(spent)) - self.reserve(batch)
-                   - spare)
+        left = max(0, int(self._left()) - self.reserve(batch) - spare)
         try:
             self._policy = plan(rows, self.curves, Quota(flops=left), self.weights).policy()
         except InfeasibleQuota:  # the cheapest m everywhere; the ledger refuses past Q
@@ -150,6 +165,16 @@ def _cheapest_m(curve: QualityCurve) -> int:
     return min(curve.ms, key=lambda m: curve.at(m)[1])
 
 
+def measured_left(totals: dict, flops_per_second: float) -> tuple[int, float]:
+    """From a ledger of measured microseconds (its `totals()`): (FLOPs spent or held, FLOPs
+    the time left buys at the FLOP/s of the committed rows, or `flops_per_second` before
+    any)."""
+    took = (totals["spent"] + totals["overrun"]) / 1e6
+    fps = totals["flops_spent"] / took if totals["flops_spent"] and took else flops_per_second
+    left = max(0, totals["quota"] - totals["spent"] - totals["reserved"] - totals["overrun"])
+    return totals["flops_spent"] + totals["flops_reserved"], left / 1e6 * fps
+
+
 # ----------------------------------------------------------------------------- on Ray
 
 
@@ -161,13 +186,16 @@ def pacer_actor_class():
         """One job's Pacer; `spent` asks the job's ledger actor."""
 
         def __init__(self, curves, quota_flops, estimate, ledger, weights=None, every=0,
-                     error=0.0, tail=0.1):
+                     error=0.0, tail=0.1, flops_per_second=None):
             def spent() -> int:
                 t = ray.get(ledger.totals.remote())
                 return int(t["spent"] + t["reserved"])
 
+            def time_left() -> tuple[int, float]:
+                return measured_left(ray.get(ledger.totals.remote()), flops_per_second)
+
             self.pacer = Pacer(curves, quota_flops, estimate, spent, weights, every, error,
-                               tail)
+                               tail, time_left=time_left if flops_per_second else None)
 
         def choose(self, tasks, questions):
             return self.pacer.choose(tasks, questions)

@@ -134,7 +134,8 @@ class Predictor:
                          embeds[idx], 0.0)
         extra = self._keep_m2(out, idx, trial, choices)
         for ledger, ks in zip(ledgers, keys, strict=True):
-            _settle(ledger, ks, [{"flops": x} for x in extra])
+            _settle(ledger, ks, [{"flops": x, "seconds": t["seconds"]}
+                                 for x, t in zip(extra, trial, strict=True)])
 
     def _keep_m2(self, out, idx, trial, choices) -> list[int | None]:
         """Rows whose m2 answer worked take it, charged for both attempts less what they
@@ -226,9 +227,11 @@ class Predictor:
 
 
 def _settle(ledger, keys: list[str], out: list[dict]) -> None:
-    """Charge what each answered row cost; free the hold of rows the model failed on."""
-    done = [(k, o["flops"]) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
-    ledger.commit([k for k, _ in done], [f for _, f in done])
+    """Charge what each answered row cost (its FLOPs and the seconds it took: the ledger
+    counts one of them); free the hold of rows the model failed on."""
+    done = [(k, o) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
+    ledger.commit([k for k, _ in done], [o["flops"] for _, o in done],
+                  [o["seconds"] for _, o in done])
     ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
 

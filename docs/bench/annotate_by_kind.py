@@ -11,10 +11,10 @@ runs `mqt annotate` on a local Ray with quota.flops = q x rows, quota.by=task an
 quota.by=kind, and prints accuracy (the task's own scoring of the written answers; a row
 the ledger refused counts wrong), spend as % of Q, the rows refused, the m used, the paired
 difference (kind - task) with its standard error from the rows only one of the two got
-right, and the best single m whose mean cost on these rows (as eval recorded it) fits q. The model is the shipped default;
-nothing is trained. It also checks every written row against what `mqt eval` recorded for
-that question at the same m (docs/eval-s1): right or wrong the same, and the FLOPs the job
-charged against the FLOPs eval priced.
+right, and the best single m whose mean cost on these rows (as eval recorded it) fits q.
+The model is the shipped default; nothing is trained. It also checks every written row
+against what `mqt eval` recorded for that question at the same m (docs/eval-s1): right or
+wrong the same, and the FLOPs the job charged against the FLOPs eval priced.
 """
 
 from __future__ import annotations

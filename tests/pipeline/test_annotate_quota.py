@@ -101,6 +101,58 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     assert json.loads((tmp_path / "o" / "ledger.json").read_text())["spent"] == q["spent_flops"]
 
 
+def test_a_measured_seconds_quota_charges_the_time_rows_took(ray_local, folder, calibration,
+                                                            tmp_path):
+    """quota.measured=true: planned at quota.flops_per_second like a converted quota (the
+    same plan as the FLOPs job above), charged the seconds rows really took. The tiny
+    model takes far less than planned, so nothing is refused; the ledger's time is the
+    rows' own seconds, saved in microseconds; a rerun spends nothing, and the same output
+    with a quota in FLOPs is refused before work, naming quota.measured."""
+    seconds = 1000.0
+    fps = (8 * tiny_row_bound(1) + 4 * tiny_row_bound(16)) / seconds  # as the FLOPs job's Q
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}", f"quota.seconds={seconds}",
+            "quota.measured=true", f"quota.flops_per_second={fps}"]
+    cfg = cli.resolve("annotate", None, args, "tiny")[1]
+    s = annotate.main(cfg)
+    q = s["quota"]
+    assert s["rows"] == 12 and s["errors"] == 0 and q["refused_rows"] == 0
+    assert s["m_histogram"]["caption"] == {4: 10, 16: 2}  # the plan of the FLOPs job
+    rows = pq.read_table(tmp_path / "o" / "data").to_pylist()
+    took = sum(round(r["seconds"] * 1e6) for r in rows)
+    state = json.loads((tmp_path / "o" / "ledger.json").read_text())
+    assert state["unit"] == "us" and len(state["committed"]) == 12
+    assert state["spent"] + state["overrun"] == took  # the time the rows took, to the us
+    assert q["measured"] and q["quota_seconds"] == seconds
+    assert q["spent_seconds"] + q["overrun_seconds"] == pytest.approx(took / 1e6)
+    assert q["flops_per_second_measured"] == round(s["flops"] / (took / 1e6))
+    again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
+    assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_seconds"] == 0
+    flops = [a for a in args if not a.startswith(("quota.seconds", "quota.measured"))]
+    with pytest.raises(ValueError, match="quota.measured: ledger state .* counts us, not flops"):
+        cli.resolve("annotate", None, [*flops, "quota.flops=1e12"], "tiny")
+    # paced: once the first batch is in, the time left buys far more than the estimate
+    # said (this model is fast), and the pacer moves the later rows to m = 16
+    paced = annotate.main(cli.resolve("annotate", None, [*args, f"output={tmp_path / 'p'}",
+                                                         "quota.pacing=true"], "tiny")[1])
+    assert paced["rows"] == 12 and paced["quota"]["refused_rows"] == 0
+    assert paced["m_histogram"]["caption"].get(16, 0) > 2 and paced["quota"]["share"] < 1
+    assert paced["quota"]["pacing"]["plans"] >= 2
+
+
+def test_a_measured_quota_needs_seconds_and_an_estimate(folder, calibration, tmp_path):
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}", "quota.measured=true"]
+    with pytest.raises(ValueError, match="quota.measured: measured spend needs a quota in "
+                                         "seconds"):
+        cli.resolve("annotate", None, [*args, "quota.flops=1e12"], "tiny")
+    with pytest.raises(ValueError, match="quota.flops_per_second: a measured quota still plans"):
+        cli.resolve("annotate", None, [*args, "quota.seconds=60"], "tiny")
+    with pytest.raises(ValueError, match="quota.margin: must be >= 1"):
+        cli.resolve("annotate", None, [*args, "quota.seconds=60", "quota.flops_per_second=1e9",
+                                       "quota.margin=0.5"], "tiny")
+
+
 def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
     """Without Ray: a plain Ledger behind the predictor; a quota of ~2.5 rows answers 2."""
     from pipeline.decode import decode_batch

@@ -25,7 +25,8 @@ def test_reserve_commit_release():
     assert (led.spent, led.reserved, led.remaining) == (50, 0, 50)
     led.release("b")  # no-op
     assert led.totals() == {"quota": 100, "spent": 50, "reserved": 0, "remaining": 50,
-                            "committed": 1, "overrun": 0}
+                            "committed": 1, "overrun": 0, "unit": "flops", "flops_spent": 0,
+                            "flops_reserved": 0}
 
 
 def test_a_key_is_paid_once():
@@ -118,9 +119,32 @@ def test_a_quota_below_the_saved_spend_is_refused(tmp_path):
     led = Ledger(1000, path)
     led.reserve("a", 600)
     led.commit("a", 600)
-    with pytest.raises(ValueError, match="more than quota_flops=500"):
+    with pytest.raises(ValueError, match="more than its quota 500"):
         Ledger(500, path)
     assert Ledger(2000, path).remaining == 1400  # a raised quota continues from the spend
+
+
+def test_a_state_reloads_only_in_its_own_unit(tmp_path):
+    """Microseconds of measured time and FLOPs never mix in one saved spend; a state saved
+    before ledgers had units counts FLOPs."""
+    path = tmp_path / "ledger.json"
+    led = Ledger(10_000_000, path, unit="us")
+    led.reserve("a", 2_500_000)
+    led.commit("a", 3_000_000)  # measured past its reservation
+    led.save()
+    assert json.loads(path.read_text())["unit"] == "us"
+    again = Ledger(10_000_000, path, unit="us")
+    assert (again.spent, again.overrun) == (2_500_000, 500_000)
+    with pytest.raises(ValueError, match="counts us, not flops"):
+        Ledger(10_000_000, path)
+    old = json.loads(path.read_text())
+    del old["unit"]
+    path.write_text(json.dumps(old))
+    assert Ledger(10_000_000, path).spent == 2_500_000
+    with pytest.raises(ValueError, match="counts flops, not us"):
+        Ledger(10_000_000, path, unit="us")
+    with pytest.raises(ValueError, match="unit must be one of"):
+        Ledger(1, unit="seconds")
 
 
 ops = st.lists(st.tuples(st.sampled_from(["reserve", "commit", "release", "crash", "save"]),
@@ -194,7 +218,9 @@ def test_concurrent_ray_tasks_charge_one_ledger_exactly(ray_local, tmp_path):
     _wait_until_gone(ray, ledger_name(job))
     resumed = get_or_create_ledger(job, quota, state)
     assert ray.get(resumed.totals.remote())["spent"] == totals["spent"]
-    assert not ray.get(resumed.reserve.remote("row0", 1))  # row0 was paid before the crash
+    # a row paid before the crash (which rows got paid depends on how the workers raced)
+    paid_key = next(iter(ray.get(resumed.get.remote("_committed"))))
+    assert not ray.get(resumed.reserve.remote(paid_key, 1))
     ray.kill(resumed)
 
 

@@ -10,9 +10,10 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.budget import MeasuredRate, charge_us
 from pipeline.cascade import Question, replay, summary
 from pipeline.ledger import Ledger
-from pipeline.pacing import Pacer
+from pipeline.pacing import Pacer, measured_left
 from pipeline.plan import Quota, plan
 from pipeline.quality import QualityCurve
 
@@ -115,3 +116,51 @@ def test_replans_follow_every_and_unknown_tasks_fail():
     assert pacer.plans == 4
     with pytest.raises(ValueError, match="task 'c' has no quality curve"):
         pacer.choose(["c"], [""])
+
+
+def test_a_ledger_of_measured_time_is_paced_at_the_flop_rate_really_measured():
+    """quota.measured: the ledger counts microseconds, rows reserve their FLOPs at the rate
+    their predictor last measured (x1.5), and the estimate of the FLOP/s that the plan was
+    made with is wrong. Rows 50% slower than estimated: the static plan runs out of time
+    and the ledger refuses rows; the pacer re-plans on the time left at the FLOP/s it
+    reads off the ledger and answers every row, using most of Q. Rows 30% faster: the
+    static plan leaves 30% of Q unused, the pacer spends it on dearer m."""
+    true, prior, quota = {"a": 100, "b": 100}, 1e-3, 5.0  # seconds per FLOP, seconds
+    qs = questions(true)
+    for slower in (1.5, 0.7):
+        fixed, fixed_ledger = timed(qs, plan(true, CURVES, Quota(seconds=quota,
+                                    flops_per_second=1 / prior)).policy(), quota, prior, slower)
+        ledger = Ledger(int(quota * 1e6), unit="us")
+        pacer = Pacer(CURVES, ledger.quota, true, lambda: 0,
+                      time_left=lambda led=ledger: measured_left(led.totals(), 1 / prior))
+        paced, _ = timed(qs, pacer, quota, prior, slower, ledger)
+        assert all(o is not None for o in paced) and ledger.spent <= ledger.quota
+        assert ledger.spent >= 0.9 * ledger.quota and ledger.overrun == 0
+        if slower > 1:
+            assert sum(o is None for o in fixed) >= 20
+        else:
+            assert fixed_ledger.spent <= 0.72 * ledger.quota
+            assert sum(m for m, _ in paced) > sum(m for m, _ in fixed)
+
+
+def timed(qs, policy, quota: float, prior: float, slower: float, ledger=None, batch=10):
+    """Replay behind a ledger of microseconds: a row reserves its FLOPs x the rate measured
+    on the last batch (the prior before) x 1.5 and takes FLOPs x prior x `slower` seconds.
+    Returns (m, right) per row, None where refused, and the ledger."""
+    ledger = ledger or Ledger(int(quota * 1e6), unit="us")
+    rate = MeasuredRate(prior, margin=1.5, window=1)
+    out = []
+    for i in range(0, len(qs), batch):
+        chunk = qs[i: i + batch]
+        choices = policy.choose([q.task for q in chunk], [q.text for q in chunk])
+        flops = seconds = 0
+        for q, m in zip(chunk, choices, strict=True):
+            f = q.flops[m]
+            if not ledger.reserve(q.id, rate.reserve(f), f):
+                out.append(None)
+                continue
+            ledger.commit(q.id, charge_us(f * prior * slower), f)
+            out.append((m, q.correct[m]))
+            flops, seconds = flops + f, seconds + f * prior * slower
+        rate.observe(flops, seconds)
+    return out, ledger

@@ -1,0 +1,108 @@
+"""`mqt annotate` under a quota of measured accelerator-seconds (quota.measured=true), live.
+
+    .venv/bin/python docs/bench/measured_quota.py [EVERY]
+
+The corpus: every EVERY-th row (default 5: 310 rows) of docs/bench/annotate_by_kind.py's
+held-out corpus (the questions of docs/eval-s1 that are not in the shipped calibration),
+the shipped `mqt-smol`, a local Ray, one predictor actor. A first job with a quota far too
+large to bind measures the FLOP/s the model reaches here (F, the summary's
+`flops_per_second_measured`). Then the quota is set to the time that F says fixed m = 16
+needs for these rows, and the job runs with an estimate of 0.75 F, F and 1.5 F
+(`quota.flops_per_second`), without and with pacing. (At 0.5 F the plan would find that
+quota too small for m = 1 on every row: the cost of a row varies only 3x from m = 1 to
+64.) For each it prints the measured time spent against Q (the part past the rows'
+reservations, overrun, included), the rows the ledger refused, accuracy (refused rows
+count wrong), the m used and the FLOP/s measured. Nothing is fitted; the numbers move
+with the machine's load.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "bench"))
+
+from annotate_by_kind import corpus  # noqa: E402
+
+from jobs import annotate  # noqa: E402
+from pipeline.budget import QuotaArgs  # noqa: E402
+from pipeline.quality import from_calibration, shipped_calibration  # noqa: E402
+from pipeline.tasks import TASKS  # noqa: E402
+
+OUT = ROOT / "runs" / "measured-quota"
+
+
+def subset(every: int) -> tuple[Path, list[dict]]:
+    """Every `every`-th row of the held-out corpus, as a manifest of its own (beside the
+    corpus's: its image paths are relative to the manifest)."""
+    full = corpus()
+    lines = [x for x in full.read_text().splitlines() if x.strip()][::every]
+    path = full.with_name(f"every-{every}.jsonl")
+    path.write_text("\n".join(lines) + "\n")
+    return path, lines
+
+
+def run(manifest: Path, name: str, quota: QuotaArgs) -> tuple[dict, float]:
+    """The job's summary and its accuracy (refused rows wrong) over all rows."""
+    out = OUT / name
+    cfg = annotate.Config(preset="mqt-smol", source=str(manifest), output=str(out),
+                          overwrite=True, batch_size=16, block_rows=16, progress=False,
+                          quota=quota)
+    s = annotate.main(cfg)
+    rows = pq.read_table(out / "data").to_pylist()
+    right = sum(r["error"] is None and r["answer"] is not None
+                and TASKS[r["task"]].is_correct(r["output"] or "", r["answer"]) for r in rows)
+    return s, right / len(rows)
+
+
+def fixed_cost(manifest_rows: list[str], m: int) -> float:
+    """FLOPs of these rows at one m, from the shipped calibration's mean cost per task."""
+    import json
+
+    curves = from_calibration(shipped_calibration())
+    tasks = Counter(json.loads(x)["task"] for x in manifest_rows)
+    return sum(n * curves[t].at(m)[1] for t, n in tasks.items())
+
+
+def line(label: str, s: dict, acc: float) -> str:
+    q = s["quota"]
+    used = Counter()
+    for hist in s["m_histogram"].values():
+        used.update(hist)
+    spent = q["spent_seconds"] + q["overrun_seconds"]
+    return (f"| {label} | {spent:.1f} s ({100 * q['share']:.1f}%) | "
+            f"{q['overrun_seconds']:.2f} s | {q['refused_rows']} | {100 * acc:.2f}% | "
+            + ", ".join(f"{m}: {n}" for m, n in sorted(used.items()))
+            + f" | {q['flops_per_second_measured'] / 1e9:.1f} |")
+
+
+def main(every: int) -> None:
+    manifest, rows = subset(every)
+    probe, pacc = run(manifest, "probe", QuotaArgs(seconds=1e6, measured=True,
+                                                flops_per_second=30e9))
+    fps = probe["quota"]["flops_per_second_measured"]
+    seconds = fixed_cost(rows, 16) / fps
+    lines = [f"{len(rows)} held-out rows ({manifest}); with a quota that does not bind "
+             f"(the plan takes each task's best m) mqt-smol measured {fps / 1e9:.1f} GFLOP/s "
+             f"here. Q = {seconds:.1f} s: what m = 16 on every row takes at that rate", "",
+             "| estimate / measured FLOP/s, pacing | time spent (of Q) | past reservations |"
+             " refused rows | accuracy | m used (rows) | GFLOP/s measured |",
+             "|---|---:|---:|---:|---:|---|---:|", line("no binding quota (probe)", probe, pacc)]
+    for ratio in (0.75, 1.0, 1.5):
+        for pacing in (False, True):
+            quota = QuotaArgs(seconds=seconds, measured=True, flops_per_second=ratio * fps,
+                              pacing=pacing)
+            s, acc = run(manifest, f"x{ratio:g}-{'paced' if pacing else 'static'}", quota)
+            lines.append(line(f"{ratio:g}, {'paced' if pacing else 'static'}", s, acc))
+            print("\n".join(lines), flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)

@@ -1,0 +1,109 @@
+"""A quota in measured accelerator-seconds (`quota.measured=true`): the ledger counts the
+microseconds rows really take; a row reserves its FLOP bound at the seconds per FLOP its
+predictor last measured (`MeasuredRate`), and commits the seconds it took. Tiny random
+model, plain `Ledger`, no Ray (the job end to end is in test_annotate_quota.py)."""
+
+import math
+
+import pyarrow as pa
+import pytest
+from test_annotate import image_bytes
+from test_annotate_quota import tiny_row_bound
+
+from pipeline.budget import REFUSED, LedgerClient, MeasuredRate, charge_us
+from pipeline.cascade import CascadePolicy
+from pipeline.decode import decode_batch
+from pipeline.ledger import Ledger
+from pipeline.pacing import measured_left
+from pipeline.policy import Cascade, FixedPolicy
+from pipeline.predictor import Predictor
+
+MODEL = {"preset": "tiny", "checkpoint": "none"}
+
+
+def caption_rows(n: int, start: int = 0) -> pa.Table:
+    src = [{"id": str(i), "path": None, "image": image_bytes(i), "task": "caption",
+            "question": "", "options": None, "error": None} for i in range(start, start + n)]
+    return decode_batch(pa.Table.from_pylist(src), image_size=32)
+
+
+def test_the_rate_starts_at_the_estimate_then_follows_the_slowest_recent_batch():
+    r = MeasuredRate(prior=2e-9, margin=1.5, window=3)
+    assert r.reserve(1e9) == 3_000_000  # 1e9 FLOPs x 2e-9 s/FLOP x 1.5, in microseconds
+    r.observe(1e9, 0.5)
+    assert r.rate == 5e-10 and r.reserve(1e9) == 750_000  # the estimate is forgotten
+    r.observe(1e9, 1.0)
+    r.observe(0, 3.0)  # no FLOPs (nothing answered): not a rate
+    r.observe(2e9, 1.0)
+    assert r.rate == 1e-9  # the slowest of the last three
+    r.observe(1e9, 0.1)
+    r.observe(1e9, 0.1)
+    assert r.rate == 5e-10  # 1.0 s/1e9 has left the window of 3
+    assert charge_us(0.0123456) == 12_346 and charge_us(2.5) == 2_500_000
+
+
+def test_a_client_reserves_through_the_rate_and_charges_measured_time():
+    ledger = Ledger(10_000_000, unit="us")  # 10 s
+    client = LedgerClient(ledger, MeasuredRate(prior=1e-9, margin=2.0))
+    keys, ok = client.reserve(["a", "b", "c"], [1e9, 2e9, 3e9])  # holds of 2, 4 and 6 s
+    assert ok == [True, True, False] and ledger.reserved == 6_000_000
+    client.commit(keys[:2], [1e9, 2e9], [0.25, 3.0])
+    assert (ledger.spent, ledger.overrun, ledger.reserved) == (3_250_000, 0, 0)
+    assert client.rate.rate == pytest.approx(3.25 / 3e9)  # learned from the batch
+    keys, ok = client.reserve(["d"], [1e9])  # 1e9 x 3.25/3e9 x 2 = 2.17 s
+    assert ok == [True] and ledger.reserved == math.ceil(1e9 * (3.25 / 3e9) * 2 * 1e6)
+    client.commit(keys, [1e9], [5.0])  # took longer than its hold: the rest is overrun
+    assert (ledger.spent, ledger.overrun) == (3_250_000 + 2_166_667, 5_000_000 - 2_166_667)
+
+
+def test_the_predictor_charges_each_row_the_seconds_it_took_and_refuses_past_the_quota():
+    """The estimate says a caption row at m = 4 takes one second (its FLOP bound at the
+    prior rate); a quota of 2.5 s pays the holds of two rows of the first batch and the
+    ledger refuses the other three. The two are charged the seconds they took (far less on
+    this tiny model), and from the next batch on the predictor reserves at the rate it
+    measured, so rows fit again."""
+    bound = tiny_row_bound(4)
+    ledger = Ledger(2_500_000, unit="us")
+    client = LedgerClient(ledger, MeasuredRate(prior=1 / bound, margin=1.0))
+    pred = Predictor(MODEL, FixedPolicy(default=4), threads=1, ledger=client)
+    out = pred(caption_rows(5)).to_pylist()
+    answered = [r for r in out if r["error"] is None]
+    assert len(answered) == 2 and [r["error"] for r in out[2:]] == [REFUSED] * 3
+    charged = sum(charge_us(r["seconds"]) for r in answered)
+    assert ledger.spent == charged and ledger.overrun == 0 and ledger.reserved == 0
+    assert client.rate.seen and client.rate.rate < 1 / bound  # measured, not the estimate
+    more = pred(caption_rows(5, start=5)).to_pylist()
+    assert all(r["error"] is None for r in more)
+    assert ledger.spent + ledger.overrun == charged + sum(charge_us(r["seconds"]) for r in more)
+    assert ledger.spent <= ledger.quota
+
+
+def test_escalations_are_charged_their_own_measured_time():
+    """Every row escalates (threshold +inf): the first attempt and the escalation are two
+    ledger entries, and together they are the row's seconds (to a microsecond each)."""
+    ledger = Ledger(10**12, unit="us")
+    policy = CascadePolicy({"caption": Cascade(2, 8, math.inf)})
+    pred = Predictor(MODEL, policy, threads=1,
+                     ledger=LedgerClient(ledger, MeasuredRate(prior=1e-9)))
+    out = pred(caption_rows(4)).to_pylist()
+    assert all(r["error"] is None and r["m"] == 8 for r in out)
+    assert ledger.totals()["committed"] == 8  # 4 first attempts + 4 escalations
+    total = sum(charge_us(r["seconds"]) for r in out)
+    assert abs(ledger.spent + ledger.overrun - total) <= len(out)
+
+
+def test_the_pacer_plans_the_time_left_at_the_flop_rate_the_ledger_measured():
+    """A ledger of time keeps the FLOPs behind it; `measured_left` turns the time left
+    (quota less spent, held and overrun) into FLOPs at the committed rows' FLOP/s, or at
+    the job's estimate before any commit."""
+    led = Ledger(10_000_000, unit="us")  # 10 s
+    assert measured_left(led.totals(), 2e9) == (0, 10 * 2e9)
+    assert led.reserve("a", 2_000_000, 1e9)
+    led.commit("a", 1_000_000, 1e9)  # 1e9 FLOPs in 1 s: 1 GFLOP/s
+    assert led.reserve("b", 3_000_000, 4e9)  # in flight: 3 s held for a bound of 4e9 FLOPs
+    assert measured_left(led.totals(), 2e9) == (5e9, 6 * 1e9)
+    led.release("b")
+    assert (led.flops_spent, led.flops_reserved) == (1e9, 0)
+    assert led.reserve("c", 1_000_000, 1e9)
+    led.commit("c", 3_000_000, 1e9)  # 2 s past its hold: overrun, and no longer left
+    assert led.overrun == 2_000_000 and measured_left(led.totals(), 2e9) == (2e9, 6 * 0.5e9)
