@@ -76,8 +76,8 @@ class Ledger:
         self.state_path = Path(state_path) if state_path else None
         self.compact_every, self.fsync = max(1, compact_every), fsync
         self.spent, self.reserved, self.overrun = 0, 0, 0
-        # a ledger of time also keeps the FLOPs behind it (this process's commits and the
-        # FLOP bounds held), from which a pacer reads the FLOP/s really reached; not saved
+        # a ledger of time also keeps the FLOPs behind it (of the committed rows, saved,
+        # and the FLOP bounds held), from which a pacer reads the FLOP/s really reached
         self.flops_spent, self.flops_reserved = 0, 0
         self._committed: dict[str, int] = {}  # key -> FLOPs charged
         self._holds: dict[str, int] = {}  # key -> FLOPs reserved
@@ -165,8 +165,8 @@ class Ledger:
         if self._journal is None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             self._journal = open(self.journal_path, "a")  # closed by save()
-        self._journal.write(json.dumps({"key": key, "flops": charge, "overrun": self.overrun})
-                            + "\n")
+        self._journal.write(json.dumps({"key": key, "flops": charge, "overrun": self.overrun,
+                                        "work": self.flops_spent}) + "\n")
         self._journal.flush()  # in the OS before commit returns: survives a process crash
         if self.fsync:  # and on disk: survives a machine crash too, at a cost per commit
             os.fsync(self._journal.fileno())
@@ -181,7 +181,8 @@ class Ledger:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
         state = {"quota": self.quota, "unit": self.unit, "spent": self.spent,
-                 "overrun": self.overrun, "committed": self._committed}
+                 "overrun": self.overrun, "flops_spent": self.flops_spent,
+                 "committed": self._committed}
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)
         if self._journal is not None:
@@ -199,9 +200,11 @@ class Ledger:
                                  "cannot change between FLOPs and measured seconds")
             self._committed = {k: int(v) for k, v in state["committed"].items()}
             self.overrun = int(state.get("overrun", 0))
+            self.flops_spent = int(state.get("flops_spent", 0))
         for entry in self._journal_entries():
             self._committed.setdefault(entry["key"], int(entry["flops"]))
-            self.overrun = max(self.overrun, int(entry.get("overrun", 0)))
+            self.overrun = max(self.overrun, int(entry.get("overrun", 0)))  # running totals
+            self.flops_spent = max(self.flops_spent, int(entry.get("work", 0)))
         self.spent = sum(self._committed.values())
         if self.spent > self.quota:
             raise ValueError(f"ledger state {self.state_path} has spent {self.spent} "

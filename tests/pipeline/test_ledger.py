@@ -134,13 +134,18 @@ def test_a_state_reloads_only_in_its_own_unit(tmp_path):
     led.save()
     assert json.loads(path.read_text())["unit"] == "us"
     again = Ledger(10_000_000, path, unit="us")
-    assert (again.spent, again.overrun) == (2_500_000, 500_000)
+    assert (again.spent, again.overrun, again.flops_spent) == (2_500_000, 500_000, 0)
+    again.reserve("b", 1_000_000, 5e9)  # 5e9 FLOPs behind the time: kept across a restart
+    again.commit("b", 1_000_000, 4e9)
+    assert Ledger(10_000_000, path, unit="us").flops_spent == 4e9  # from the journal
+    again.save()
+    assert Ledger(10_000_000, path, unit="us").flops_spent == 4e9  # from the snapshot
     with pytest.raises(ValueError, match="counts us, not flops"):
         Ledger(10_000_000, path)
     old = json.loads(path.read_text())
     del old["unit"]
     path.write_text(json.dumps(old))
-    assert Ledger(10_000_000, path).spent == 2_500_000
+    assert Ledger(10_000_000, path).spent == 3_500_000
     with pytest.raises(ValueError, match="counts flops, not us"):
         Ledger(10_000_000, path, unit="us")
     with pytest.raises(ValueError, match="unit must be one of"):
