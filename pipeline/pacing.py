@@ -34,8 +34,7 @@ move later rows to cheaper m instead of running out. With a ledger of measured t
 less spent, held and overrun microseconds) times the FLOP/s the job has measured so far
 (the FLOPs of its committed rows over their time; the job's estimate before any), and r
 compares FLOPs (committed and held bounds) with the curves'. The ledger stays the hard
-limit:
-spend never exceeds Q whatever the estimate. If the quota left cannot pay the cheapest m on
+limit: spend never exceeds Q whatever the estimate. If the quota left cannot pay the cheapest m on
 the central rows, every row gets its task's cheapest m and the ledger refuses what it
 cannot pay.
 
