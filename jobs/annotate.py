@@ -398,42 +398,39 @@ def _close_ledger(actor) -> dict | None:
 
 
 def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> dict:
-    q = cfg.quota.quota()
+    """The summary's `quota`: the spend in the quota's unit, then what every quota job has."""
     totals = totals or {"spent": budget.spent, "overrun": 0}  # nothing ran this time
-    if cfg.quota.measured:
-        return measured_summary(cfg, summary, totals, budget)
-    return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
-            "this_run_flops": totals["spent"] - budget.spent,
-            "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
-            "kind_shrinkage": strict_json(budget.shrinkage),
-            "escalation_budget_flops": budget.escalations,
-            "escalation_flops": totals.get("escalation_spent", 0),
-            "pacing": totals.get("pacing"),
-            "share": round(totals["spent"] / max(q.total_flops, 1), 4),
-            "overrun_flops": totals["overrun"], "refused_rows": summary["error_kinds"].get(
-                "quota: refused by the budget ledger", 0),
-            "flops_per_task": summary["flops_per_task"]}
-
-
-def measured_summary(cfg: Config, summary: dict, totals: dict, budget) -> dict:
-    """The quota part of a measured-seconds job's summary: time against the quota, and the
-    FLOP/s the job really reached (a better estimate for the next job)."""
-    q = cfg.quota.quota()
-    spent, over = totals["spent"] / 1e6, totals["overrun"] / 1e6
-    this_run = spent + over - budget.spent / 1e6
-    flops = summary["flops"]
-    return {"measured": True, "quota_seconds": q.seconds, "spent_seconds": round(spent, 6),
-            "overrun_seconds": round(over, 6), "this_run_seconds": round(this_run, 6),
-            "share": round((spent + over) / max(q.seconds, 1e-9), 4),
-            "flops_per_second_planned": q.flops_per_second,
-            "flops_per_second_measured": round(flops / (spent + over)) if spent + over else None,
-            "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
-            "kind_shrinkage": strict_json(budget.shrinkage),
-            "escalation_budget_seconds": round(budget.escalations / q.flops_per_second, 6),
-            "escalation_seconds": totals.get("escalation_spent", 0) / 1e6,
-            "pacing": totals.get("pacing"),
+    spend = (measured_spend if cfg.quota.measured else flops_spend)(cfg, summary, totals, budget)
+    return {**spend, "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
+            "kind_shrinkage": strict_json(budget.shrinkage), "pacing": totals.get("pacing"),
             "refused_rows": summary["error_kinds"].get("quota: refused by the budget ledger", 0),
             "flops_per_task": summary["flops_per_task"]}
+
+
+def flops_spend(cfg: Config, summary: dict, totals: dict, budget) -> dict:
+    q = cfg.quota.quota()
+    return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
+            "this_run_flops": totals["spent"] - budget.spent,
+            "escalation_budget_flops": budget.escalations,
+            "escalation_flops": totals.get("escalation_spent", 0),
+            "share": round(totals["spent"] / max(q.total_flops, 1), 4),
+            "overrun_flops": totals["overrun"]}
+
+
+def measured_spend(cfg: Config, summary: dict, totals: dict, budget) -> dict:
+    """A measured-seconds job: time against the quota, and the FLOP/s the job really
+    reached (a better estimate for the next job)."""
+    q = cfg.quota.quota()
+    spent, over = totals["spent"] / 1e6, totals["overrun"] / 1e6
+    took = spent + over
+    return {"measured": True, "quota_seconds": q.seconds, "spent_seconds": round(spent, 6),
+            "overrun_seconds": round(over, 6),
+            "this_run_seconds": round(took - budget.spent / 1e6, 6),
+            "share": round(took / max(q.seconds, 1e-9), 4),
+            "flops_per_second_planned": q.flops_per_second,
+            "flops_per_second_measured": round(summary["flops"] / took) if took else None,
+            "escalation_budget_seconds": round(budget.escalations / q.flops_per_second, 6),
+            "escalation_seconds": totals.get("escalation_spent", 0) / 1e6}
 
 
 def _steady(first: tuple[float, int] | None, t0: float, t_end: float, written: int) -> dict:

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, UnitMismatch
 from pipeline.plan import InfeasibleQuota, Plan, Quota, plan
 from pipeline.quality import QualityCurve, from_calibration, shipped_calibration
 from pipeline.sources import Source, manifest_records, relative_id
@@ -270,9 +270,11 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
     units, unit = ledger_quota(args)
     try:  # what earlier runs took, the time measured past their reservations included
         ledger = Ledger(units, state_path, unit=unit) if saved else None
-        spent = ledger.spent + ledger.overrun if ledger else 0
-    except ValueError as e:  # a state in the other unit, or spent past a smaller quota
-        raise FieldError("measured" if "counts" in str(e) else "ledger_state", str(e)) from None
+    except UnitMismatch as e:
+        raise FieldError("measured", str(e)) from None
+    except ValueError as e:  # spent past a smaller quota
+        raise FieldError("ledger_state", str(e)) from None
+    spent = ledger.spent + ledger.overrun if ledger else 0
     left = remaining(args, spent)
     cs = curves(args, {r[1] for r in todo}, model_cfg)
     groups, alpha = None, None
@@ -328,7 +330,10 @@ class MeasuredRate:
     prior: float  # seconds per FLOP before any batch
     margin: float = 1.5  # a reservation is this x the bound at the rate
     window: int = 8
-    seen: deque = field(default_factory=deque)
+    seen: deque = field(init=False)  # seconds per FLOP of the last `window` batches
+
+    def __post_init__(self):
+        self.seen = deque(maxlen=self.window)
 
     @property
     def rate(self) -> float:
@@ -341,8 +346,6 @@ class MeasuredRate:
     def observe(self, flops: float, seconds: float) -> None:
         if flops > 0 and seconds > 0:
             self.seen.append(seconds / flops)
-            while len(self.seen) > self.window:
-                self.seen.popleft()
 
 
 def charge_us(seconds: float) -> int:

@@ -51,6 +51,10 @@ from pathlib import Path
 UNITS = ("flops", "us")  # what a ledger counts: FLOPs, or microseconds of measured time
 
 
+class UnitMismatch(ValueError):
+    """A saved state counts one unit and the ledger loading it another."""
+
+
 def _key(key) -> str:
     if not isinstance(key, str):
         raise TypeError(f"ledger keys are strings (they are saved as JSON), got {key!r}")
@@ -195,7 +199,7 @@ class Ledger:
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
             if state.get("unit", "flops") != self.unit:  # states before units counted FLOPs
-                raise ValueError(f"ledger state {self.state_path} counts "
+                raise UnitMismatch(f"ledger state {self.state_path} counts "
                                  f"{state.get('unit', 'flops')}, not {self.unit}: a job's quota "
                                  "cannot change between FLOPs and measured seconds")
             self._committed = {k: int(v) for k, v in state["committed"].items()}

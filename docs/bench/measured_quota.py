@@ -18,6 +18,7 @@ with the machine's load.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -38,7 +39,7 @@ from pipeline.tasks import TASKS  # noqa: E402
 OUT = ROOT / "runs" / "measured-quota"
 
 
-def subset(every: int) -> tuple[Path, list[dict]]:
+def subset(every: int) -> tuple[Path, list[str]]:
     """Every `every`-th row of the held-out corpus, as a manifest of its own (beside the
     corpus's: its image paths are relative to the manifest)."""
     full = corpus()
@@ -63,8 +64,6 @@ def run(manifest: Path, name: str, quota: QuotaArgs) -> tuple[dict, float]:
 
 def fixed_cost(manifest_rows: list[str], m: int) -> float:
     """FLOPs of these rows at one m, from the shipped calibration's mean cost per task."""
-    import json
-
     curves = from_calibration(shipped_calibration())
     tasks = Counter(json.loads(x)["task"] for x in manifest_rows)
     return sum(n * curves[t].at(m)[1] for t, n in tasks.items())
