@@ -277,12 +277,20 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     from pipeline.writer import PartWriter
 
     q = cfg.quota.quota()
-    given = (f"{q.seconds:.4g} s of measured accelerator time (planned at "
-             f"{q.flops_per_second:.4g} FLOP/s), {budget.spent / 1e6:.4g} s"
-             if cfg.quota.measured else f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}")
+    if cfg.quota.measured:
+        planned_at = (f"the time profile {cfg.quota.time_profile}" if cfg.quota.time_profile
+                      else f"{q.flops_per_second:.4g} FLOP/s")
+        given = (f"{q.seconds:.4g} s of measured accelerator time (planned at {planned_at}), "
+                 f"{budget.spent / 1e6:.4g} s")
+    else:
+        given = f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}"
     log(f"quota {given} spent by earlier runs"
         + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
            else ": nothing left to plan"))
+    if cfg.quota.time_profile:
+        tm = cfg.quota.time_model()
+        log(f"time profile: {tm.device}, batches of {tm.batch_size} (this job: "
+            f"{cfg.batch_size}); measured time per modelled time is learned as the job runs")
     if budget.groups is not None:
         log(f"planned by (task, question kind): {len(budget.groups.groups)} groups from the "
             f"calibration's questions, their curves shrunk toward the task's by "
@@ -322,13 +330,13 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
 
         units, unit = ledger_quota(cfg.quota)
         actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit)
-        client = LedgerClient(actor, measured_rate(cfg))
+        client = LedgerClient(actor, measured_rate(cfg), cfg.quota.time_model())
         token_policy = budget.plan.policy() if budget.plan else None
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
             esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations",
                                              in_ledger_units(cfg.quota, budget.escalations),
                                              unit=unit)
-            esc_client = LedgerClient(esc_actor, measured_rate(cfg))
+            esc_client = LedgerClient(esc_actor, measured_rate(cfg), cfg.quota.time_model())
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))
             token_policy = RemotePacer(pacer)
@@ -360,11 +368,12 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
 
 def measured_rate(cfg: Config):
     """A measured-seconds quota: each predictor's own `MeasuredRate`, starting from the
-    job's FLOP/s estimate; None for a quota in FLOPs."""
+    job's FLOP/s estimate (or, with a time profile, from the profile's time); None for a
+    quota in FLOPs."""
     from pipeline.budget import MeasuredRate
 
     q = cfg.quota
-    return MeasuredRate(1 / q.flops_per_second, q.margin) if q.measured else None
+    return MeasuredRate(1 / q.quota().flops_per_second, q.margin) if q.measured else None
 
 
 def start_pacer(cfg: Config, budget, ledger, job: str):
@@ -373,7 +382,7 @@ def start_pacer(cfg: Config, budget, ledger, job: str):
     from pipeline.pacing import pacer_actor_class
 
     estimate = {t.task: t.rows for t in budget.plan.tasks}  # per group with quota.by=kind
-    fps = cfg.quota.flops_per_second if cfg.quota.measured else None
+    fps = cfg.quota.quota().flops_per_second if cfg.quota.measured else None
     return pacer_actor_class().options(name=f"mqt-pacer-{job}").remote(
         budget.curves, ledger_quota(cfg.quota)[0], estimate, ledger, budget.weights,
         cfg.quota.pacing_every, flops_per_second=fps)
@@ -427,7 +436,12 @@ def measured_spend(cfg: Config, summary: dict, totals: dict, budget) -> dict:
             "overrun_seconds": round(over, 6),
             "this_run_seconds": round(took - budget.spent / 1e6, 6),
             "share": round(took / max(q.seconds, 1e-9), 4),
-            "flops_per_second_planned": q.flops_per_second,
+            "flops_per_second_planned": None if cfg.quota.time_profile else q.flops_per_second,
+            "time_profile": cfg.quota.time_profile or None,
+            # measured time / the profile's time for the same rows (1: the profile was right)
+            "time_vs_profile": (round(took * 1e6 / totals["flops_spent"], 4)
+                                if cfg.quota.time_profile and totals.get("flops_spent")
+                                else None),
             "flops_per_second_measured": round(summary["flops"] / took) if took else None,
             "escalation_budget_seconds": round(budget.escalations / q.flops_per_second, 6),
             "escalation_seconds": totals.get("escalation_spent", 0) / 1e6}
@@ -502,7 +516,9 @@ def print_summary(s: dict) -> None:
               f"+ {q['overrun_seconds']:.4g} s past reservations ({100 * q['share']:.1f}%), "
               f"this run {q['this_run_seconds']:.4g} s, refused rows {q['refused_rows']}, "
               f"skipped {q['skipped_rows']}; {q['flops_per_second_measured'] or 0:.4g} FLOP/s "
-              f"measured (planned at {q['flops_per_second_planned']:.4g})")
+              + (f"measured; time {q['time_vs_profile'] or 0:.3g}x the profile's "
+                 f"({q['time_profile']})" if q.get("time_profile") else
+                 f"measured (planned at {q['flops_per_second_planned']:.4g})"))
     elif "quota" in s:
         q = s["quota"]
         print(f"quota {q['quota_flops']:.4g} FLOPs: spent {q['spent_flops']:.4g} "

@@ -27,6 +27,7 @@ JOBS = {
     "bench-annotate": ("jobs.bench_annotate", "images/s of the annotate job vs a plain loop; RSS"),
     "annotate": ("jobs.annotate", "captions / answers for an image folder or manifest (Ray Data)"),
     "plan": ("jobs.plan", "per-task visual-token budgets that fit a compute quota"),
+    "profile": ("jobs.profile", "seconds per row at each m here: a time model for quotas"),
     "bench-scheduler": ("jobs.bench_scheduler", "accuracy vs spend of the scheduler policies"),
 }
 

@@ -16,7 +16,11 @@ model's throughput on the job's accelerators), but the ledger counts the time th
 predictors really take (each row's `seconds`, in microseconds). A row's reservation is its
 FLOP bound at the seconds per FLOP the predictor last measured (`MeasuredRate`, with a
 margin); what a row takes beyond it is recorded as overrun, so spend <= Q holds for the
-reservations and the overrun says by how much measured time went past them.
+reservations and the overrun says by how much measured time went past them. With
+`quota.time_profile` (`mqt profile`, pipeline/timing.py) the plan is made in the profile's
+seconds per row instead, affine in FLOPs with a time per model call per task, and
+the ledger keeps the profile's microseconds behind the measured ones where it would keep
+FLOPs, so the rate and the pacer learn measured time per modelled time.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.ledger import Ledger, UnitMismatch
 from pipeline.plan import InfeasibleQuota, Plan, Quota, plan
 from pipeline.quality import QualityCurve, from_calibration, shipped_calibration
 from pipeline.sources import Source, manifest_records, relative_id
+from pipeline.timing import UNITS_PER_SECOND, TimeModel
 
 REFUSED = "quota: refused by the budget ledger (the job's compute quota is spent)"
 SKIPPED = ("quota: skipped (quota.infeasible=subset): the quota pays for the first {kept} of "
@@ -76,6 +81,9 @@ class QuotaArgs:
     # reservations are made with (pacing re-plans on the time really spent)
     measured: bool = False
     margin: float = 1.5  # measured: a row reserves this x its bound at the measured rate
+    # measured: plan in seconds from this time profile (`mqt profile`: seconds per row
+    # affine in FLOPs, per task; pipeline.timing) instead of at one flops_per_second
+    time_profile: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -92,15 +100,49 @@ class QuotaArgs:
         if self.measured and not self.seconds:
             raise FieldError("measured", "measured spend needs a quota in seconds "
                              "(quota.seconds), not quota.flops")
-        if self.measured and not self.flops_per_second:
+        if self.time_profile and not self.measured:
+            raise FieldError("time_profile", "a time profile plans a quota of measured time: "
+                             "set quota.measured=true (and quota.seconds)")
+        if self.time_profile and self.flops_per_second:
+            raise FieldError("flops_per_second", "give it or quota.time_profile, not both (the "
+                             "profile says how long a row takes at each m)")
+        if self.measured and not (self.flops_per_second or self.time_profile):
             raise FieldError("flops_per_second", "a measured quota still plans, and makes its "
                              "first reservations, at an estimate of the model's FLOP/s on the "
-                             "job's accelerators (`mqt annotate` prints what it measured)")
+                             "job's accelerators (`mqt annotate` prints what it measured), or "
+                             "on a time profile (quota.time_profile, from `mqt profile`)")
         if not 1 <= self.margin < math.inf:
             raise FieldError("margin", f"must be >= 1, got {self.margin!r}")
         if self.flops:
             return Quota(flops=self.flops)
+        if self.time_profile:  # the plan's "FLOPs" are the profile's microseconds
+            return Quota(seconds=self.seconds, flops_per_second=UNITS_PER_SECOND)
         return Quota(seconds=self.seconds, flops_per_second=self.flops_per_second or None)
+
+
+    def time_model(self) -> TimeModel | None:
+        """The time profile's model (quota.time_profile), None without one."""
+        if not self.time_profile:
+            return None
+        try:
+            return TimeModel.load(self.time_profile)
+        except ValueError as e:
+            raise FieldError("time_profile", str(e)) from None
+
+
+def timed(args: QuotaArgs, cs: dict[str, QualityCurve], model_cfg=None) -> dict:
+    """With a time profile, the curves priced in its microseconds per row; else as they are."""
+    time = args.time_model()
+    if time is None:
+        return cs
+    from pipeline.cascade import shared_flops
+
+    ms = {m for c in cs.values() for m in c.ms}
+    shared = shared_flops(model_cfg, ms) if model_cfg is not None else None
+    try:
+        return time.timed(cs, shared)
+    except (KeyError, ValueError) as e:
+        raise FieldError("time_profile", f"{args.time_profile}: {e.args[0]}") from None
 
 
 def curves(args: QuotaArgs, tasks: set[str], model_cfg=None) -> dict[str, QualityCurve]:
@@ -280,10 +322,13 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
     groups, alpha = None, None
     if args.by == "kind":
         per_row = left.total_flops / len(todo) if todo else math.inf
+        if args.time_profile and todo:  # the shrinkage is cross-validated on FLOPs
+            per_row = args.time_model().flops_for(per_row / UNITS_PER_SECOND)
         groups, cs, alpha = kind_groups(args, cs, {r[1] for r in todo}, per_row, model_cfg)
         keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
     else:
         keyed = [(r[0], r[1]) for r in todo]
+    cs = timed(args, cs, model_cfg)
     weights = {t: float(w) for t, w in args.weights.items()} or None
     if groups is not None and weights:
         weights = group_weights(weights, {g for _, g in keyed})
@@ -325,9 +370,11 @@ class MeasuredRate:
     """Seconds per FLOP of one predictor, learned from its own batches: what it reserves for
     a row in a measured-seconds ledger. Before its first batch it uses the job's estimate
     (1 / quota.flops_per_second); after, the slowest of its last `window` batches, so a
-    slow batch (a cold start, a neighbour on the machine) keeps reservations high for a while."""
+    slow batch (a cold start, a neighbour on the machine) keeps reservations high for a while.
+    With a time profile the "FLOPs" are the profile's microseconds (prior 1e-6: the profile
+    is right), and the rate learns how much slower or faster than the profile rows run."""
 
-    prior: float  # seconds per FLOP before any batch
+    prior: float  # seconds per FLOP (per unit of work) before any batch
     margin: float = 1.5  # a reservation is this x the bound at the rate
     window: int = 8
     seen: deque = field(init=False)  # seconds per FLOP of the last `window` batches
@@ -362,10 +409,22 @@ class LedgerClient:
     Callers give FLOPs (bounds, actual costs) and the seconds they measured; with `rate`
     (a measured-seconds quota) the ledger is charged time: bounds go through the rate, a
     commit charges the measured seconds and teaches the rate, and the ledger keeps the
-    FLOPs behind both (its FLOP/s for the pacer)."""
+    FLOPs behind both (its FLOP/s for the pacer). With `time` (quota.time_profile) the
+    work behind the time is the profile's microseconds for each row (its task's per-call
+    time included), not its FLOPs, and the rate is seconds per such microsecond."""
 
-    def __init__(self, actor, rate: MeasuredRate | None = None):
-        self.actor, self.rate = actor, rate
+    def __init__(self, actor, rate: MeasuredRate | None = None, time: TimeModel | None = None):
+        if time is not None and rate is None:
+            raise ValueError("a time profile prices measured time: it needs a MeasuredRate")
+        self.actor, self.rate, self.time = actor, rate, time
+
+    def _work(self, flops: list[int], tasks: list[str] | None) -> list[int]:
+        """What the ledger keeps behind a row's time: its FLOPs, or its modelled time."""
+        if self.time is None:
+            return list(flops)
+        if tasks is None:
+            raise ValueError("a ledger priced by a time profile needs each row's task")
+        return [self.time.units(t, f) for t, f in zip(tasks, flops, strict=True)]
 
     def _call(self, method: str, *args):
         if isinstance(self.actor, Ledger):
@@ -374,22 +433,27 @@ class LedgerClient:
 
         return ray.get(getattr(self.actor, method).remote(*args))
 
-    def reserve(self, ids: list[str], bounds: list[int]) -> tuple[list[str], list[bool]]:
-        """Attempt keys and whether each row's upper bound (FLOPs) was granted."""
+    def reserve(self, ids: list[str], bounds: list[int],
+                tasks: list[str] | None = None) -> tuple[list[str], list[bool]]:
+        """Attempt keys and whether each row's upper bound (FLOPs; one model call each, of
+        its task in `tasks`) was granted."""
         attempt = uuid.uuid4().hex[:12]
         keys = [f"{i}@{attempt}" for i in ids]
         if self.rate is None:
             return keys, self._call("reserve_many", list(zip(keys, bounds, strict=True)))
-        holds = [(k, self.rate.reserve(b), b) for k, b in zip(keys, bounds, strict=True)]
+        work = self._work(bounds, tasks)
+        holds = [(k, self.rate.reserve(w), w) for k, w in zip(keys, work, strict=True)]
         return keys, self._call("reserve_many", holds)
 
-    def commit(self, keys: list[str], flops: list[int], seconds: list[float]) -> None:
+    def commit(self, keys: list[str], flops: list[int], seconds: list[float],
+               tasks: list[str] | None = None) -> None:
         """Charge what each row cost: its FLOPs, or (measured) its seconds."""
         if self.rate is None:
             self._call("commit_many", list(zip(keys, flops, strict=True)))
             return
-        self.rate.observe(sum(flops), sum(seconds))
-        self._call("commit_many", list(zip(keys, map(charge_us, seconds), flops, strict=True)))
+        work = self._work(flops, tasks)
+        self.rate.observe(sum(work), sum(seconds))
+        self._call("commit_many", list(zip(keys, map(charge_us, seconds), work, strict=True)))
 
     def release(self, keys: list[str]) -> None:
         self._call("release_many", keys)

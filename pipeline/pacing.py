@@ -33,10 +33,12 @@ move later rows to cheaper m instead of running out. With a ledger of measured t
 (`time_left`, quota.measured) the quota left is the time the ledger has left (its quota
 less spent, held and overrun microseconds) times the FLOP/s the job has measured so far
 (the FLOPs of its committed rows over their time; the job's estimate before any), and r
-compares FLOPs (committed and held bounds) with the curves'. The ledger stays the hard
-limit: spend never exceeds Q whatever the estimate. If the quota left cannot pay the cheapest m on
-the central rows, every row gets its task's cheapest m and the ledger refuses what it
-cannot pay.
+compares FLOPs (committed and held bounds) with the curves'. With a time profile
+(quota.time_profile) every "FLOP" here is a microsecond of the profile's time model: the
+curves, the ledger's work and the rate (measured microseconds per modelled one). The
+ledger stays the hard limit: spend never exceeds Q whatever the estimate. If the quota
+left cannot pay the cheapest m on the central rows, every row gets its task's cheapest m
+and the ledger refuses what it cannot pay.
 
 `PacerActor` is the same object as one Ray actor per job (next to the ledger actor); the
 predictors hold a `RemotePacer`, which asks it once per batch. Pure Python but for those two.

@@ -134,7 +134,7 @@ class Predictor:
                          embeds[idx], 0.0)
         extra = self._keep_m2(out, idx, trial, choices)
         for ledger, ks in zip(ledgers, keys, strict=True):
-            _settle(ledger, ks, [{"flops": x, "seconds": t["seconds"]}
+            _settle(ledger, ks, [{"flops": x, "seconds": t["seconds"], "task": t["task"]}
                                  for x, t in zip(extra, trial, strict=True)])
 
     def _keep_m2(self, out, idx, trial, choices) -> list[int | None]:
@@ -158,7 +158,8 @@ class Predictor:
         ids = [f"{rows[i]['id']}+m{choices[i].m2}" for i in idx]
         keep, keys = list(range(len(idx))), []
         for ledger in ledgers:  # all or none: a refusal frees the holds taken before it
-            ks, ok = ledger.reserve([ids[j] for j in keep], [bounds[j] for j in keep])
+            ks, ok = ledger.reserve([ids[j] for j in keep], [bounds[j] for j in keep],
+                                    [rows[idx[j]]["task"] for j in keep])
             for prev, pk in zip(ledgers, keys, strict=False):
                 prev.release([k for k, g in zip(pk, ok, strict=True) if not g])
             keys = [[k for k, g in zip(pk, ok, strict=True) if g] for pk in [*keys, ks]]
@@ -173,7 +174,8 @@ class Predictor:
         """Ask the ledger for each row's upper bound at its first m; refused rows become
         error rows and drop out. Returns the granted (rows, out, choices) and their keys."""
         bounds = [self._bound(r, first_m(c)) for r, c in zip(rows, choices, strict=True)]
-        keys, granted = self.ledger.reserve([r["id"] for r in rows], bounds)
+        keys, granted = self.ledger.reserve([r["id"] for r in rows], bounds,
+                                            [r["task"] for r in rows])
         for o, ok in zip(out, granted, strict=True):
             if not ok:
                 o.update(error=REFUSED)
@@ -231,7 +233,7 @@ def _settle(ledger, keys: list[str], out: list[dict]) -> None:
     counts one of them); free the hold of rows the model failed on."""
     done = [(k, o) for k, o in zip(keys, out, strict=True) if o["flops"] is not None]
     ledger.commit([k for k, _ in done], [o["flops"] for _, o in done],
-                  [o["seconds"] for _, o in done])
+                  [o["seconds"] for _, o in done], [o["task"] for _, o in done])
     ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
 

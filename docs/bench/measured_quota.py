@@ -10,10 +10,13 @@ large to bind measures the FLOP/s the model reaches here (F, the summary's
 needs for these rows, and the job runs with an estimate of 0.75 F, F and 1.5 F
 (`quota.flops_per_second`), without and with pacing. (At 0.5 F the plan would find that
 quota too small for m = 1 on every row: the cost of a row varies only 3x from m = 1 to
-64.) For each it prints the measured time spent against Q (the part past the rows'
-reservations, overrun, included), the rows the ledger refused, accuracy (refused rows
-count wrong), the m used and the FLOP/s measured. Nothing is fitted; the numbers move
-with the machine's load.
+64.) Then `mqt profile` times 16 rows per task of the same corpus at m = 1, 4, 16, 64 and
+the same quota is planned on its time model (`quota.time_profile`), as measured and as
+a profile of a machine 0.75x or 1.5x as fast would say (every coefficient divided by that
+factor), without and with pacing. For each it prints the measured time spent against Q
+(the part past the rows' reservations, overrun, included), the rows the ledger refused,
+accuracy (refused rows count wrong), the m used and the FLOP/s measured. Nothing is
+fitted to the results; the numbers move with the machine's load.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ sys.path.insert(0, str(ROOT / "docs" / "bench"))
 from annotate_by_kind import corpus  # noqa: E402
 
 from jobs import annotate  # noqa: E402
+from jobs import profile as profile_job  # noqa: E402
 from pipeline.budget import QuotaArgs  # noqa: E402
 from pipeline.quality import from_calibration, shipped_calibration  # noqa: E402
 from pipeline.tasks import TASKS  # noqa: E402
+from pipeline.timing import TimeModel  # noqa: E402
 
 OUT = ROOT / "runs" / "measured-quota"
 
@@ -100,7 +105,35 @@ def main(every: int) -> None:
             s, acc = run(manifest, f"x{ratio:g}-{'paced' if pacing else 'static'}", quota)
             lines.append(line(f"{ratio:g}, {'paced' if pacing else 'static'}", s, acc))
             print("\n".join(lines), flush=True)
+    measured = profile(manifest)
+    lines[1:1] = ["", f"Time profile (`mqt profile`, 16 rows per task of this corpus): "
+                  f"{measured.seconds_per_flop * 1e9 * 1e3:.2f} ms per GFLOP + per call "
+                  + ", ".join(f"{t} {b * 1e3:.1f} ms" for t, b in
+                              measured.seconds_per_call.items())]
+    for ratio in (0.75, 1.0, 1.5):
+        path = OUT / f"profile-x{ratio:g}.json"
+        TimeModel(measured.seconds_per_flop / ratio,
+                  {t: b / ratio for t, b in measured.seconds_per_call.items()},
+                  measured.device, measured.batch_size).save(path)
+        for pacing in (False, True):
+            quota = QuotaArgs(seconds=seconds, measured=True, time_profile=str(path),
+                              pacing=pacing)
+            s, acc = run(manifest, f"profile-x{ratio:g}-{'paced' if pacing else 'static'}",
+                         quota)
+            vs = s["quota"]["time_vs_profile"]
+            lines.append(line(f"profile x{ratio:g}, {'paced' if pacing else 'static'} "
+                              f"(time {vs:.2f}x the profile's)", s, acc))
+            print("\n".join(lines), flush=True)
     print("\n".join(lines))
+
+
+def profile(manifest: Path) -> TimeModel:
+    """`mqt profile` on 16 rows per task of the corpus, as the jobs run (batches of 16,
+    one thread)."""
+    cfg = profile_job.Config(preset="mqt-smol", source=str(manifest), rows=16,
+                             batch_size=16, threads=1, output=str(OUT / "profile"))
+    profile_job.main(cfg)
+    return TimeModel.load(OUT / "profile" / "time_profile.json")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,49 @@ def test_a_measured_seconds_quota_charges_the_time_rows_took(ray_local, folder, 
     assert paced["quota"]["pacing"]["plans"] >= 2
 
 
+def test_a_measured_quota_planned_on_a_time_profile(ray_local, folder, calibration, tmp_path):
+    """quota.time_profile: the plan is made in the profile's seconds (its per-call time
+    included), the ledger charges the rows' measured seconds and keeps, behind them, the
+    profile's microseconds for each row (exactly its units at the row's FLOPs), and the
+    summary says how the measured time compares with the profile's."""
+    from pipeline.plan import Quota, plan
+    from pipeline.quality import from_calibration
+    from pipeline.timing import TimeModel
+
+    profile = TimeModel(1e-9, {"caption": 0.5})  # 1 s per GFLOP, half a second per call
+    profile.save(tmp_path / "profile.json")
+    units = {m: profile.units("caption", tiny_row_bound(m)) for m in MS}
+    seconds = (8 * units[1] + 4 * units[16]) / 1e6
+    args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
+            f"quota.calibration={calibration}", f"quota.seconds={seconds}",
+            "quota.measured=true", f"quota.time_profile={tmp_path / 'profile.json'}"]
+    cfg = cli.resolve("annotate", None, args, "tiny")[1]
+    expected = plan({"caption": 12}, profile.timed(from_calibration(calibration)),
+                    Quota(flops=round(seconds * 1e6)))
+    s = annotate.main(cfg)
+    q = s["quota"]
+    assert s["rows"] == 12 and s["errors"] == 0 and q["refused_rows"] == 0
+    assert s["m_histogram"]["caption"] == {p.m: p.rows for p in expected.task("caption").parts}
+    rows = pq.read_table(tmp_path / "o" / "data").to_pylist()
+    took = sum(round(r["seconds"] * 1e6) for r in rows)
+    modelled = sum(profile.units("caption", r["flops"]) for r in rows)
+    state = json.loads((tmp_path / "o" / "ledger.json").read_text())
+    assert state["spent"] + state["overrun"] == took and state["flops_spent"] == modelled
+    assert q["time_profile"] == str(tmp_path / "profile.json")
+    assert q["flops_per_second_planned"] is None
+    assert q["time_vs_profile"] == round(took / modelled, 4)  # the tiny model: far faster
+    with pytest.raises(ValueError, match="quota.flops_per_second: give it or"):
+        cli.resolve("annotate", None, [*args, "quota.flops_per_second=1e9"], "tiny")
+    # paced: the rows run far faster than the profile says, and the pacer, re-planning on
+    # measured time per modelled time, moves later rows to m = 16
+    paced = annotate.main(cli.resolve("annotate", None, [*args, f"output={tmp_path / 'p'}",
+                                                         "quota.pacing=true"], "tiny")[1])
+    assert paced["rows"] == 12 and paced["quota"]["refused_rows"] == 0
+    static16 = s["m_histogram"]["caption"].get(16, 0)
+    assert paced["m_histogram"]["caption"].get(16, 0) > static16
+    assert paced["quota"]["pacing"]["plans"] >= 2 and paced["quota"]["share"] < 1
+
+
 def test_a_measured_quota_needs_seconds_and_an_estimate(folder, calibration, tmp_path):
     args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
             f"quota.calibration={calibration}", "quota.measured=true"]
@@ -344,6 +387,20 @@ def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tm
     assert {t.task: [(p.m, p.rows) for p in t.parts] for t in budget.plan.tasks} == {
         "vqa:count": [(16, 6)], "vqa:yesno": [(1, 6)]}
     assert budget.plan.accuracy == pytest.approx(1.0) and budget.plan.spend <= quota
+    # the same plan in measured seconds on a time profile: groups take their task's time
+    from pipeline.timing import TimeModel
+
+    profile = TimeModel(1e-9, {"vqa": 0.5})
+    profile.save(tmp_path / "profile.json")
+    seconds = (6 * profile.units("vqa", kind_flops("yesno", 1))
+               + 6 * profile.units("vqa", kind_flops("count", 16))) / 1e6
+    timed = cli.resolve("annotate", None, [
+        *base[:-1], f"output={tmp_path / 's'}", "quota.by=kind", f"quota.seconds={seconds}",
+        "quota.measured=true", f"quota.time_profile={tmp_path / 'profile.json'}"], "tiny")[1]
+    in_time = annotate.budget_plan(timed, annotate.validate(timed)).plan
+    assert {t.task: [(p.m, p.rows) for p in t.parts] for t in in_time.tasks} == {
+        "vqa:count": [(16, 6)], "vqa:yesno": [(1, 6)]}
+    assert in_time.spend <= seconds * 1e6
     s = annotate.main(cfg)
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "k" / "data").to_pylist()}
     assert s["errors"] == 0 and s["quota"]["plan_by"] == "kind"
