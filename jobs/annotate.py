@@ -277,6 +277,7 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     from pipeline.writer import PartWriter
 
     q = cfg.quota.quota()
+    unit = "profiled us" if cfg.quota.time_profile else "FLOPs"
     if cfg.quota.measured:
         planned_at = (f"the time profile {cfg.quota.time_profile}" if cfg.quota.time_profile
                       else f"{q.flops_per_second:.4g} FLOP/s")
@@ -285,7 +286,7 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     else:
         given = f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}"
     log(f"quota {given} spent by earlier runs"
-        + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
+        + (f"; plan for the rows left:\n{table(budget.plan, unit)}" if budget.plan
            else ": nothing left to plan"))
     if cfg.quota.time_profile:
         tm = cfg.quota.time_model()

@@ -4,6 +4,7 @@
     mqt plan prior=llava-7b rows.vqav2=400000 rows.gqa=200000 \\
         quota_seconds=1.8e6 flops_per_second=4e14 match_m=256
     mqt plan source=rows.jsonl quota=2e13 by=kind          # the rows of a corpus, per kind
+    mqt plan rows.vqa=1000 quota_seconds=300 time_profile=runs/prof/time_profile.json
 
 Reads quality curves (an `mqt eval` calibration.json, or the llava-7b prior), solves the
 per-task plan (pipeline/plan.py), with `source=` for the rows of a folder or manifest (per
@@ -44,6 +45,9 @@ class Config:
     quota: float | None = None  # FLOPs
     quota_seconds: float | None = None  # accelerator-seconds, converted at flops_per_second
     flops_per_second: float | None = None  # sustained FLOP/s of one accelerator (assumed)
+    # or, for quota_seconds, the seconds per row at each m from `mqt profile` (its
+    # time_profile.json): the plan's costs are then that profile's microseconds
+    time_profile: str = ""
     match_m: int = 0  # also find the quota at which the plan matches fixed m on every row
     match_within: float = 0.0  # ... or comes within this many points of accuracy of it
     # the rows of a corpus instead of rows.*: a folder or manifest (as `mqt annotate` reads)
@@ -65,7 +69,17 @@ def curves(cfg: Config) -> dict[str, QualityCurve]:
     path = Path(cfg.calibration) if cfg.calibration else shipped_calibration()
     if not path.is_file():
         raise ValueError(f"calibration: no such file {str(path)!r}")
-    return from_calibration(path, include_unseen=cfg.include_unseen)
+    found = from_calibration(path, include_unseen=cfg.include_unseen)
+    if not cfg.time_profile:
+        return found
+    from pipeline.timing import TimeModel
+
+    if cfg.rows:  # a profile need only time the tasks planned
+        found = {t: c for t, c in found.items() if t in cfg.rows}
+    try:
+        return TimeModel.load(cfg.time_profile).timed(found)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"time_profile: {e.args[0]}") from None
 
 
 def quota(cfg: Config) -> Quota:
@@ -78,6 +92,12 @@ def quota(cfg: Config) -> Quota:
         return Quota(flops=cfg.quota)
     if cfg.quota_seconds < 0:
         raise ValueError(f"quota_seconds: must be >= 0, got {cfg.quota_seconds}")
+    if cfg.time_profile:
+        from pipeline.timing import UNITS_PER_SECOND
+
+        if cfg.flops_per_second:
+            raise ValueError("flops_per_second: give it or time_profile, not both")
+        return Quota(seconds=cfg.quota_seconds, flops_per_second=UNITS_PER_SECOND, timed=True)
     if not cfg.flops_per_second or cfg.flops_per_second <= 0:
         raise ValueError("flops_per_second: give the FLOP/s that converts quota_seconds (> 0)")
     return Quota(seconds=cfg.quota_seconds, flops_per_second=cfg.flops_per_second)
@@ -86,6 +106,11 @@ def quota(cfg: Config) -> Quota:
 def validate(cfg: Config) -> None:
     if cfg.prior and cfg.calibration:
         raise ValueError("prior: give a prior or a calibration file, not both")
+    if cfg.time_profile and cfg.quota_seconds is None:
+        raise ValueError("time_profile: prices a quota in seconds: give quota_seconds=")
+    if cfg.time_profile and cfg.prior:
+        raise ValueError("time_profile: a profile times mqt-smol's tasks, not a prior's "
+                         "benchmarks; drop prior=")
     if not cfg.source and cfg.by != "task":
         raise ValueError("by: plans per question kind need the rows' questions: give source=")
     if not cfg.source and not cfg.rows:
@@ -131,8 +156,10 @@ def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
         raise ValueError(f"by must be 'task' or 'kind', got {cfg.by!r}")
     q = quota(cfg)
     args = QuotaArgs(flops=q.flops or 0.0, seconds=q.seconds or 0.0,
-                     flops_per_second=q.flops_per_second or 0.0, calibration=cfg.calibration,
-                     weights=cfg.weights, by=cfg.by, results=cfg.results)
+                     flops_per_second=0.0 if cfg.time_profile else q.flops_per_second or 0.0,
+                     calibration=cfg.calibration, weights=cfg.weights, by=cfg.by,
+                     results=cfg.results, measured=bool(cfg.time_profile),
+                     time_profile=cfg.time_profile)
     src = open_source(cfg.source, cfg.storage)
     todo = source_rows(src, cfg.task, 0, cfg.question if cfg.by == "kind" else None)
     try:
@@ -150,7 +177,7 @@ def main(cfg: Config) -> dict:
     p = solve(cfg, cs, rows, weights)
     best = best_fixed_plan(rows, cs, p.quota, weights)
     match = matched(cfg, cs, p.quota, rows, weights) if cfg.match_m else None
-    text = report(cfg, p, best, match)
+    text = report(cfg, p, best, match, spend_unit(cfg))
     print(text)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,23 +220,31 @@ def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota, rows: dict | Non
 # ------------------------------------------------------------------------- the table
 
 
-def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None) -> str:
+def spend_unit(cfg: Config) -> str:
+    """What the plan's costs count: FLOPs, or a time profile's microseconds."""
+    return "profiled us" if cfg.time_profile else "FLOPs"
+
+
+def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None,
+           unit: str = "FLOPs") -> str:
     q = p.quota
     given = q.flops if q.flops is not None else q.seconds
-    flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} FLOPs"
+    flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} {unit}"
     lines = [f"Plan for {p.rows} rows, quota {q.describe(given)}{flops} ({source(cfg)})", "",
-             table(p)]
+             table(p, unit)]
     lines += ["", f"Value {p.value:.6g} (weighted expected correct rows); no plan can "
               f"exceed {p.bound:.6g} (LP bound)."]
-    lines.append(_fixed_line(p, best))
+    lines.append(_fixed_line(p, best, unit))
     if match:
-        lines.append(_match_line(p, match))
+        lines.append(_match_line(p, match, unit))
     return "\n".join(lines)
 
 
-def table(p: Plan) -> str:
+def table(p: Plan, spend_unit: str = "FLOPs") -> str:
+    """The plan's table; `spend_unit`: what the plan's costs count (FLOPs, or the
+    microseconds of a time profile)."""
     hours = p.quota.flops is None  # a quota in seconds: spend in accelerator-hours too
-    head = "| task | rows | m | expected accuracy | spend (FLOPs) | share of Q |"
+    head = f"| task | rows | m | expected accuracy | spend ({spend_unit}) | share of Q |"
     rule = "|---|---:|---|---:|---:|---:|"
     if hours:
         head, rule = head + " accelerator-hours |", rule + "---:|"
@@ -234,19 +269,19 @@ def _ms(parts) -> str:
     return " + ".join(f"{x.m} x{x.rows}" for x in parts)
 
 
-def _fixed_line(p: Plan, best: Plan | None) -> str:
+def _fixed_line(p: Plan, best: Plan | None, unit: str) -> str:
     if best is None:
         return "No single m for all tasks fits in the quota."
     m = best.tasks[0].parts[0].m
     return (f"Best fixed m within the quota: m = {m} on every row, expected accuracy "
-            f"{100 * best.accuracy:.2f}%, spend {best.spend:.4g} FLOPs "
+            f"{100 * best.accuracy:.2f}%, spend {best.spend:.4g} {unit} "
             f"({100 * p.share(best.spend):.1f}% of Q).")
 
 
-def _match_line(p: Plan, match: dict) -> str:
+def _match_line(p: Plan, match: dict, unit: str) -> str:
     within = f", less {match['within']:g} points," if match["within"] else ""
     return (f"Fixed m = {match['m']} on every row: expected accuracy "
-            f"{100 * match['fixed_accuracy']:.2f}%, {match['fixed_spend']:.4g} FLOPs "
+            f"{100 * match['fixed_accuracy']:.2f}%, {match['fixed_spend']:.4g} {unit} "
             f"({100 * p.share(match['fixed_spend']):.1f}% of Q). The plan reaches its value"
-            f"{within} with {match['plan_spend']:.4g} FLOPs (accuracy "
+            f"{within} with {match['plan_spend']:.4g} {unit} (accuracy "
             f"{100 * match['plan_accuracy']:.2f}%): {100 * match['saving']:.1f}% less.")

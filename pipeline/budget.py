@@ -116,7 +116,7 @@ class QuotaArgs:
         if self.flops:
             return Quota(flops=self.flops)
         if self.time_profile:  # the plan's "FLOPs" are the profile's microseconds
-            return Quota(seconds=self.seconds, flops_per_second=UNITS_PER_SECOND)
+            return Quota(seconds=self.seconds, flops_per_second=UNITS_PER_SECOND, timed=True)
         return Quota(seconds=self.seconds, flops_per_second=self.flops_per_second or None)
 
 
@@ -130,13 +130,17 @@ class QuotaArgs:
             raise FieldError("time_profile", str(e)) from None
 
 
-def timed(args: QuotaArgs, cs: dict[str, QualityCurve], model_cfg=None) -> dict:
-    """With a time profile, the curves priced in its microseconds per row; else as they are."""
+def timed(args: QuotaArgs, cs: dict[str, QualityCurve], tasks: set[str],
+          model_cfg=None) -> dict:
+    """With a time profile, the curves of the job's `tasks` (their groups, with
+    quota.by=kind) priced in its microseconds per row; else the curves as they are."""
     time = args.time_model()
     if time is None:
         return cs
     from pipeline.cascade import shared_flops
+    from pipeline.kinds import task_of
 
+    cs = {g: c for g, c in cs.items() if task_of(g) in tasks}  # the profile need not time others
     ms = {m for c in cs.values() for m in c.ms}
     shared = shared_flops(model_cfg, ms) if model_cfg is not None else None
     try:
@@ -247,7 +251,7 @@ def remaining(args: QuotaArgs, spent: int) -> Quota:
     q = args.quota()
     if args.measured:
         return Quota(seconds=max(0.0, q.seconds - spent / 1e6),
-                     flops_per_second=q.flops_per_second)
+                     flops_per_second=q.flops_per_second, timed=q.timed)
     left = max(0, q.total_flops - spent)
     return Quota(flops=left) if q.flops is not None else Quota(
         seconds=left / q.flops_per_second, flops_per_second=q.flops_per_second)
@@ -328,7 +332,7 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
         keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
     else:
         keyed = [(r[0], r[1]) for r in todo]
-    cs = timed(args, cs, model_cfg)
+    cs = timed(args, cs, {r[1] for r in todo}, model_cfg)
     weights = {t: float(w) for t, w in args.weights.items()} or None
     if groups is not None and weights:
         weights = group_weights(weights, {g for _, g in keyed})

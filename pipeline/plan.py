@@ -45,6 +45,9 @@ class Quota:
     flops: float | None = None
     seconds: float | None = None
     flops_per_second: float | None = None
+    # seconds planned on a time profile (pipeline/timing.py): the "FLOPs" are its
+    # microseconds, flops_per_second = 1e6 of them per second
+    timed: bool = False
 
     def __post_init__(self):
         if (self.flops is None) == (self.seconds is None):
@@ -82,7 +85,8 @@ class Quota:
     def describe(self, value: float, exact: bool = False) -> str:
         """`value` in the quota's unit; `exact` adds the round-trip digits (to copy)."""
         text = f"{value!r} ({value:.4g})" if exact else f"{value:.6g}"
-        rate = "" if self.flops is not None else f" at {self.flops_per_second:.6g} FLOP/s"
+        rate = ("" if self.flops is not None else " on the time profile" if self.timed
+                else f" at {self.flops_per_second:.6g} FLOP/s")
         return f"{text} {self.unit}{rate}"
 
 
@@ -177,7 +181,7 @@ class Plan:
         q = self.quota
         return {"quota": {"flops": q.flops, "seconds": q.seconds,
                           "flops_per_second": q.flops_per_second,
-                          "total_flops": self.quota_flops},
+                          "total_flops": self.quota_flops, "timed": q.timed},
                 "spend": self.spend, "share": self.share(self.spend), "value": self.value,
                 "bound": self.bound, "rows": self.rows, "accuracy": self.accuracy,
                 "tasks": [_task_dict(t, self) for t in self.tasks]}

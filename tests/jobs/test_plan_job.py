@@ -52,6 +52,41 @@ def test_plan_on_the_llava_prior_in_gpu_seconds_with_a_match(tmp_path, capsys):
     assert result["accuracy"] >= result["best_fixed"]["accuracy"]  # all weights are 1
 
 
+def test_plan_on_a_time_profile(tmp_path, capsys):
+    """quota_seconds with time_profile: the plan's costs are the profile's microseconds
+    per row (a x FLOPs + the task's time per call) and the report says so; an infeasible
+    quota's minimum is in seconds on the profile, and re-planned at it, fits."""
+    from pipeline.timing import TimeModel
+
+    profile = TimeModel(1e-11, {"vqa": 0.05, "mc": 0.08})
+    profile.save(tmp_path / "p.json")
+    _, cfg = resolve("plan", None, ["rows.vqa=1000", "rows.mc=200", "quota_seconds=150",
+                                    f"time_profile={tmp_path / 'p.json'}",
+                                    f"output={tmp_path / 'o'}"], None)
+    result = plan_main(cfg)
+    out = capsys.readouterr().out
+    assert "quota 150 s on the time profile = 1.5e+08 profiled us" in out
+    assert "spend (profiled us)" in out and result["quota"]["timed"]
+    assert result["spend"] <= 150e6
+    cal = from_calibration()
+    for t in result["tasks"]:
+        for p in t["parts"]:
+            assert p["flops"] == profile.units(t["task"], cal[t["task"]].at(p["m"])[1])
+    args = ["plan", "rows.vqa=1000", f"time_profile={tmp_path / 'p.json'}",
+            f"output={tmp_path / 'x'}"]
+    assert main([*args, "quota_seconds=1"]) == 2
+    err = capsys.readouterr().err
+    minimum = re.search(r"the minimum quota is ([0-9.e+]+) ", err).group(1)
+    assert "s on the time profile" in err
+    assert main([*args, f"quota_seconds={minimum}"]) == 0
+    assert main([*args, "quota_seconds=1", "flops_per_second=1e9"]) == 2
+    assert "flops_per_second: give it or time_profile" in capsys.readouterr().err
+    assert main(["plan", "rows.caption=5", "quota_seconds=100",
+                 f"time_profile={tmp_path / 'p.json'}", f"output={tmp_path / 'y'}"]) == 2
+    assert "time_profile: the time profile has no time for task 'caption'" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["rows.nosuch=10", "quota=1e15"], "rows.nosuch: unknown task"),
     (["rows.vqa=10", "weights.zz=2", "quota=1e15"], "weights.zz: unknown task"),

@@ -139,7 +139,8 @@ def test_quota_fields_of_a_time_profile(tmp_path):
     path = tmp_path / "p.json"
     TimeModel(1e-11, {"vqa": 0.05}).save(path)
     q = QuotaArgs(seconds=60, measured=True, time_profile=str(path)).quota()
-    assert q == Quota(seconds=60, flops_per_second=UNITS_PER_SECOND)  # counted in us
+    assert q == Quota(seconds=60, flops_per_second=UNITS_PER_SECOND, timed=True)  # in us
+    assert q.describe(60) == "60 s on the time profile"
     with pytest.raises(FieldError, match="quota.time_profile: .*quota.measured=true"):
         QuotaArgs(seconds=60, time_profile=str(path)).quota()
     with pytest.raises(FieldError, match="quota.flops_per_second: give it or"):
@@ -177,6 +178,8 @@ def test_a_plan_on_a_time_profile_prices_each_m_by_its_modelled_time(tmp_path):
     missing.save(path)
     with pytest.raises(FieldError, match="quota.time_profile: .*no time for task 'caption'"):
         prepare(args, rows, None)
+    only_vqa = prepare(args, rows[:60], None)  # the calibration's other tasks are not timed
+    assert [t.task for t in only_vqa.plan.tasks] == ["vqa"] and set(only_vqa.curves) == {"vqa"}
 
 
 def test_group_names_take_their_tasks_time():
