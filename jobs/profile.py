@@ -10,8 +10,9 @@ time), after one warm-up batch. The images are decoded before timing, as the job
 them in a stage of their own. Per (task, m) it takes the mean seconds and FLOPs per row, the
 median over the repeats, and fits the affine time model of pipeline/timing.py: seconds =
 a x FLOPs + b[task]. Writes `time_profile.json` (the model, what it was fitted on, the
-device and batch size) and `profile.md` (the table below, with the error of the fit and of
-a time proportional to FLOPs, one FLOP/s for every m) to `output`. Run it on the kind of
+device and batch size), `profile.md` (a table of the points, with the error of the fit and
+of a time proportional to FLOPs, one FLOP/s for every m) and `profile.png` (seconds per row
+against FLOPs per row, both fits drawn) to `output`. Run it on the kind of
 accelerator the job will run on, with the job's batch size and threads, then:
 
     mqt annotate ... quota.seconds=S quota.measured=true \
@@ -142,6 +143,7 @@ def main(cfg: Config) -> dict:
     model.save(out / "time_profile.json")
     text = table(model)
     (out / "profile.md").write_text(text)
+    plot(model, out / "profile.png")
     print(text)
     log(f"time profile in {out / 'time_profile.json'}: give it to a measured quota as "
         f"quota.time_profile={out / 'time_profile.json'}")
@@ -191,3 +193,37 @@ def table(model) -> str:
                      f"{fitted * 1e3:.1f} ms | {100 * (fitted / p['seconds'] - 1):+.1f}% | "
                      f"{100 * prop[p['task'], p['m']]:+.1f}% |")
     return "\n".join(lines) + "\n"
+
+
+def plot(model, path: Path) -> None:
+    """Seconds per row against GFLOPs per row, per task: the measured points (min..max over
+    the repeats as bars), the affine model and the time proportional to FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = model.points
+    rate = sum(p["seconds"] * p["flops"] for p in pts) / sum(p["flops"] ** 2 for p in pts)
+    top = max(p["flops"] for p in pts) * 1.05
+    for i, task in enumerate(sorted(model.seconds_per_call)):
+        own = sorted((p for p in pts if p["task"] == task), key=lambda p: p["flops"])
+        color = f"C{i}"
+        x = [p["flops"] / 1e9 for p in own]
+        y = [p["seconds"] * 1e3 for p in own]
+        err = [[(p["seconds"] - p["seconds_range"][0]) * 1e3 for p in own],
+               [(p["seconds_range"][1] - p["seconds"]) * 1e3 for p in own]]
+        ax.errorbar(x, y, yerr=err, fmt="o", color=color, label=f"{task} (m = "
+                    + ", ".join(str(p["m"]) for p in own) + ")")
+        ax.plot([0, top / 1e9], [model.seconds(task, 0) * 1e3, model.seconds(task, top) * 1e3],
+                "-", color=color, alpha=0.7)
+    ax.plot([0, top / 1e9], [0, rate * top * 1e3], "k:", label="proportional to FLOPs")
+    ax.set(xlabel="GFLOPs per row", ylabel="seconds per row (ms)", xlim=(0, top / 1e9),
+           ylim=(0, None), title=f"{model.device}, batches of {model.batch_size}: "
+           "affine fits (lines)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -390,9 +390,9 @@ class MeasuredRate:
     def rate(self) -> float:
         return max(self.seen) if self.seen else self.prior
 
-    def reserve(self, flops: float) -> int:
-        """Microseconds to hold for work of `flops` FLOPs."""
-        return math.ceil(flops * self.rate * self.margin * 1e6)
+    def reserve(self, flops: float, margin: float | None = None) -> int:
+        """Microseconds to hold for work of `flops` FLOPs (at `margin`, default the rate's)."""
+        return math.ceil(flops * self.rate * (self.margin if margin is None else margin) * 1e6)
 
     def observe(self, flops: float, seconds: float) -> None:
         if flops > 0 and seconds > 0:
@@ -413,14 +413,20 @@ class LedgerClient:
     Callers give FLOPs (bounds, actual costs) and the seconds they measured; with `rate`
     (a measured-seconds quota) the ledger is charged time: bounds go through the rate, a
     commit charges the measured seconds and teaches the rate, and the ledger keeps the
-    FLOPs behind both (its FLOP/s for the pacer). With `time` (quota.time_profile) the
-    work behind the time is the profile's microseconds for each row (its task's per-call
-    time included), not its FLOPs, and the rate is seconds per such microsecond."""
+    FLOPs behind both (its FLOP/s for the pacer). When the holds of a batch at the margin
+    are not all granted, they are given back and the batch asks again for its bounds at
+    the rate alone: at the end of a quota, holds of a whole batch at 1.5x (a predictor
+    holds its batch before it runs) would refuse rows whose time still fits. With `time`
+    (quota.time_profile) the work behind the time is the profile's microseconds for each
+    row (its task's per-call time included), not its FLOPs, and the rate is seconds per
+    such microsecond."""
 
-    def __init__(self, actor, rate: MeasuredRate | None = None, time: TimeModel | None = None):
+    def __init__(self, actor, rate: MeasuredRate | None = None, time: TimeModel | None = None,
+                 retry: bool = True):
         if time is not None and rate is None:
             raise ValueError("a time profile prices measured time: it needs a MeasuredRate")
         self.actor, self.rate, self.time = actor, rate, time
+        self.retry = retry  # a refused hold asks again without the margin
 
     def _work(self, flops: list[int], tasks: list[str] | None) -> list[int]:
         """What the ledger keeps behind a row's time: its FLOPs, or its modelled time."""
@@ -447,7 +453,12 @@ class LedgerClient:
             return keys, self._call("reserve_many", list(zip(keys, bounds, strict=True)))
         work = self._work(bounds, tasks)
         holds = [(k, self.rate.reserve(w), w) for k, w in zip(keys, work, strict=True)]
-        return keys, self._call("reserve_many", holds)
+        granted = self._call("reserve_many", holds)
+        if not all(granted) and self.retry and self.rate.margin > 1:  # the quota's end
+            self._call("release_many", [k for k, ok in zip(keys, granted, strict=True) if ok])
+            granted = self._call("reserve_many", [(k, self.rate.reserve(w, 1.0), w)
+                                                  for k, w in zip(keys, work, strict=True)])
+        return keys, granted
 
     def commit(self, keys: list[str], flops: list[int], seconds: list[float],
                tasks: list[str] | None = None) -> None:

@@ -6,17 +6,16 @@ The corpus: every EVERY-th row (default 5: 310 rows) of docs/bench/annotate_by_k
 held-out corpus (the questions of docs/eval-s1 that are not in the shipped calibration),
 the shipped `mqt-smol`, a local Ray, one predictor actor. A first job with a quota far too
 large to bind measures the FLOP/s the model reaches here (F, the summary's
-`flops_per_second_measured`). Then the quota is set to the time that F says fixed m = 16
-needs for these rows, and the job runs with an estimate of 0.75 F, F and 1.5 F
-(`quota.flops_per_second`), without and with pacing. (At 0.5 F the plan would find that
-quota too small for m = 1 on every row: the cost of a row varies only 3x from m = 1 to
-64.) Then `mqt profile` times 16 rows per task of the same corpus at m = 1, 4, 16, 64 and
-the same quota is planned on its time model (`quota.time_profile`), as measured and as
-a profile of a machine 0.75x or 1.5x as fast would say (every coefficient divided by that
-factor), without and with pacing. For each it prints the measured time spent against Q
-(the part past the rows' reservations, overrun, included), the rows the ledger refused,
-accuracy (refused rows count wrong), the m used and the FLOP/s measured. Nothing is
-fitted to the results; the numbers move with the machine's load.
+`flops_per_second_measured`). `mqt profile` then times 16 rows per task of the same corpus
+at m = 1, 4, 16, 64 (one thread, batches of 16, as the jobs run), and the quota Q is the
+time that profile says m = 16 takes on every row. Each job then plans Q either at one
+FLOP/s, 0.75 F, F or 1.5 F (`quota.flops_per_second`), or on the time profile
+(`quota.time_profile`) as measured, or as a profile of a machine 0.75x or 1.5x as fast
+would say (every coefficient divided by that factor), without and with pacing; the two
+kinds of job alternate. For each it prints the measured time spent against Q (the part
+past the rows' reservations, overrun, included), the rows the ledger refused, accuracy
+(refused rows count wrong), the m used and the FLOP/s measured. Nothing is fitted to the
+results; the numbers move with the machine's load.
 """
 
 from __future__ import annotations
@@ -67,13 +66,6 @@ def run(manifest: Path, name: str, quota: QuotaArgs) -> tuple[dict, float]:
     return s, right / len(rows)
 
 
-def fixed_cost(manifest_rows: list[str], m: int) -> float:
-    """FLOPs of these rows at one m, from the shipped calibration's mean cost per task."""
-    curves = from_calibration(shipped_calibration())
-    tasks = Counter(json.loads(x)["task"] for x in manifest_rows)
-    return sum(n * curves[t].at(m)[1] for t, n in tasks.items())
-
-
 def line(label: str, s: dict, acc: float) -> str:
     q = s["quota"]
     used = Counter()
@@ -91,40 +83,48 @@ def main(every: int) -> None:
     probe, pacc = run(manifest, "probe", QuotaArgs(seconds=1e6, measured=True,
                                                 flops_per_second=30e9))
     fps = probe["quota"]["flops_per_second_measured"]
-    seconds = fixed_cost(rows, 16) / fps
+    measured = profile(manifest)
+    seconds = profiled_cost(rows, measured, 16)
     lines = [f"{len(rows)} held-out rows ({manifest}); with a quota that does not bind "
              f"(the plan takes each task's best m) mqt-smol measured {fps / 1e9:.1f} GFLOP/s "
-             f"here. Q = {seconds:.1f} s: what m = 16 on every row takes at that rate", "",
-             "| estimate / measured FLOP/s, pacing | time spent (of Q) | past reservations |"
+             f"(F). Time profile (`mqt profile`, 16 rows per task of this corpus): "
+             f"{measured.seconds_per_flop * 1e12:.2f} ms per GFLOP + per call "
+             + ", ".join(f"{t} {b * 1e3:.1f} ms" for t, b in measured.seconds_per_call.items())
+             + f". Q = {seconds:.1f} s: what the profile says m = 16 on every row takes", "",
+             "| plan, pacing | time spent (of Q) | past reservations |"
              " refused rows | accuracy | m used (rows) | GFLOP/s measured |",
              "|---|---:|---:|---:|---:|---|---:|", line("no binding quota (probe)", probe, pacc)]
-    for ratio in (0.75, 1.0, 1.5):
-        for pacing in (False, True):
-            quota = QuotaArgs(seconds=seconds, measured=True, flops_per_second=ratio * fps,
-                              pacing=pacing)
-            s, acc = run(manifest, f"x{ratio:g}-{'paced' if pacing else 'static'}", quota)
-            lines.append(line(f"{ratio:g}, {'paced' if pacing else 'static'}", s, acc))
-            print("\n".join(lines), flush=True)
-    measured = profile(manifest)
-    lines[1:1] = ["", f"Time profile (`mqt profile`, 16 rows per task of this corpus): "
-                  f"{measured.seconds_per_flop * 1e9 * 1e3:.2f} ms per GFLOP + per call "
-                  + ", ".join(f"{t} {b * 1e3:.1f} ms" for t, b in
-                              measured.seconds_per_call.items())]
     for ratio in (0.75, 1.0, 1.5):
         path = OUT / f"profile-x{ratio:g}.json"
         TimeModel(measured.seconds_per_flop / ratio,
                   {t: b / ratio for t, b in measured.seconds_per_call.items()},
                   measured.device, measured.batch_size).save(path)
         for pacing in (False, True):
+            how = "paced" if pacing else "static"
+            quota = QuotaArgs(seconds=seconds, measured=True, flops_per_second=ratio * fps,
+                              pacing=pacing)
+            s, acc = run(manifest, f"x{ratio:g}-{how}", quota)
+            lines.append(line(f"{ratio:g} F, {how}", s, acc))
             quota = QuotaArgs(seconds=seconds, measured=True, time_profile=str(path),
                               pacing=pacing)
-            s, acc = run(manifest, f"profile-x{ratio:g}-{'paced' if pacing else 'static'}",
-                         quota)
-            vs = s["quota"]["time_vs_profile"]
-            lines.append(line(f"profile x{ratio:g}, {'paced' if pacing else 'static'} "
-                              f"(time {vs:.2f}x the profile's)", s, acc))
+            try:
+                s, acc = run(manifest, f"profile-x{ratio:g}-{how}", quota)
+            except ValueError as e:  # the profile says Q cannot pay m = 1 on every row
+                lines.append(f"| profile x{ratio:g}, {how} | refused before any work: {e} |")
+            else:
+                lines.append(line(f"profile x{ratio:g}, {how} (time "
+                                  f"{s['quota']['time_vs_profile']:.2f}x the profile's)", s,
+                                  acc))
             print("\n".join(lines), flush=True)
     print("\n".join(lines))
+
+
+def profiled_cost(manifest_rows: list[str], tm: TimeModel, m: int) -> float:
+    """Seconds the time profile says these rows take at one m (the shipped calibration's
+    mean FLOPs per task)."""
+    curves = from_calibration(shipped_calibration())
+    tasks = Counter(json.loads(x)["task"] for x in manifest_rows)
+    return sum(n * tm.units(t, curves[t].at(m)[1]) for t, n in tasks.items()) / 1e6
 
 
 def profile(manifest: Path) -> TimeModel:

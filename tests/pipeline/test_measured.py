@@ -44,9 +44,19 @@ def test_the_rate_starts_at_the_estimate_then_follows_the_slowest_recent_batch()
 
 def test_a_client_reserves_through_the_rate_and_charges_measured_time():
     ledger = Ledger(10_000_000, unit="us")  # 10 s
-    client = LedgerClient(ledger, MeasuredRate(prior=1e-9, margin=2.0))
+    client = LedgerClient(ledger, MeasuredRate(prior=1e-9, margin=2.0), retry=False)
     keys, ok = client.reserve(["a", "b", "c"], [1e9, 2e9, 3e9])  # holds of 2, 4 and 6 s
     assert ok == [True, True, False] and ledger.reserved == 6_000_000
+    client.release(keys)
+    # a batch not all granted at the margin asks again at the rate alone (1, 2 and 3 s)
+    retrying = LedgerClient(ledger, MeasuredRate(prior=1e-9, margin=2.0))
+    keys, ok = retrying.reserve(["a", "b", "c"], [1e9, 2e9, 3e9])
+    assert ok == [True] * 3 and ledger.reserved == 6_000_000
+    more, ok = retrying.reserve(["d", "e"], [5e9, 1e9])  # 4 s left: 10 and 2 s at the margin
+    assert ok == [False, True] and ledger.reserved == 7_000_000  # d not even at 5 s
+    retrying.release(keys + more)
+    keys, ok = client.reserve(["a", "b", "c"], [1e9, 2e9, 3e9])  # again, without retries
+    assert ok == [True, True, False]
     client.commit(keys[:2], [1e9, 2e9], [0.25, 3.0])
     assert (ledger.spent, ledger.overrun, ledger.reserved) == (3_250_000, 0, 0)
     assert client.rate.rate == pytest.approx(3.25 / 3e9)  # learned from the batch

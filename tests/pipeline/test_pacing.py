@@ -10,7 +10,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.budget import MeasuredRate, charge_us
+from pipeline.budget import LedgerClient, MeasuredRate, charge_us
 from pipeline.cascade import Question, replay, summary
 from pipeline.ledger import Ledger
 from pipeline.pacing import Pacer, measured_left
@@ -164,3 +164,49 @@ def timed(qs, policy, quota: float, prior: float, slower: float, ledger=None, ba
             flops, seconds = flops + f, seconds + f * prior * slower
         rate.observe(flops, seconds)
     return out, ledger
+
+
+
+def batched(qs, pacer, client, prior: float, batch: int):
+    """As a predictor does, through a `LedgerClient`: a batch reserves every row's hold
+    first (its FLOPs at the rate measured so far x 1.5), then runs and commits; each row
+    takes FLOPs x prior seconds. Returns (m, right) per row, None where refused."""
+    out = []
+    for i in range(0, len(qs), batch):
+        chunk = qs[i: i + batch]
+        choices = pacer.choose([q.task for q in chunk], [q.text for q in chunk])
+        keys, ok = client.reserve([q.id for q in chunk],
+                                  [q.flops[m] for q, m in zip(chunk, choices, strict=True)])
+        held = [(k, q, m) for k, g, q, m in zip(keys, ok, chunk, choices, strict=True) if g]
+        out += [(m, q.correct[m]) if g else None
+                for g, q, m in zip(ok, chunk, choices, strict=True)]
+        client.commit([k for k, _, _ in held], [q.flops[m] for _, q, m in held],
+                      [q.flops[m] * prior for _, q, m in held])
+    return out
+
+
+def test_the_last_batch_of_a_measured_quota_is_held_without_the_margin():
+    """A predictor holds a whole batch, each row at 1.5x its time, before it runs; a pacer
+    plans the quota to its end (one row spare). Holding only at the margin, the holds of
+    the last batch do not fit and its last rows are refused, although their time does;
+    asking again without the margin (what `LedgerClient` does), every row is answered,
+    spend stays within Q and most of it is spent."""
+    true, prior, batch = {"a": 100, "b": 100}, 1e-3, 20
+    qs = questions(true)
+    for mult in (1.5, 2.5, 4.0):
+        quota = mult * cheapest_cost(true) * prior  # seconds
+
+        def run(margin_only: bool, quota=quota):
+            ledger = Ledger(int(quota * 1e6), unit="us")
+            pacer = Pacer(CURVES, ledger.quota, true, lambda: 0,
+                          time_left=lambda led=ledger: measured_left(led.totals(), 1 / prior))
+            client = LedgerClient(ledger, MeasuredRate(prior, margin=1.5), retry=not margin_only)
+            return batched(qs, pacer, client, prior, batch), ledger
+
+        at_margin, _ = run(True)
+        assert sum(o is None for o in at_margin) >= 3  # the end of the last batch
+        assert all(o is not None for o in at_margin[:-batch])
+        out, ledger = run(False)
+        assert all(o is not None for o in out)
+        assert ledger.spent + ledger.overrun <= ledger.quota
+        assert ledger.spent >= 0.95 * ledger.quota

@@ -24,6 +24,7 @@ def test_profile_writes_a_time_model_of_every_task_at_every_m(tmp_path):
         assert all(by[t, m]["rows"] == 4 and by[t, m]["seconds"] > 0 for m in (1, 4))
         lo, hi = by[t, 1]["seconds_range"]
         assert lo <= by[t, 1]["seconds"] <= hi
+    assert (tmp_path / "profile.png").stat().st_size > 0
     text = (tmp_path / "profile.md").read_text()
     assert text.count("\n| ") == 1 + 6  # the header and one line per (task, m)
 
