@@ -325,18 +325,20 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
     first, actor, client, token_policy = None, None, None, None
     esc_actor, esc_client, pacer = None, None, None
     if budget is not None:
-        from pipeline.budget import LedgerClient, in_ledger_units, ledger_quota
+        from pipeline.budget import LedgerClient, in_ledger_units, ledger_quota, ledger_work
         from pipeline.ledger import get_or_create_ledger
         from pipeline.pacing import RemotePacer
 
         units, unit = ledger_quota(cfg.quota)
-        actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit)
+        work = ledger_work(cfg.quota)
+        actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit,
+                                     work=work)
         client = LedgerClient(actor, measured_rate(cfg), cfg.quota.time_model())
         token_policy = budget.plan.policy() if budget.plan else None
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
             esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations",
                                              in_ledger_units(cfg.quota, budget.escalations),
-                                             unit=unit)
+                                             unit=unit, work=work)
             esc_client = LedgerClient(esc_actor, measured_rate(cfg), cfg.quota.time_model())
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))

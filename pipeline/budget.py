@@ -31,7 +31,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.ledger import Ledger, UnitMismatch
+from pipeline.ledger import Ledger, UnitMismatch, WorkMismatch
 from pipeline.plan import InfeasibleQuota, Plan, Quota, plan
 from pipeline.quality import QualityCurve, from_calibration, shipped_calibration
 from pipeline.sources import Source, manifest_records, relative_id
@@ -118,7 +118,6 @@ class QuotaArgs:
         if self.time_profile:  # the plan's "FLOPs" are the profile's microseconds
             return Quota(seconds=self.seconds, flops_per_second=UNITS_PER_SECOND, timed=True)
         return Quota(seconds=self.seconds, flops_per_second=self.flops_per_second or None)
-
 
     def time_model(self) -> TimeModel | None:
         """The time profile's model (quota.time_profile), None without one."""
@@ -233,6 +232,12 @@ def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str]
     return groups, shrunk({**own, **found}, sizes, alpha), alpha
 
 
+def ledger_work(args: QuotaArgs) -> str:
+    """What the job's ledger keeps behind its spend: FLOPs, or (quota.time_profile) the
+    profile's microseconds."""
+    return "profiled_us" if args.time_profile else "flops"
+
+
 def ledger_quota(args: QuotaArgs) -> tuple[int, str]:
     """The job ledger's quota and unit: FLOPs, or microseconds of measured time."""
     if args.measured:
@@ -315,7 +320,9 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
                                         or Path(f"{state_path}.journal").exists())
     units, unit = ledger_quota(args)
     try:  # what earlier runs took, the time measured past their reservations included
-        ledger = Ledger(units, state_path, unit=unit) if saved else None
+        ledger = Ledger(units, state_path, unit=unit, work=ledger_work(args)) if saved else None
+    except WorkMismatch as e:
+        raise FieldError("time_profile", str(e)) from None
     except UnitMismatch as e:
         raise FieldError("measured", str(e)) from None
     except ValueError as e:  # spent past a smaller quota

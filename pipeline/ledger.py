@@ -49,10 +49,16 @@ import os
 from pathlib import Path
 
 UNITS = ("flops", "us")  # what a ledger counts: FLOPs, or microseconds of measured time
+WORKS = ("flops", "profiled_us")  # what a ledger of time keeps behind it
 
 
 class UnitMismatch(ValueError):
     """A saved state counts one unit and the ledger loading it another."""
+
+
+class WorkMismatch(UnitMismatch):
+    """A saved state of measured time keeps another work behind it (FLOPs, or a time
+    profile's microseconds) than the ledger loading it."""
 
 
 def _key(key) -> str:
@@ -73,10 +79,14 @@ class Ledger:
     """Spend against a quota in FLOPs (or `unit`), by key; optionally saved to `state_path`."""
 
     def __init__(self, quota_flops: int, state_path: str | os.PathLike | None = None,
-                 compact_every: int = 10_000, fsync: bool = False, unit: str = "flops"):
+                 compact_every: int = 10_000, fsync: bool = False, unit: str = "flops",
+                 work: str = "flops"):
         if unit not in UNITS:
             raise ValueError(f"ledger unit must be one of {UNITS}, got {unit!r}")
+        if work not in WORKS:
+            raise ValueError(f"ledger work must be one of {WORKS}, got {work!r}")
         self.quota, self.unit = _flops(quota_flops, "quota_flops"), unit
+        self.work = work  # what flops_spent / flops_reserved count
         self.state_path = Path(state_path) if state_path else None
         self.compact_every, self.fsync = max(1, compact_every), fsync
         self.spent, self.reserved, self.overrun = 0, 0, 0
@@ -184,7 +194,7 @@ class Ledger:
             return
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
-        state = {"quota": self.quota, "unit": self.unit, "spent": self.spent,
+        state = {"quota": self.quota, "unit": self.unit, "work": self.work, "spent": self.spent,
                  "overrun": self.overrun, "flops_spent": self.flops_spent,
                  "committed": self._committed}
         tmp.write_text(json.dumps(state))
@@ -202,6 +212,12 @@ class Ledger:
                 raise UnitMismatch(f"ledger state {self.state_path} counts "
                                  f"{state.get('unit', 'flops')}, not {self.unit}: a job's quota "
                                  "cannot change between FLOPs and measured seconds")
+            if state.get("work", "flops") != self.work:  # states before profiles: FLOPs
+                raise WorkMismatch(f"ledger state {self.state_path} keeps "
+                                   f"{state.get('work', 'flops')} behind its time, not "
+                                   f"{self.work}: a measured job cannot start or stop planning "
+                                   "on a time profile between runs (overwrite=true starts "
+                                   "afresh)")
             self._committed = {k: int(v) for k, v in state["committed"].items()}
             self.overrun = int(state.get("overrun", 0))
             self.flops_spent = int(state.get("flops_spent", 0))
@@ -265,7 +281,8 @@ def clear_state(state_path: str | os.PathLike) -> None:
 
 
 def get_or_create_ledger(job_name: str, quota_flops: int, state_path: str | None = None,
-                         namespace: str | None = None, unit: str = "flops"):
+                         namespace: str | None = None, unit: str = "flops",
+                         work: str = "flops"):
     """The job's ledger actor: the running one named after the job, or a new one. A running
     one with another quota is an error (two jobs with one name would share a budget)."""
     import ray
@@ -273,7 +290,7 @@ def get_or_create_ledger(job_name: str, quota_flops: int, state_path: str | None
     actor = ledger_actor_class().options(
         name=ledger_name(job_name), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave
-    ).remote(quota_flops, state_path, unit=unit)
+    ).remote(quota_flops, state_path, unit=unit, work=work)
     quota, running = ray.get([actor.get.remote("quota"), actor.get.remote("unit")])
     if (quota, running) != (_flops(quota_flops, "quota_flops"), unit):
         raise ValueError(f"ledger {ledger_name(job_name)!r} is running with quota {quota} "

@@ -173,6 +173,11 @@ def test_a_measured_quota_planned_on_a_time_profile(ray_local, folder, calibrati
     assert q["time_vs_profile"] == round(took / modelled, 4)  # the tiny model: far faster
     with pytest.raises(ValueError, match="quota.flops_per_second: give it or"):
         cli.resolve("annotate", None, [*args, "quota.flops_per_second=1e9"], "tiny")
+    # its output resumed without the profile: the ledger's work behind its time differs
+    unprofiled = [a for a in args if not a.startswith("quota.time_profile")]
+    with pytest.raises(ValueError, match="quota.time_profile: ledger state .* keeps "
+                                         "profiled_us behind its time, not flops"):
+        cli.resolve("annotate", None, [*unprofiled, "quota.flops_per_second=1e9"], "tiny")
     # paced: the rows run far faster than the profile says, and the pacer, re-planning on
     # measured time per modelled time, moves later rows to m = 16
     paced = annotate.main(cli.resolve("annotate", None, [*args, f"output={tmp_path / 'p'}",

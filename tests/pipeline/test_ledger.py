@@ -148,6 +148,31 @@ def test_a_state_reloads_only_in_its_own_unit(tmp_path):
     assert Ledger(10_000_000, path).spent == 3_500_000
     with pytest.raises(ValueError, match="counts flops, not us"):
         Ledger(10_000_000, path, unit="us")
+
+
+def test_a_state_of_time_reloads_only_with_the_same_work_behind_it(tmp_path):
+    """The work a ledger of time keeps behind it (FLOPs, or a time profile's microseconds)
+    does not change between runs: the pacer divides one by the other. A state saved
+    before profiles kept FLOPs."""
+    from pipeline.ledger import WorkMismatch
+
+    path = tmp_path / "ledger.json"
+    led = Ledger(10_000_000, path, unit="us", work="profiled_us")
+    assert led.reserve("a", 2_000_000, 1_500_000)
+    led.commit("a", 1_000_000, 1_200_000)
+    led.save()
+    assert json.loads(path.read_text())["work"] == "profiled_us"
+    assert Ledger(10_000_000, path, unit="us", work="profiled_us").flops_spent == 1_200_000
+    with pytest.raises(WorkMismatch, match="keeps profiled_us behind its time, not flops"):
+        Ledger(10_000_000, path, unit="us")
+    old = json.loads(path.read_text())
+    del old["work"]
+    path.write_text(json.dumps(old))
+    assert Ledger(10_000_000, path, unit="us").spent == 1_000_000
+    with pytest.raises(WorkMismatch, match="keeps flops behind its time, not profiled_us"):
+        Ledger(10_000_000, path, unit="us", work="profiled_us")
+    with pytest.raises(ValueError, match="ledger work must be one of"):
+        Ledger(1, work="seconds")
     with pytest.raises(ValueError, match="unit must be one of"):
         Ledger(1, unit="seconds")
 
