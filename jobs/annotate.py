@@ -388,7 +388,7 @@ def start_pacer(cfg: Config, budget, ledger, job: str):
     fps = cfg.quota.quota().flops_per_second if cfg.quota.measured else None
     return pacer_actor_class().options(name=f"mqt-pacer-{job}").remote(
         budget.curves, ledger_quota(cfg.quota)[0], estimate, ledger, budget.weights,
-        cfg.quota.pacing_every, flops_per_second=fps)
+        cfg.quota.pacing_every, tail=0.0, flops_per_second=fps)  # the rows are counted
 
 
 def _job_id(out: OutputFolder) -> str:

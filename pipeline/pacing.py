@@ -26,10 +26,14 @@ mean (longer prompts, more options): without it a plan that buys upgrades up to 
 FLOP can leave the last row unpaid (measured in `mqt bench-scheduler`: 2 of 4,150 rows
 with the estimate 20% low).
 Past even the high estimate, `tail` plans as if that share of the rows seen were still to
-come. The ratio r learns a drift between the curves and this corpus (answers shorter or longer
-than in calibration, error rows that cost nothing; clamped to [1/4, 4]): rows that cost
-less than planned free quota for later upgrades instead of leaving it unused, dearer ones
-move later rows to cheaper m instead of running out. With a ledger of measured time
+come; `tail = 0` where the estimate is a count (`mqt annotate` counts its rows before it
+starts): over the last tenth of a task's rows a tail of 0.1 plans for more rows than are
+left and leaves their share of the quota unspent (2.5-3% of Q in a simulation of a
+310-row job). The ratio r learns a drift between the curves and this corpus (answers
+shorter or longer than in calibration, error rows that cost nothing; clamped to
+[1/4, 4]): rows that cost less than planned free quota for later upgrades instead of
+leaving it unused, dearer ones move later rows to cheaper m instead of running out. With
+a ledger of measured time
 (`time_left`, quota.measured) the quota left is the time the ledger has left (its quota
 less spent, held and overrun microseconds) times the FLOP/s the job has measured so far
 (the FLOPs of its committed rows over their time; the job's estimate before any), and r
@@ -81,8 +85,8 @@ class Pacer:
     _since: int = 0  # rows handed out since the last plan
 
     def __post_init__(self):
-        if not 0 < self.tail <= 1:
-            raise ValueError(f"pacing tail must be in (0, 1], got {self.tail}")
+        if not 0 <= self.tail <= 1:
+            raise ValueError(f"pacing tail must be in [0, 1], got {self.tail}")
         if self.error < 0:
             raise ValueError(f"pacing error must be >= 0, got {self.error}")
         unknown = sorted(set(self.estimate) - set(self.curves))

@@ -7,6 +7,7 @@ drift); a static plan made for the estimate is the baseline."""
 import random
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +211,25 @@ def test_the_last_batch_of_a_measured_quota_is_held_without_the_margin():
         assert all(o is not None for o in out)
         assert ledger.spent + ledger.overrun <= ledger.quota
         assert ledger.spent >= 0.95 * ledger.quota
+
+
+def test_an_exact_count_needs_no_tail():
+    """With the rows counted (the estimate exact, as in `mqt annotate`), a tail of 0.1
+    plans the last tenth of each task's rows as if more were to come and leaves quota
+    unspent; with tail = 0 the pacer spends nearly all of Q, never more, and answers at
+    least as many rows right."""
+    true, prior, batch = {"a": 214, "b": 96}, 1e-3, 16
+    qs = questions(true)
+    quota = 2.5 * cheapest_cost(true) * prior
+    results = {}
+    for tail in (0.1, 0.0):
+        ledger = Ledger(int(quota * 1e6), unit="us")
+        pacer = Pacer(CURVES, ledger.quota, true, lambda: 0, tail=tail,
+                      time_left=lambda led=ledger: measured_left(led.totals(), 1 / prior))
+        out = batched(qs, pacer, LedgerClient(ledger, MeasuredRate(prior)), prior, batch)
+        assert all(o is not None for o in out) and ledger.spent <= ledger.quota
+        results[tail] = (ledger.spent / ledger.quota, sum(o[1] for o in out))
+    assert results[0.0][0] >= 0.99 and results[0.1][0] <= results[0.0][0] - 0.01
+    assert results[0.0][1] >= results[0.1][1]
+    with pytest.raises(ValueError, match="tail must be in"):
+        Pacer(CURVES, 1, true, lambda: 0, tail=-0.1)
