@@ -277,7 +277,6 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     from pipeline.writer import PartWriter
 
     q = cfg.quota.quota()
-    unit = "profiled us" if cfg.quota.time_profile else "FLOPs"
     if cfg.quota.measured:
         planned_at = (f"the time profile {cfg.quota.time_profile}" if cfg.quota.time_profile
                       else f"{q.flops_per_second:.4g} FLOP/s")
@@ -286,7 +285,7 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     else:
         given = f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}"
     log(f"quota {given} spent by earlier runs"
-        + (f"; plan for the rows left:\n{table(budget.plan, unit)}" if budget.plan
+        + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
            else ": nothing left to plan"))
     if cfg.quota.time_profile:
         tm = cfg.quota.time_model()
@@ -330,16 +329,16 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
         from pipeline.pacing import RemotePacer
 
         units, unit = ledger_quota(cfg.quota)
-        work = ledger_work(cfg.quota)
+        work, profile = ledger_work(cfg.quota), cfg.quota.time_model()
         actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit,
                                      work=work)
-        client = LedgerClient(actor, measured_rate(cfg), cfg.quota.time_model())
+        client = LedgerClient(actor, measured_rate(cfg), profile)
         token_policy = budget.plan.policy() if budget.plan else None
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
             esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations",
                                              in_ledger_units(cfg.quota, budget.escalations),
                                              unit=unit, work=work)
-            esc_client = LedgerClient(esc_actor, measured_rate(cfg), cfg.quota.time_model())
+            esc_client = LedgerClient(esc_actor, measured_rate(cfg), profile)
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))
             token_policy = RemotePacer(pacer)

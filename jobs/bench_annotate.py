@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs import annotate
-from jobs.common import ModelArgs, log, save_config, validate_model
+from jobs.common import ModelArgs, log, model_args, save_config, validate_model
 
 COMMAND = "mqt bench-annotate docs=docs/bench"
 
@@ -110,7 +110,7 @@ def plain_loop(cfg: Config, manifest: Path, m: int, _out: Path) -> tuple[float, 
     from pipeline.sources import Defaults, manifest_rows
 
     t0 = time.perf_counter()
-    pred = Predictor(_model_args(cfg), FixedPolicy(default=m), threads=cfg.threads)
+    pred = Predictor(model_args(cfg), FixedPolicy(default=m), threads=cfg.threads)
     size = pred.model.cfg.vision.image_size
     lines = manifest.read_text().splitlines()
     n, first = 0, None
@@ -124,17 +124,12 @@ def plain_loop(cfg: Config, manifest: Path, m: int, _out: Path) -> tuple[float, 
 
 
 def pipeline(cfg: Config, manifest: Path, m: int, out: Path) -> tuple[float, float, float]:
-    job = annotate.Config(**_model_args(cfg), source=str(manifest), output=str(out),
+    job = annotate.Config(**model_args(cfg), source=str(manifest), output=str(out),
                           overwrite=True, progress=False, batch_size=cfg.batch_size,
                           block_rows=cfg.batch_size, threads=cfg.threads,
                           policy=annotate.PolicyArgs(default=m))
     run = annotate.main(job)["this_run"]
     return run["rows_per_s"], run["steady_rows_per_s"], run["startup_s"]
-
-
-def _model_args(cfg: Config) -> dict:
-    return {"preset": cfg.preset, "model": cfg.model, "checkpoint": cfg.checkpoint,
-            "llava": cfg.llava, "seed": cfg.seed}
 
 
 def memory(cfg: Config, out: Path) -> dict:

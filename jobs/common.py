@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,12 @@ class ModelArgs:
     checkpoint: str = ""  # a folder; "" = the preset's shipped weights if any; "none" = random
     llava: str = ""
     seed: int = 0  # initialises whatever the weights do not cover
+
+
+def model_args(args: ModelArgs) -> dict:
+    """The model fields of a job's config, as a plain dict (what `Predictor` takes and
+    `ModelArgs` is rebuilt from)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelArgs)}
 
 
 def model_config(args: ModelArgs) -> VLMConfig:

@@ -177,7 +177,7 @@ def main(cfg: Config) -> dict:
     p = solve(cfg, cs, rows, weights)
     best = best_fixed_plan(rows, cs, p.quota, weights)
     match = matched(cfg, cs, p.quota, rows, weights) if cfg.match_m else None
-    text = report(cfg, p, best, match, spend_unit(cfg))
+    text = report(cfg, p, best, match)
     print(text)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,31 +220,23 @@ def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota, rows: dict | Non
 # ------------------------------------------------------------------------- the table
 
 
-def spend_unit(cfg: Config) -> str:
-    """What the plan's costs count: FLOPs, or a time profile's microseconds."""
-    return "profiled us" if cfg.time_profile else "FLOPs"
-
-
-def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None,
-           unit: str = "FLOPs") -> str:
-    q = p.quota
+def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None) -> str:
+    q, unit = p.quota, p.quota.cost_unit
     given = q.flops if q.flops is not None else q.seconds
     flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} {unit}"
     lines = [f"Plan for {p.rows} rows, quota {q.describe(given)}{flops} ({source(cfg)})", "",
-             table(p, unit)]
+             table(p)]
     lines += ["", f"Value {p.value:.6g} (weighted expected correct rows); no plan can "
               f"exceed {p.bound:.6g} (LP bound)."]
-    lines.append(_fixed_line(p, best, unit))
+    lines.append(_fixed_line(p, best))
     if match:
-        lines.append(_match_line(p, match, unit))
+        lines.append(_match_line(p, match))
     return "\n".join(lines)
 
 
-def table(p: Plan, spend_unit: str = "FLOPs") -> str:
-    """The plan's table; `spend_unit`: what the plan's costs count (FLOPs, or the
-    microseconds of a time profile)."""
+def table(p: Plan) -> str:
     hours = p.quota.flops is None  # a quota in seconds: spend in accelerator-hours too
-    head = f"| task | rows | m | expected accuracy | spend ({spend_unit}) | share of Q |"
+    head = f"| task | rows | m | expected accuracy | spend ({p.quota.cost_unit}) | share of Q |"
     rule = "|---|---:|---|---:|---:|---:|"
     if hours:
         head, rule = head + " accelerator-hours |", rule + "---:|"
@@ -269,16 +261,17 @@ def _ms(parts) -> str:
     return " + ".join(f"{x.m} x{x.rows}" for x in parts)
 
 
-def _fixed_line(p: Plan, best: Plan | None, unit: str) -> str:
+def _fixed_line(p: Plan, best: Plan | None) -> str:
     if best is None:
         return "No single m for all tasks fits in the quota."
     m = best.tasks[0].parts[0].m
     return (f"Best fixed m within the quota: m = {m} on every row, expected accuracy "
-            f"{100 * best.accuracy:.2f}%, spend {best.spend:.4g} {unit} "
+            f"{100 * best.accuracy:.2f}%, spend {best.spend:.4g} {p.quota.cost_unit} "
             f"({100 * p.share(best.spend):.1f}% of Q).")
 
 
-def _match_line(p: Plan, match: dict, unit: str) -> str:
+def _match_line(p: Plan, match: dict) -> str:
+    unit = p.quota.cost_unit
     within = f", less {match['within']:g} points," if match["within"] else ""
     return (f"Fixed m = {match['m']} on every row: expected accuracy "
             f"{100 * match['fixed_accuracy']:.2f}%, {match['fixed_spend']:.4g} {unit} "

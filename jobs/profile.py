@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.common import ModelArgs, log, save_config, validate_model
+from jobs.common import ModelArgs, log, model_args, save_config, validate_model
 
 DEFAULT_MS = [1, 4, 16, 64]
 
@@ -108,9 +108,8 @@ def main(cfg: Config) -> dict:
     manifest = Path(cfg.source) if cfg.source else bundled_manifest(out / "corpus", cfg.seed)
     lines = sample_lines(manifest, cfg.rows, cfg.seed)
     tasks = job_tasks(_annotate_like(cfg))
-    model_args = {"preset": cfg.preset, "model": cfg.model, "checkpoint": cfg.checkpoint,
-                  "llava": cfg.llava, "seed": cfg.seed}
-    pred = Predictor(model_args, FixedPolicy(default=1), threads=cfg.threads, tasks=tasks)
+    pred = Predictor(model_args(cfg), FixedPolicy(default=1), threads=cfg.threads,
+                     tasks=tasks)
     M = pred.model.num_queries
     ms = sorted({m for m in cfg.ms if m <= M})
     if len(ms) < 2:
@@ -167,12 +166,18 @@ def device_name(threads: int) -> str:
     return f"cpu {platform.processor() or platform.machine()}, {threads or 'all'} threads"
 
 
-def proportional_error(model) -> dict[tuple[str, int], float]:
-    """Per point, the relative error of a time proportional to FLOPs (one FLOP/s, fitted by
-    least squares through the origin), what a plan at quota.flops_per_second assumes."""
+def proportional_rate(model) -> float:
+    """Seconds per FLOP of a time proportional to FLOPs (one FLOP/s for every m, what a plan
+    at quota.flops_per_second assumes), fitted to the points by least squares through the
+    origin."""
     pts = model.points
-    rate = sum(p["seconds"] * p["flops"] for p in pts) / sum(p["flops"] ** 2 for p in pts)
-    return {(p["task"], p["m"]): rate * p["flops"] / p["seconds"] - 1 for p in pts}
+    return sum(p["seconds"] * p["flops"] for p in pts) / sum(p["flops"] ** 2 for p in pts)
+
+
+def proportional_error(model) -> dict[tuple[str, int], float]:
+    """Per point, the relative error of that proportional time."""
+    rate = proportional_rate(model)
+    return {(p["task"], p["m"]): rate * p["flops"] / p["seconds"] - 1 for p in model.points}
 
 
 def table(model) -> str:
@@ -204,8 +209,7 @@ def plot(model, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = model.points
-    rate = sum(p["seconds"] * p["flops"] for p in pts) / sum(p["flops"] ** 2 for p in pts)
+    pts, rate = model.points, proportional_rate(model)
     top = max(p["flops"] for p in pts) * 1.05
     for i, task in enumerate(sorted(model.seconds_per_call)):
         own = sorted((p for p in pts if p["task"] == task), key=lambda p: p["flops"])

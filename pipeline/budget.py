@@ -129,11 +129,10 @@ class QuotaArgs:
             raise FieldError("time_profile", str(e)) from None
 
 
-def timed(args: QuotaArgs, cs: dict[str, QualityCurve], tasks: set[str],
-          model_cfg=None) -> dict:
-    """With a time profile, the curves of the job's `tasks` (their groups, with
-    quota.by=kind) priced in its microseconds per row; else the curves as they are."""
-    time = args.time_model()
+def timed(args: QuotaArgs, time: TimeModel | None, cs: dict[str, QualityCurve],
+          tasks: set[str], model_cfg=None) -> dict:
+    """With `time` (the model of quota.time_profile), the curves of the job's `tasks` (their
+    groups, with quota.by=kind) priced in its microseconds per row; else as they are."""
     if time is None:
         return cs
     from pipeline.cascade import shared_flops
@@ -330,16 +329,16 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
     spent = ledger.spent + ledger.overrun if ledger else 0
     left = remaining(args, spent)
     cs = curves(args, {r[1] for r in todo}, model_cfg)
-    groups, alpha = None, None
+    groups, alpha, time = None, None, args.time_model()
     if args.by == "kind":
         per_row = left.total_flops / len(todo) if todo else math.inf
-        if args.time_profile and todo:  # the shrinkage is cross-validated on FLOPs
-            per_row = args.time_model().flops_for(per_row / UNITS_PER_SECOND)
+        if time is not None and todo:  # the shrinkage is cross-validated on FLOPs
+            per_row = time.flops_for(per_row / UNITS_PER_SECOND)
         groups, cs, alpha = kind_groups(args, cs, {r[1] for r in todo}, per_row, model_cfg)
         keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
     else:
         keyed = [(r[0], r[1]) for r in todo]
-    cs = timed(args, cs, {r[1] for r in todo}, model_cfg)
+    cs = timed(args, time, cs, {r[1] for r in todo}, model_cfg)
     weights = {t: float(w) for t, w in args.weights.items()} or None
     if groups is not None and weights:
         weights = group_weights(weights, {g for _, g in keyed})

@@ -64,6 +64,11 @@ class Quota:
         return "FLOPs" if self.flops is not None else "s"
 
     @property
+    def cost_unit(self) -> str:
+        """What a plan's costs under this quota count: FLOPs, or a time profile's us."""
+        return "profiled us" if self.timed else "FLOPs"
+
+    @property
     def total_flops(self) -> int:
         """Whole FLOPs the quota pays for (rounded down: never more than given)."""
         if self.flops is not None:
