@@ -28,12 +28,12 @@ with the estimate 20% low).
 Past even the high estimate, `tail` plans as if that share of the rows seen were still to
 come; `tail = 0` where the estimate is a count (`mqt annotate` counts its rows before it
 starts): over the last tenth of a task's rows a tail of 0.1 plans for more rows than are
-left and leaves their share of the quota unspent (2.5-3% of Q in a simulation of a
-310-row job). The ratio r learns a drift between the curves and this corpus (answers
-shorter or longer than in calibration, error rows that cost nothing; clamped to
-[1/4, 4]): rows that cost less than planned free quota for later upgrades instead of
-leaving it unused, dearer ones move later rows to cheaper m instead of running out. With
-a ledger of measured time
+left and leaves their share of the quota unspent (2.2-3.0% of Q in the simulated
+310-row jobs of tests/pipeline/test_pacing.py::test_an_exact_count_needs_no_tail). The
+ratio r learns a drift between the curves and this corpus (answers shorter or longer
+than in calibration, error rows that cost nothing; clamped to [1/4, 4]): rows that cost
+less than planned free quota for later upgrades instead of leaving it unused, dearer ones
+move later rows to cheaper m instead of running out. With a ledger of measured time
 (`time_left`, quota.measured) the quota left is the time the ledger has left (its quota
 less spent, held and overrun microseconds) times the FLOP/s the job has measured so far
 (the FLOPs of its committed rows over their time; the job's estimate before any), and r

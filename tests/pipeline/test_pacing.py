@@ -213,14 +213,16 @@ def test_the_last_batch_of_a_measured_quota_is_held_without_the_margin():
         assert ledger.spent >= 0.95 * ledger.quota
 
 
-def test_an_exact_count_needs_no_tail():
+@pytest.mark.parametrize("room", [1.5, 2.5, 4.0])
+def test_an_exact_count_needs_no_tail(room):
     """With the rows counted (the estimate exact, as in `mqt annotate`), a tail of 0.1
     plans the last tenth of each task's rows as if more were to come and leaves quota
     unspent; with tail = 0 the pacer spends nearly all of Q, never more, and answers at
-    least as many rows right."""
+    least as many rows right. 310 rows in batches of 16, Q = `room` x the cheapest m's
+    time."""
     true, prior, batch = {"a": 214, "b": 96}, 1e-3, 16
     qs = questions(true)
-    quota = 2.5 * cheapest_cost(true) * prior
+    quota = room * cheapest_cost(true) * prior
     results = {}
     for tail in (0.1, 0.0):
         ledger = Ledger(int(quota * 1e6), unit="us")
