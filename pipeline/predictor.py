@@ -18,6 +18,14 @@ With a ledger, the m1 attempt is reserved first; an escalation is reserved on it
 before it runs (upper bound at m2 less the shared part), in the job's ledger and, if given,
 in `escalation_ledger` too (the plan's escalation budget, so escalations cannot eat what
 later rows' first attempts need); a refused or failed escalation keeps the m1 answer.
+
+With a ledger, a batch holds each row's upper bound (its task's max new tokens; in a
+measured quota at the slowest recent seconds per FLOP, first at the margin) before it runs,
+so near the end of a quota the holds of a batch can exceed what its rows will spend. Rows
+refused then ask once more after the granted rows of the batch are charged and their unused
+holds are back, before any escalation; only rows refused twice become error rows. (In the
+time-profile benchmark of docs/scheduler.md the last row of paced measured jobs was refused
+although its time fitted.) Every attempt still reserves first: spend never passes Q.
 """
 
 from __future__ import annotations
@@ -90,19 +98,38 @@ class Predictor:
 
     def _answer(self, rows: list[dict], out: list[dict]) -> None:
         """Fill `out` (same order as `rows`) in place, one (task, m) group at a time, then
-        escalate the low-confidence rows of cascades."""
+        escalate the low-confidence rows of cascades. With a ledger, rows whose holds are
+        refused ask once more after the granted rows are charged (see `_second_ask`)."""
         choices = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
-        if self.ledger is not None:
-            rows, out, choices, keys = self._reserve(rows, out, choices)
-            if not rows:
-                return
+        todo, answered = list(range(len(rows))), []  # answered: (row indices, MQT output)
+        for _ in range(2 if self.ledger is not None else 1):
+            held, keys = todo, None
+            if self.ledger is not None:
+                held, keys = self._reserve(rows, choices, todo)
+            if held:
+                answered.append((held, self._first(rows, out, choices, held, keys)))
+            granted = set(held)
+            todo = [i for i in todo if i not in granted]
+            if not todo or not granted:  # a second ask helps once this batch's holds are back
+                break
+        for i in todo:
+            out[i].update(error=REFUSED)
+        for held, embeds in answered:  # first attempts before any escalation
+            self._escalate([rows[i] for i in held], [out[i] for i in held],
+                           [choices[i] for i in held], embeds)
+
+    def _first(self, rows, out, choices, idx: list[int], keys: list[str] | None):
+        """Answer rows `idx` at their first m (charging their holds `keys`, if any); returns
+        their MQT output (len(idx), top m, H) for the escalations."""
+        sub = [rows[i] for i in idx]
         t0 = time.perf_counter()
-        embeds = self._encode(rows, max(map(top_m, choices)))  # (B, max m, H), once per image
-        share = (time.perf_counter() - t0) / len(rows)
-        self._run_groups(rows, out, [first_m(c) for c in choices], embeds, share)
-        if self.ledger is not None:
-            _settle(self.ledger, keys, out)
-        self._escalate(rows, out, choices, embeds)
+        embeds = self._encode(sub, max(top_m(choices[i]) for i in idx))  # once per image
+        share = (time.perf_counter() - t0) / len(idx)
+        self._run_groups(sub, [out[i] for i in idx], [first_m(choices[i]) for i in idx],
+                         embeds, share)
+        if keys is not None:
+            _settle(self.ledger, keys, [out[i] for i in idx])
+        return embeds
 
     def _run_groups(self, rows, out, ms, embeds, share: float) -> None:
         """Answer each (task, m) group from `embeds` (B, >= m, H); a failed group's rows get
@@ -170,19 +197,15 @@ class Predictor:
         """What an escalation from m1 reuses: the vision encoder and the MQT up to m1."""
         return vision_flops(self.model.cfg) + query_flops(self.model.cfg, m1)
 
-    def _reserve(self, rows, out, choices):
-        """Ask the ledger for each row's upper bound at its first m; refused rows become
-        error rows and drop out. Returns the granted (rows, out, choices) and their keys."""
-        bounds = [self._bound(r, first_m(c)) for r, c in zip(rows, choices, strict=True)]
-        keys, granted = self.ledger.reserve([r["id"] for r in rows], bounds,
-                                            [r["task"] for r in rows])
-        for o, ok in zip(out, granted, strict=True):
-            if not ok:
-                o.update(error=REFUSED)
-        keep = [i for i, ok in enumerate(granted) if ok]
-        return ([rows[i] for i in keep], [out[i] for i in keep], [choices[i] for i in keep],
-                [keys[i] for i in keep])
-
+    def _reserve(self, rows, choices, idx: list[int]) -> tuple[list[int], list[str]]:
+        """Ask the ledger for the upper bound of each row of `idx` at its first m. Returns the
+        granted indices and their keys (the refused ones become error rows unless a second
+        ask grants them)."""
+        bounds = [self._bound(rows[i], first_m(choices[i])) for i in idx]
+        keys, granted = self.ledger.reserve([rows[i]["id"] for i in idx], bounds,
+                                            [rows[i]["task"] for i in idx])
+        return ([i for i, ok in zip(idx, granted, strict=True) if ok],
+                [k for k, ok in zip(keys, granted, strict=True) if ok])
 
     def _bound(self, row: dict, m: int) -> int:
         """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""

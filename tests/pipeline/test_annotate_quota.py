@@ -202,7 +202,10 @@ def test_a_measured_quota_needs_seconds_and_an_estimate(folder, calibration, tmp
 
 
 def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
-    """Without Ray: a plain Ledger behind the predictor; a quota of ~2.5 rows answers 2."""
+    """Without Ray: a plain Ledger behind the predictor; a quota of ~2.5 rows answers 2.
+    The three refused ask once more after the two are charged, but the tiny random model
+    never stops before its max new tokens, so the two spent their whole holds and nothing
+    came back: refused again."""
     from pipeline.decode import decode_batch
     from pipeline.policy import FixedPolicy
     from pipeline.predictor import Predictor

@@ -70,22 +70,26 @@ def test_the_predictor_charges_each_row_the_seconds_it_took_and_refuses_past_the
     """The estimate says a caption row at m = 4 takes one second (its FLOP bound at the
     prior rate); a quota of 2.5 s pays the holds of two rows of the first batch and the
     ledger refuses the other three. The two are charged the seconds they took (far less on
-    this tiny model), and from the next batch on the predictor reserves at the rate it
-    measured, so rows fit again."""
+    this tiny model); the three ask once more with the two charged, at the rate the
+    predictor has just measured, and fit. A quota below one hold at the estimate refuses a
+    whole batch: nothing ran, so nothing came back for a second ask."""
     bound = tiny_row_bound(4)
     ledger = Ledger(2_500_000, unit="us")
     client = LedgerClient(ledger, MeasuredRate(prior=1 / bound, margin=1.0))
     pred = Predictor(MODEL, FixedPolicy(default=4), threads=1, ledger=client)
     out = pred(caption_rows(5)).to_pylist()
-    answered = [r for r in out if r["error"] is None]
-    assert len(answered) == 2 and [r["error"] for r in out[2:]] == [REFUSED] * 3
-    charged = sum(charge_us(r["seconds"]) for r in answered)
+    assert all(r["error"] is None for r in out)
+    assert ledger.totals()["committed"] == 5
+    charged = sum(charge_us(r["seconds"]) for r in out)
     assert ledger.spent == charged and ledger.overrun == 0 and ledger.reserved == 0
     assert client.rate.seen and client.rate.rate < 1 / bound  # measured, not the estimate
-    more = pred(caption_rows(5, start=5)).to_pylist()
-    assert all(r["error"] is None for r in more)
-    assert ledger.spent + ledger.overrun == charged + sum(charge_us(r["seconds"]) for r in more)
     assert ledger.spent <= ledger.quota
+
+    small = Ledger(900_000, unit="us")  # 0.9 s: not one row at the estimate's 1 s
+    pred.ledger = LedgerClient(small, MeasuredRate(prior=1 / bound, margin=1.0))
+    out = pred(caption_rows(3, start=5)).to_pylist()
+    assert [r["error"] for r in out] == [REFUSED] * 3
+    assert (small.spent, small.reserved, small.totals()["committed"]) == (0, 0, 0)
 
 
 def test_escalations_are_charged_their_own_measured_time():
