@@ -11,6 +11,8 @@ error bound (`error`) and s_t the rows seen so far:
 
     quota left      = (Q - (spent + reserved)) / r, read from the job's budget ledger and
                       put in the curves' units by r = spent / planned cost so far
+                      (this run's: a resumed job's ledger starts with the earlier
+                      runs' spend, `base`, which r does not count)
     rows left       = max(N_t - s_t, ceil(tail x s_t))              (central)
     rows left, high = max(ceil(N_t (1 + e)) - s_t, ceil(tail x s_t))  (pessimistic)
     reserve         = sum_t cheapest_t x (high_t - central_t)
@@ -78,6 +80,9 @@ class Pacer:
     error: float = 0.0  # the estimate may be this much (relative) too low
     tail: float = 0.1
     time_left: Callable[[], tuple[int, float]] | None = None
+    # what `spent` (or time_left's FLOPs) already counted before this pacer's first row: an
+    # earlier run's spend on a resumed job, not this run's drift
+    base: int = 0
     seen: Counter = field(default_factory=Counter)
     plans: int = 0  # how many times it planned
     planned: int = 0  # the curves' FLOPs of every row handed out so far
@@ -120,8 +125,10 @@ class Pacer:
         self._since += len(tasks)
 
     def ratio(self, spent: int) -> float:
-        """What rows really cost against what the curves said, so far (1 before any)."""
-        if not self.planned or not spent:
+        """What this run's rows really cost against what the curves said, so far (1 before
+        any); `spent` includes `base`, which is not counted."""
+        spent -= self.base
+        if not self.planned or spent <= 0:
             return 1.0
         return min(4.0, max(0.25, spent / self.planned))
 
@@ -199,8 +206,12 @@ def pacer_actor_class():
             def time_left() -> tuple[int, float]:
                 return measured_left(ray.get(ledger.totals.remote()), flops_per_second)
 
+            # a resumed job's ledger starts with the earlier runs' spend (started before
+            # any predictor, so nothing of this run is in it yet)
+            base = time_left()[0] if flops_per_second else spent()
             self.pacer = Pacer(curves, quota_flops, estimate, spent, weights, every, error,
-                               tail, time_left=time_left if flops_per_second else None)
+                               tail, time_left=time_left if flops_per_second else None,
+                               base=base)
 
         def choose(self, tasks, questions):
             return self.pacer.choose(tasks, questions)
