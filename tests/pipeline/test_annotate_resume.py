@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from test_annotate import TINY, image_bytes
+from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
 
 from jobs import annotate, cli
 
@@ -27,17 +28,7 @@ def test_kill_9_of_the_driver_then_resume_exactly_once(ray_local, tmp_path):
     out = tmp_path / "out"
     args = [*TINY, f"source={images}", f"output={out}", "rows_per_part=8", "block_rows=8",
             "flush_seconds=1", "policy.m.caption=2", "progress=false"]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "annotate", "--preset", "tiny",
-                             *args], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        parts = wait_for_parts(out / "data", proc, at_least=3)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and only what it started
-        proc.wait()
-    assert parts, "the job finished before it could be killed: make the corpus larger"
+    kill_9_after_parts(args, out, ray_local)
     before = len(set(pq.read_table(out / "data").column("id").to_pylist()))
     assert 0 < before < 301
     summary = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
@@ -46,6 +37,22 @@ def test_kill_9_of_the_driver_then_resume_exactly_once(ray_local, tmp_path):
     assert len(ids) == len(set(ids)) == summary["rows"] == 301
     assert summary["this_run"]["rows"] == 301 - before  # only what was missing was redone
     assert summary["errors"] == 1 and summary["m_histogram"] == {"caption": {2: 300}}
+
+
+def kill_9_after_parts(args: list[str], out: Path, ray_local, at_least: int = 3) -> None:
+    """`mqt annotate ARGS` as its own driver on the test's Ray cluster, killed with SIGKILL
+    (the driver and only what it started) once `at_least` part files are written."""
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "annotate", "--preset", "tiny",
+                             *args], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parts = wait_for_parts(out / "data", proc, at_least)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert parts, "the job finished before it could be killed: make the corpus larger"
 
 
 def wait_for_parts(data: Path, proc: subprocess.Popen, at_least: int, timeout: float = 240):
@@ -59,7 +66,8 @@ def wait_for_parts(data: Path, proc: subprocess.Popen, at_least: int, timeout: f
     return []
 
 
-def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(ray_local, tmp_path):
+def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(
+        ray_local, calibration, tmp_path):  # noqa: F811 (the fixture)
     """The same crash under a quota (`quota.pacing=true`): the killed run's commits are in
     the ledger's journal, so the resumed run plans only what is left of Q, charges only the
     rows it answers (none written before is paid again), and the job's spend, the killed
@@ -67,32 +75,16 @@ def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(ray_local, tm
     learns its drift from the resumed run's own rows (the killed run's spend is its base):
     the job spends nearly all of Q (99.5-99.6% in two runs; 92.7-93.7% with m = 1 on
     140-165 rows when the earlier spend counted as drift)."""
-    from test_annotate_quota import MS, tiny_row_bound
-
     images = tmp_path / "images"
     images.mkdir()
     for i in range(300):
         (images / f"{i:03d}.png").write_bytes(image_bytes(i, size=(16, 16)))
-    cal = tmp_path / "calibration.json"
-    cal.write_text(json.dumps({"ms": list(MS), "by_task": {"caption": {
-        str(m): {"accuracy": a, "mean_flops": tiny_row_bound(m), "n": 10}
-        for m, a in zip(MS, (0.5, 0.7, 0.8), strict=True)}}}))
     quota = 360 * tiny_row_bound(4)  # m = 4 on every row and m = 16 on about a third
     out = tmp_path / "out"
     args = [*TINY, f"source={images}", f"output={out}", "rows_per_part=8", "block_rows=8",
-            "flush_seconds=1", f"quota.calibration={cal}", f"quota.flops={quota}",
+            "flush_seconds=1", f"quota.calibration={calibration}", f"quota.flops={quota}",
             "quota.pacing=true", "progress=false"]
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "annotate", "--preset", "tiny",
-                             *args], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        parts = wait_for_parts(out / "data", proc, at_least=3)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert parts, "the job finished before it could be killed: make the corpus larger"
+    kill_9_after_parts(args, out, ray_local)
     before = {r["id"]: r["flops"] for r in pq.read_table(out / "data").to_pylist()}
     assert 0 < len(before) < 300
     summary = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
