@@ -154,12 +154,26 @@ def _lm_head(cfg: VLMConfig) -> int:
     return _linear(1, cfg.lm.hidden_size, cfg.lm.vocab_size)
 
 
-def prefill_flops(cfg: VLMConfig, m: int, T: int) -> int:
-    """LM over the m + T prompt tokens (full attention), head on the last position only."""
+def prefill_flops(cfg: VLMConfig, m: int, T: int, cached: int = 0) -> int:
+    """LM over the m + T prompt tokens (full attention), head on the last position only.
+    `cached`: the first positions are already in the KV cache (an escalation continuing
+    from the prompt prefix of an answer at a smaller m): only the n - cached others run,
+    attending over all n."""
     n = lm_visual_tokens(cfg, m) + T
+    if not 0 <= cached < n:
+        raise ValueError(f"cached={cached} must be in 0..{n - 1} (the prompt has {n} tokens)")
     width = cfg.lm.num_heads * cfg.lm.head_dim
-    attention = cfg.lm.num_layers * _attention(n, n, width)
-    return n * _lm_linear_per_token(cfg) + attention + _lm_head(cfg)
+    attention = cfg.lm.num_layers * _attention(n - cached, n, width)
+    return (n - cached) * _lm_linear_per_token(cfg) + attention + _lm_head(cfg)
+
+
+def lm_prefix_flops(cfg: VLMConfig, tokens: int) -> int:
+    """The LM work on the first `tokens` prompt positions that an answer continuing from
+    their cache does not repeat: their layers, and at least their attention over each
+    other (over the later positions too, which depends on the prompt: not counted)."""
+    width = cfg.lm.num_heads * cfg.lm.head_dim
+    return tokens * _lm_linear_per_token(cfg) + cfg.lm.num_layers * _attention(tokens, tokens,
+                                                                                width)
 
 
 def decode_flops(cfg: VLMConfig, m: int, T: int, K: int) -> int:
@@ -178,28 +192,32 @@ def kv_cache_bytes(cfg: VLMConfig, m: int, T: int, K: int, bytes_per_value: int 
     return 2 * lm.num_layers * lm.num_kv_heads * lm.head_dim * positions * bytes_per_value
 
 
-def total_flops(cfg: VLMConfig, m: int, T: int, K: int) -> CostBreakdown:
-    """All parts for one image-question with m visual tokens, T text tokens, K new tokens."""
+def total_flops(cfg: VLMConfig, m: int, T: int, K: int, cached: int = 0) -> CostBreakdown:
+    """All parts for one image-question with m visual tokens, T text tokens, K new tokens
+    (`cached`: prompt positions already in the KV cache, see `prefill_flops`)."""
     parts = dict(vision=vision_flops(cfg), query=query_flops(cfg, m),
-                 prefill=prefill_flops(cfg, m, T), decode=decode_flops(cfg, m, T, K))
+                 prefill=prefill_flops(cfg, m, T, cached), decode=decode_flops(cfg, m, T, K))
     return CostBreakdown(**parts, total=sum(parts.values()),
                          kv_bytes=kv_cache_bytes(cfg, m, T, K))
 
 
-def scored_flops(cfg: VLMConfig, m: int, T: int, option_tokens: Sequence[int]) -> int:
+def scored_flops(cfg: VLMConfig, m: int, T: int, option_tokens: Sequence[int],
+                 cached: int = 0) -> int:
     """Multiple choice by likelihood (T prompt text tokens; option i has option_tokens[i]
     tokens), as `VisionLanguageModel.option_logprobs` computes it: the image is encoded and
     queried once and the prompt (n = m + T tokens) prefilled once; the prefill's last
     logits score every option's first token. An option of k >= 2 tokens then runs its first
     k - 1 tokens over the cached prompt (their logits score its tokens 2..k): through the
     layers and the head, attending over n + k - 1 positions (no causal halving, as in
-    prefill). A one-token option costs nothing beyond the prefill."""
+    prefill). A one-token option costs nothing beyond the prefill. `cached`: prompt
+    positions already in the KV cache (see `prefill_flops`)."""
     n = lm_visual_tokens(cfg, m) + T
     width = cfg.lm.num_heads * cfg.lm.head_dim
     per_token = _lm_linear_per_token(cfg) + _lm_head(cfg)
     options = sum((k - 1) * per_token + cfg.lm.num_layers * _attention(k - 1, n + k - 1, width)
                   for k in option_tokens if k > 1)
-    return vision_flops(cfg) + query_flops(cfg, m) + prefill_flops(cfg, m, T) + options
+    return (vision_flops(cfg) + query_flops(cfg, m) + prefill_flops(cfg, m, T, cached)
+            + options)
 
 
 def default_ms(cfg: VLMConfig) -> list[int]:

@@ -21,6 +21,7 @@ from mqt.query import QueryTransformer, check_num_tokens
 from mqt.text import (
     IMAGE_TOKEN,
     build_batch,
+    build_continuation,
     byte_tokenizer,
     encode_answer,
     encode_prompt,
@@ -40,6 +41,56 @@ class Generation:
     num_visual_tokens: int
     prompt_tokens: int  # text tokens of the prompt, visual tokens excluded
     new_tokens: int
+
+
+@dataclass
+class PromptPrefix:
+    """The LM's KV cache over the start of each prompt of a batch: the template's text
+    before the image and the first m visual tokens, positions 0 .. P + m - 1 in every row
+    (no padding). An answer at a larger m from the same MQT output can continue from it
+    instead of reading those tokens again: the MQT's first m outputs are the same at any
+    larger m (its queries attend causally) and so are the prompt's tokens up to there."""
+
+    m: int
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (keys, values): (B, kv heads, P + m, d)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2]
+
+    @classmethod
+    def stack(cls, prefixes: Sequence[PromptPrefix]) -> PromptPrefix:
+        """One batch from the rows of several prefixes at the same m (in that order)."""
+        if len({p.m for p in prefixes}) != 1 or len({p.length for p in prefixes}) != 1:
+            raise ValueError("prefixes to stack must be at the same m and length")
+        layers = zip(*(p.layers for p in prefixes), strict=True)
+        return cls(prefixes[0].m, [(torch.cat([k for k, _ in per]), torch.cat([v for _, v in per]))
+                                   for per in layers])
+
+    def rows(self, idx: Sequence[int]) -> PromptPrefix:
+        ix = torch.as_tensor(list(idx), dtype=torch.long, device=self.layers[0][0].device)
+        return PromptPrefix(self.m, [(k[ix], v[ix]) for k, v in self.layers])
+
+    def cache(self):
+        """A fresh transformers cache holding a copy of the prefix (the LM appends to it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.layers):
+            cache.update(k.clone(), v.clone(), i)
+        return cache
+
+
+def take_prefix(cache, mask: torch.Tensor, length: int, m: int) -> PromptPrefix:
+    """The first `length` real positions of each row of a left-padded batch's cache."""
+    pad = mask.shape[1] - mask.sum(1)  # (B,) left padding per row
+    pos = pad.to(torch.long).unsqueeze(1) + torch.arange(length, device=mask.device)
+    layers = []
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        ix = pos.to(k.device)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        layers.append((k.gather(2, ix), v.gather(2, ix)))
+    return PromptPrefix(m, layers)
 
 
 class VisionLanguageModel(nn.Module):
@@ -98,6 +149,11 @@ class VisionLanguageModel(nn.Module):
     def format_prompts(self, questions: Sequence[str]) -> list[str]:
         return [self.template.format(q) for q in questions]
 
+    @property
+    def prefix_text_tokens(self) -> int:
+        """Tokens of the prompt before its image: the same for every question and m."""
+        return prefix_text_tokens(self.cfg, self.tokenizer)
+
     def prompt_text_tokens(self, question: str) -> int:
         """T of the cost model: the tokens of the question's prompt besides its m image
         tokens (the same at every m)."""
@@ -127,10 +183,57 @@ class VisionLanguageModel(nn.Module):
         for m in sorted(set(ms)):
             rows = [i for i in range(n) if ms[i] == m]
             for i, gen in zip(rows, self._generate_group(
-                    [prompts[i] for i in rows], image_embeds[rows, :m], max_new_tokens),
+                    [prompts[i] for i in rows], image_embeds[rows, :m], max_new_tokens)[0],
                     strict=True):
                 out[i] = gen
         return out
+
+    @torch.no_grad()
+    def generate_cached(self, questions: Sequence[str], m: int, image_embeds: torch.Tensor,
+                        max_new_tokens: int = 16, prefix: PromptPrefix | None = None,
+                        keep_prefix: bool = False
+                        ) -> tuple[list[Generation], PromptPrefix | None]:
+        """Greedy answers at m over (B, >= m, H) image embeddings. With `prefix` (an earlier
+        pass's, at a smaller m, over the same rows and embeddings) the LM reads only what
+        follows it; with `keep_prefix` (and no `prefix`) also returns the prompt prefix at
+        m, for a later answer at a larger m."""
+        m = check_num_tokens(m, self.num_queries)
+        prompts = self.format_prompts(questions)
+        if prefix is None:
+            return self._generate_group(prompts, image_embeds[:, :m], max_new_tokens,
+                                        keep_prefix)
+        out, mask = self._continue(prompts, image_embeds, m, prefix)
+        return self._greedy(out, mask, m, max_new_tokens), None
+
+    def _greedy(self, out, mask: torch.Tensor, m: int, max_new_tokens: int) -> list[Generation]:
+        """Greedy decoding from a prefilled LM output (as `generate` with do_sample=False):
+        up to `max_new_tokens` tokens, a row ending at its first stop token."""
+        stops = torch.tensor(self.stop_token_ids(), device=mask.device)
+        cache, pos = out.past_key_values, mask.sum(1, keepdim=True)  # next positions
+        text_len = (pos[:, 0] - m).tolist()  # the prompt's tokens besides its visual ones
+        tokens, logps = [], []
+        done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        logits = out.logits[:, -1]
+        for step in range(max_new_tokens):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tok = logp.argmax(-1)
+            tokens.append(tok)
+            logps.append(logp.gather(1, tok[:, None])[:, 0])
+            done |= torch.isin(tok, stops)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            logits = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
+                             past_key_values=cache, use_cache=True).logits[:, -1]
+            pos = pos + 1
+        ids, lp = torch.stack(tokens, 1).tolist(), torch.stack(logps, 1)
+        gens, stop_set = [], set(self.stop_token_ids())
+        for b, row in enumerate(ids):
+            n = next((i + 1 for i, t in enumerate(row) if t in stop_set), len(row))
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+            gens.append(Generation(text, row[:n], float(lp[b, :n].mean()), m, int(text_len[b]),
+                                   n))
+        return gens
 
     def option_token_counts(self, options: Sequence[str]) -> list[int]:
         """Tokens of each option as scored: what `mqt.cost.scored_flops` prices."""
@@ -154,14 +257,31 @@ class VisionLanguageModel(nn.Module):
         if image_embeds is None:
             image_embeds = (self.encode_features(grid_features, m) if grid_features is not None
                             else self.encode_images(pixel_values, m))
+        return self.option_logprobs_cached(questions, options, m, image_embeds)[0]
+
+    @torch.no_grad()
+    def option_logprobs_cached(self, questions: Sequence[str], options: Sequence[Sequence[str]],
+                               m: int, image_embeds: torch.Tensor,
+                               prefix: PromptPrefix | None = None, keep_prefix: bool = False
+                               ) -> tuple[list[list[float]], PromptPrefix | None]:
+        """`option_logprobs` at m over (B, >= m, H) image embeddings, continuing from
+        `prefix` (an earlier pass's, at a smaller m, over the same rows and embeddings) when
+        given; with `keep_prefix` (and no `prefix`) also the prompt prefix at m."""
         dev = image_embeds.device
-        prompt = build_batch(self.tokenizer, self.format_prompts(questions), m,
-                             padding_side="left")
-        p_mask = prompt["attention_mask"].to(dev)
-        p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # positions skip the left padding
-        out = self.lm(inputs_embeds=self.embed(prompt["input_ids"].to(dev), image_embeds[:, :m]),
-                      attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                      logits_to_keep=1)
+        prompts = self.format_prompts(questions)
+        kept = None
+        if prefix is None:
+            prompt = build_batch(self.tokenizer, prompts, m, padding_side="left")
+            p_mask = prompt["attention_mask"].to(dev)
+            p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)  # positions skip the left padding
+            out = self.lm(inputs_embeds=self.embed(prompt["input_ids"].to(dev),
+                                                   image_embeds[:, :m]),
+                          attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                          logits_to_keep=1)
+            if keep_prefix:
+                kept = take_prefix(out.past_key_values, p_mask, self.prefix_text_tokens + m, m)
+        else:
+            out, p_mask = self._continue(prompts, image_embeds, m, prefix)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (Q, V): 1st option token
         owner = [i for i, opts in enumerate(options) for _ in opts]
         ids = [encode_answer(self.tokenizer, o) for opts in options for o in opts]
@@ -176,7 +296,30 @@ class VisionLanguageModel(nn.Module):
         for opts in options:
             result.append(scores[k: k + len(opts)])
             k += len(opts)
-        return result
+        return result, kept
+
+    def _continue(self, prompts: list[str], image_embeds: torch.Tensor, m: int,
+                  prefix: PromptPrefix):
+        """The LM over the prompts at m after `prefix` (positions 0 .. L - 1 cached): the
+        m - prefix.m new visual tokens and the text after the image, left-padded between
+        the prefix and them. Returns the LM output (last logits, the cache) and the
+        attention mask over prefix + continuation."""
+        if not prefix.m < m <= image_embeds.shape[1]:
+            raise ValueError(f"a prefix at m={prefix.m} continues to a larger m, got m={m} "
+                             f"(image embeddings of {image_embeds.shape[1]})")
+        if prefix.length != self.prefix_text_tokens + prefix.m:
+            raise ValueError(f"prefix of {prefix.length} positions: this template's prefix at "
+                             f"m={prefix.m} has {self.prefix_text_tokens + prefix.m}")
+        dev = image_embeds.device
+        chunk = build_continuation(self.tokenizer, prompts, m, prefix.length)
+        c_mask = chunk["attention_mask"].to(dev)
+        mask = torch.cat([torch.ones(len(prompts), prefix.length, dtype=c_mask.dtype,
+                                     device=dev), c_mask], 1)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)[:, prefix.length:]
+        embeds = self.embed(chunk["input_ids"].to(dev), image_embeds[:, prefix.m:m])
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                      past_key_values=prefix.cache(), use_cache=True, logits_to_keep=1)
+        return out, mask
 
     def _option_tails(self, cache, p_mask: torch.Tensor, owner: list[int],
                       ids: list[list[int]]) -> list[float]:
@@ -198,7 +341,8 @@ class VisionLanguageModel(nn.Module):
         return (logp.gather(-1, y.unsqueeze(-1)).squeeze(-1) * mask).sum(1).tolist()
 
     def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
-                        max_new_tokens: int) -> list[Generation]:
+                        max_new_tokens: int, keep_prefix: bool = False
+                        ) -> tuple[list[Generation], PromptPrefix | None]:
         m = image_embeds.shape[1]
         batch = build_batch(self.tokenizer, prompts, m, padding_side="left")
         embeds = self.embed(batch["input_ids"].to(image_embeds.device), image_embeds)
@@ -209,7 +353,11 @@ class VisionLanguageModel(nn.Module):
             eos_token_id=self.stop_token_ids(),
         )
         text_len = batch["attention_mask"].sum(dim=1) - m
-        return [self._decode(out, b, m, int(text_len[b])) for b in range(len(prompts))]
+        kept = None
+        if keep_prefix:
+            kept = take_prefix(out.past_key_values, batch["attention_mask"].to(embeds.device),
+                               self.prefix_text_tokens + m, m)
+        return [self._decode(out, b, m, int(text_len[b])) for b in range(len(prompts))], kept
 
     def _decode(self, out, b: int, m: int, prompt_tokens: int) -> Generation:
         ids = out.sequences[b].tolist()
@@ -277,6 +425,14 @@ def make_tokenizer(cfg: VLMConfig):
     if cfg.tokenizer == "byte":
         return byte_tokenizer()
     return load_tokenizer(lm_folder(cfg.lm) if cfg.tokenizer == "lm" else cfg.tokenizer)
+
+
+def prefix_text_tokens(cfg: VLMConfig, tokenizer=None) -> int:
+    """Tokens of the template's prompt before its image (what an escalation's cached prefix
+    holds besides the m1 visual tokens); the config's tokenizer unless one is given."""
+    tok = tokenizer if tokenizer is not None else make_tokenizer(cfg)
+    ids = encode_prompt(tok, get_template(cfg.template).format(""), 1)
+    return ids.index(tok.convert_tokens_to_ids(IMAGE_TOKEN))
 
 
 def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguageModel:

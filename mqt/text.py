@@ -99,6 +99,16 @@ def build_batch(tokenizer, prompts: list[str], m: int, answers: list[str] | None
     return batch
 
 
+def build_continuation(tokenizer, prompts: list[str], m: int,
+                       start: int) -> dict[str, torch.Tensor]:
+    """Each prompt's tokens at m image tokens from position `start` on (what follows a cached
+    prefix of `start` tokens), left-padded."""
+    rows = [encode_prompt(tokenizer, p, m)[start:] for p in prompts]
+    if not all(rows):
+        raise ValueError(f"a prompt of at most {start} tokens has nothing after its prefix")
+    return _pad(rows, tokenizer.pad_token_id, "left")
+
+
 def _pad(rows: list[list[int]], pad: int, side: str) -> dict[str, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

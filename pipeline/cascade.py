@@ -23,8 +23,10 @@ refused escalation keeps the m1 answer; optionally escalations also draw on thei
 than planned early on cannot starve later rows. `CascadePolicy` is a fixed choice per task.
 
 Prices: `mqt eval` prices each row as the predictor charges it (`total_flops`; for
-multiple choice `scored_flops`), and `shared` takes one vision + MQT at m1 off an
-escalation, which is what the predictor does not compute again. Pure Python, no Ray.
+multiple choice `scored_flops`), and `shared` takes off an escalation what the predictor
+does not compute again: one vision + MQT at m1, and the LM's prompt prefix up to the m1
+visual tokens, whose KV cache the m2 answer continues from (`shared_flops`). Pure Python,
+no Ray.
 """
 
 from __future__ import annotations
@@ -106,11 +108,30 @@ def _question(rows: list[dict]) -> Question:
                     r0.get("question") or "")
 
 
-def shared_flops(cfg, ms: Iterable[int]) -> dict[int, int]:
-    """Per m1: the FLOPs an escalation from m1 does not pay again (vision + MQT at m1)."""
-    from mqt.cost import query_flops, vision_flops
+def shared_flops(cfg, ms: Iterable[int], prefix_tokens: int | None = None) -> dict[int, int]:
+    """Per m1: the FLOPs an escalation from m1 does not pay again: vision + MQT at m1, and
+    the LM's work on the prompt prefix it continues from (the `prefix_tokens` text tokens
+    before the image, default the model's template's, and the m1 visual tokens; their
+    attention over later positions, which depends on the question, is left out: the
+    escalation's price is an upper bound of what the predictor charges)."""
+    from mqt.cost import lm_prefix_flops, query_flops, vision_flops
 
-    return {m: vision_flops(cfg) + query_flops(cfg, m) for m in ms}
+    if prefix_tokens is None:
+        prefix_tokens = _prefix_tokens(cfg)
+    return {m: vision_flops(cfg) + query_flops(cfg, m) + lm_prefix_flops(cfg, prefix_tokens + m)
+            for m in ms}
+
+
+def _prefix_tokens(cfg) -> int:
+    from mqt.model import prefix_text_tokens
+
+    key = (cfg.template, cfg.tokenizer, cfg.lm.kind, cfg.lm.path)
+    if key not in _PREFIX_TOKENS:
+        _PREFIX_TOKENS[key] = prefix_text_tokens(cfg)
+    return _PREFIX_TOKENS[key]
+
+
+_PREFIX_TOKENS: dict[tuple, int] = {}  # per template and tokenizer: building one takes time
 
 
 def split_halves(questions: Sequence[Question], seed: int = 0) -> tuple[list, list]:

@@ -12,8 +12,12 @@ Cascades (pipeline/policy.py `Cascade(m1, m2, t)`): such a row is answered at m1
 its confidence is below t it is answered again at m2 from the same MQT output (the batch
 was encoded at the largest m2), and the m2 answer is the row's: `m`, `visual_tokens`,
 `prompt_tokens`, `new_tokens`, `confidence` are those of the final answer, `flops` is what
-the row spent in all, cost(m1) + cost(m2) - vision - query(m1) for an escalated row (the
-second attempt reuses the image encoding and the m1 queries), `seconds` both attempts.
+the row spent in all, cost(m1) + cost(m2 | P + m1 cached) - vision - query(m1) for an
+escalated row, `seconds` both attempts. The second attempt reuses the image encoding, the
+m1 queries and the LM's KV cache of the prompt's first P + m1 positions (the template's P
+text tokens before the image and the m1 visual tokens, kept from the m1 answer:
+`mqt.model.PromptPrefix`), so its LM reads only the m2 - m1 new visual tokens and the text
+after the image (`reuse_prefix=False`: the whole prompt again, no cache held).
 With a ledger, the m1 attempt is reserved first; an escalation is reserved on its own
 before it runs (upper bound at m2 less the shared part), in the job's ledger and, if given,
 in `escalation_ledger` too (the plan's escalation budget, so escalations cannot eat what
@@ -38,6 +42,7 @@ import pyarrow as pa
 import torch
 
 from mqt.cost import lm_visual_tokens, query_flops, scored_flops, total_flops, vision_flops
+from mqt.model import PromptPrefix
 from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
 from pipeline.policy import Cascade, first_m, top_m
@@ -67,7 +72,8 @@ class Predictor:
     """One model per actor; maps a pyarrow batch of decoded rows to OUTPUT_SCHEMA rows."""
 
     def __init__(self, model_args: dict, policy, threads: int = 0,
-                 tasks: dict[str, Task] | None = None, ledger=None, escalation_ledger=None):
+                 tasks: dict[str, Task] | None = None, ledger=None, escalation_ledger=None,
+                 reuse_prefix: bool = True):
         from transformers.utils import logging as hf_logging
 
         from jobs.common import ModelArgs, load_model
@@ -84,6 +90,9 @@ class Predictor:
         # a second LedgerClient that escalations also draw on (the plan's escalation budget,
         # pipeline.cascade.escalation_budget), so they cannot starve later first attempts
         self.escalation_ledger = escalation_ledger
+        # an escalation continues from the LM's KV cache of its m1 prompt prefix (False: it
+        # reads the whole prompt again, holding no cache between the two attempts)
+        self.reuse_prefix = reuse_prefix
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -107,58 +116,74 @@ class Predictor:
             if self.ledger is not None:
                 held, keys = self._reserve(rows, choices, todo)
             if held:
-                answered.append((held, self._first(rows, out, choices, held, keys)))
+                answered.append((held, *self._first(rows, out, choices, held, keys)))
             granted = set(held)
             todo = [i for i in todo if i not in granted]
             if not todo or not granted:  # a second ask helps once this batch's holds are back
                 break
         for i in todo:
             out[i].update(error=REFUSED)
-        for held, embeds in answered:  # first attempts before any escalation
+        for held, embeds, prefixes in answered:  # first attempts before any escalation
             self._escalate([rows[i] for i in held], [out[i] for i in held],
-                           [choices[i] for i in held], embeds)
+                           [choices[i] for i in held], embeds, prefixes)
 
     def _first(self, rows, out, choices, idx: list[int], keys: list[str] | None):
         """Answer rows `idx` at their first m (charging their holds `keys`, if any); returns
-        their MQT output (len(idx), top m, H) for the escalations."""
+        their MQT output (len(idx), top m, H) and, per row, the prompt prefix a cascade row
+        keeps for its escalation (None for the others)."""
         sub = [rows[i] for i in idx]
         t0 = time.perf_counter()
         embeds = self._encode(sub, max(top_m(choices[i]) for i in idx))  # once per image
         share = (time.perf_counter() - t0) / len(idx)
-        self._run_groups(sub, [out[i] for i in idx], [first_m(choices[i]) for i in idx],
-                         embeds, share)
+        prefixes = self._run_groups(sub, [out[i] for i in idx],
+                                    [first_m(choices[i]) for i in idx], embeds, share,
+                                    keep=[self.reuse_prefix and isinstance(choices[i], Cascade)
+                                          for i in idx])
         if keys is not None:
             _settle(self.ledger, keys, [out[i] for i in idx])
-        return embeds
+        return embeds, prefixes
 
-    def _run_groups(self, rows, out, ms, embeds, share: float) -> None:
+    def _run_groups(self, rows, out, ms, embeds, share: float, keep=None, prefixes=None):
         """Answer each (task, m) group from `embeds` (B, >= m, H); a failed group's rows get
-        the error. `share`: encoding seconds per row, added to each row's time."""
-        for (task, m), idx in _groups(rows, ms).items():
+        the error. `share`: encoding seconds per row, added to each row's time. `keep[i]`:
+        row i keeps its prompt prefix at its m (a cascade's first attempt); `prefixes[i]`:
+        row i continues from that prefix (its escalation). Returns the kept prefixes per row
+        (None where not kept)."""
+        kept: list[PromptPrefix | None] = [None] * len(rows)
+        prefixes = prefixes or [None] * len(rows)
+        starts = [p.m if p is not None else 0 for p in prefixes]
+        for (task, m, start), idx in _groups(rows, ms, starts).items():
+            want = keep is not None and any(keep[i] for i in idx)
+            prefix = PromptPrefix.stack([prefixes[i] for i in idx]) if start else None
             t1 = time.perf_counter()
             try:
-                answers = self._run_group(task, m, [rows[i] for i in idx], embeds[idx, :m])
+                answers, group = self._run_group(task, m, [rows[i] for i in idx],
+                                                 embeds[idx, :m], prefix, want)
             except Exception as e:  # a model failure loses this group, not the job
                 for i in idx:
                     out[i].update(error=f"model: {type(e).__name__}: {e}")
                 continue
             per_row = share + (time.perf_counter() - t1) / len(idx)
-            for i, a in zip(idx, answers, strict=True):
+            for j, (i, a) in enumerate(zip(idx, answers, strict=True)):
                 out[i].update(_answer_columns(self.model.cfg, m, a, per_row))
+                if group is not None and keep[i]:
+                    kept[i] = group.rows([j])
+        return kept
 
-    def _escalate(self, rows, out, choices, embeds) -> None:
-        """Answer again at m2 the cascade rows whose m1 answer is not confident enough."""
+    def _escalate(self, rows, out, choices, embeds, prefixes) -> None:
+        """Answer again at m2 the cascade rows whose m1 answer is not confident enough,
+        continuing from their m1 prompt prefixes (`prefixes`, per row)."""
         idx = [i for i, c in enumerate(choices) if isinstance(c, Cascade)
                and out[i]["error"] is None and c.escalates(out[i]["confidence"])]
         ledgers = [x for x in (self.escalation_ledger, self.ledger) if x is not None]
         keys = [[] for _ in ledgers]  # per ledger, the keys of the granted escalations
         if idx and ledgers:
-            idx, keys = self._reserve_escalations(ledgers, rows, choices, idx)
+            idx, keys = self._reserve_escalations(ledgers, rows, choices, idx, prefixes)
         if not idx:
             return
         trial = [dict(out[i]) for i in idx]  # the m2 answers land here; kept if they work
         self._run_groups([rows[i] for i in idx], trial, [choices[i].m2 for i in idx],
-                         embeds[idx], 0.0)
+                         embeds[idx], 0.0, prefixes=[prefixes[i] for i in idx])
         extra = self._keep_m2(out, idx, trial, choices)
         for ledger, ks in zip(ledgers, keys, strict=True):
             _settle(ledger, ks, [{"flops": x, "seconds": t["seconds"], "task": t["task"]}
@@ -176,12 +201,12 @@ class Predictor:
                               seconds=round(out[i]["seconds"] + t["seconds"], 6))
         return extra
 
-    def _reserve_escalations(self, ledgers, rows, choices, idx):
-        """Reserve each escalation on its own (upper bound at m2 less the shared part) in
-        every ledger; a refused one keeps its m1 answer. Returns the granted indices and,
-        per ledger, their keys."""
-        bounds = [self._bound(rows[i], choices[i].m2) - self._shared(choices[i].m1)
-                  for i in idx]
+    def _reserve_escalations(self, ledgers, rows, choices, idx, prefixes):
+        """Reserve each escalation on its own (upper bound at m2 from its prompt prefix,
+        less the shared part) in every ledger; a refused one keeps its m1 answer. Returns
+        the granted indices and, per ledger, their keys."""
+        bounds = [self._bound(rows[i], choices[i].m2, _length(prefixes[i]))
+                  - self._shared(choices[i].m1) for i in idx]
         ids = [f"{rows[i]['id']}+m{choices[i].m2}" for i in idx]
         keep, keys = list(range(len(idx))), []
         for ledger in ledgers:  # all or none: a refusal frees the holds taken before it
@@ -207,14 +232,15 @@ class Predictor:
         return ([i for i, ok in zip(idx, granted, strict=True) if ok],
                 [k for k, ok in zip(keys, granted, strict=True) if ok])
 
-    def _bound(self, row: dict, m: int) -> int:
-        """Most FLOPs the row can cost at m: the cost model at the task's max new tokens."""
+    def _bound(self, row: dict, m: int, cached: int = 0) -> int:
+        """Most FLOPs the row can cost at m: the cost model at the task's max new tokens
+        (`cached`: prompt positions its answer continues from)."""
         t = self.tasks[row["task"]]
         T = self.model.prompt_text_tokens(t.format(row["question"] or "", row["options"] or ()))
         if t.scoring == "loglik":  # exactly what `_pick` charges: the options are known
             return scored_flops(self.model.cfg, m, T,
-                                self.model.option_token_counts(row["options"]))
-        return int(total_flops(self.model.cfg, m, T, t.max_new_tokens).total)
+                                self.model.option_token_counts(row["options"]), cached)
+        return int(total_flops(self.model.cfg, m, T, t.max_new_tokens, cached).total)
 
     @torch.no_grad()
     def _encode(self, rows: list[dict], m: int) -> torch.Tensor:
@@ -223,31 +249,33 @@ class Predictor:
         pv = self.model.preprocess(images).to(self.device)  # (B, 3, S, S)
         return self.model.encode_images(pv, m)
 
-    def _run_group(self, task: str, m: int, rows: list[dict], embeds) -> list[Answer]:
+    def _run_group(self, task: str, m: int, rows: list[dict], embeds, prefix=None,
+                   keep: bool = False) -> tuple[list[Answer], PromptPrefix | None]:
+        """The group's answers at m (continuing from `prefix`, if given), each charged what
+        it ran, and with `keep` the group's prompt prefix at m."""
         t = self.tasks[task]
         questions = [t.format(r["question"] or "", r["options"] or ()) for r in rows]
+        cached = _length(prefix)
         if t.scoring == "loglik":
-            return self._score(questions, [r["options"] for r in rows], m, embeds)
-        return self._generate(questions, m, embeds, t.max_new_tokens)
-
-    def _generate(self, questions, m: int, embeds, max_new_tokens: int) -> list[Answer]:
-        gens = self.model.generate(questions, m, image_embeds=embeds,
-                                   max_new_tokens=max_new_tokens)
+            options = [r["options"] for r in rows]
+            scores, kept = self.model.option_logprobs_cached(questions, options, m, embeds,
+                                                             prefix, keep)
+            return [self._pick(q, opts, s, m, cached) for q, opts, s in zip(
+                questions, options, scores, strict=True)], kept
+        gens, kept = self.model.generate_cached(questions, m, embeds, t.max_new_tokens, prefix,
+                                                keep)
         return [Answer(g.text, g.prompt_tokens, g.new_tokens,
-                       total_flops(self.model.cfg, m, g.prompt_tokens, max(1, g.new_tokens)).total,
-                       g.mean_logprob) for g in gens]
+                       total_flops(self.model.cfg, m, g.prompt_tokens, max(1, g.new_tokens),
+                                   cached).total, g.mean_logprob) for g in gens], kept
 
-    def _score(self, questions, options, m: int, embeds) -> list[Answer]:
-        scores = self.model.option_logprobs(questions, options, m, image_embeds=embeds)
-        return [self._pick(q, opts, s, m) for q, opts, s in zip(questions, options, scores,
-                                                                strict=True)]
-
-    def _pick(self, question: str, options: list[str], scores: list[float], m: int) -> Answer:
+    def _pick(self, question: str, options: list[str], scores: list[float], m: int,
+              cached: int = 0) -> Answer:
         """The most likely option; confidence is its log-probability among the options."""
         best = max(range(len(scores)), key=scores.__getitem__)
         logp = float(torch.log_softmax(torch.tensor(scores), 0)[best])
         T = self.model.prompt_text_tokens(question)
-        flops = scored_flops(self.model.cfg, m, T, self.model.option_token_counts(options))
+        flops = scored_flops(self.model.cfg, m, T, self.model.option_token_counts(options),
+                             cached)
         return Answer(options[best], T, 0, flops, logp)
 
 
@@ -260,12 +288,18 @@ def _settle(ledger, keys: list[str], out: list[dict]) -> None:
     ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
 
-def _groups(rows: list[dict], ms: list[int]) -> dict[tuple[str, int], list[int]]:
-    """Row indices per (task, m), in first-seen order."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, (r, m) in enumerate(zip(rows, ms, strict=True)):
-        groups.setdefault((r["task"], m), []).append(i)
+def _groups(rows: list[dict], ms: list[int],
+            starts: list[int]) -> dict[tuple[str, int, int], list[int]]:
+    """Row indices per (task, m, the m of the prefix they continue from), first-seen order."""
+    groups: dict[tuple[str, int, int], list[int]] = {}
+    for i, (r, m, start) in enumerate(zip(rows, ms, starts, strict=True)):
+        groups.setdefault((r["task"], m, start), []).append(i)
     return groups
+
+
+def _length(prefix) -> int:
+    """Prompt positions a prefix caches (0: none)."""
+    return prefix.length if prefix is not None else 0
 
 
 def error_row(row: dict, error: str | None) -> dict:

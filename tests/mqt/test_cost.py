@@ -231,3 +231,38 @@ def test_tiny_multiple_choice_matches_scored_flops(setup, m, options):
     assert (expected == one_pass) == (max(counts) == 1)
     # one prompt pass for all options: well under one full forward of prompt + option each
     assert expected < 0.5 * len(options) * cost.total_flops(cfg, m, T + max(counts), 1).total
+
+
+@pytest.mark.parametrize("m1,m2,options", [(1, 4, None), (4, 16, None), (2, 9, ["abc", "cde"]),
+                                           (1, 4, ["a", "b"])])
+def test_tiny_continuing_from_a_prompt_prefix_matches_the_cached_prefill(setup, m1, m2,
+                                                                         options):
+    """An escalation continuing from the m1 prompt prefix runs only the positions after it:
+    `prefill_flops(..., cached=P + m1)` (+ decode, or the options' tails) as measured
+    (options that run past the prefill of one length: no padding computed)."""
+    cfg, model, pixels = setup
+    question = "which shape is it?"
+    with torch.no_grad():
+        embeds = model.encode_images(pixels, m2)
+    P = model.prefix_text_tokens + m1
+    T = model.prompt_text_tokens(question)
+    if options is None:
+        _, prefix = model.generate_cached([question], m1, embeds, 4, keep_prefix=True)
+        with measured() as fc:
+            (gen,), _ = model.generate_cached([question], m2, embeds, 4, prefix=prefix)
+        expected = (cost.prefill_flops(cfg, m2, T, P)
+                    + cost.decode_flops(cfg, m2, T, gen.new_tokens))
+        assert gen.prompt_tokens == T
+        assert fc.get_total_flops() == pytest.approx(expected, rel=0.05)
+    else:
+        _, prefix = model.option_logprobs_cached([question], [options], m1, embeds,
+                                                 keep_prefix=True)
+        with measured() as fc:
+            model.option_logprobs_cached([question], [options], m2, embeds, prefix=prefix)
+        expected = (cost.scored_flops(cfg, m2, T, model.option_token_counts(options), P)
+                    - cost.vision_flops(cfg) - cost.query_flops(cfg, m2))
+        assert fc.get_total_flops() == expected  # exact, as for a fresh prompt
+    full = cost.prefill_flops(cfg, m2, T)
+    assert cost.prefill_flops(cfg, m2, T, P) < full
+    with pytest.raises(ValueError, match="cached="):
+        cost.prefill_flops(cfg, m2, T, m2 + T)

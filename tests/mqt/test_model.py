@@ -184,3 +184,47 @@ def test_option_scores_over_a_shared_prompt_equal_full_forwards(model, m):
             ref = full_forward_logprob(model, q, o, embeds[i: i + 1])
             assert cached[i][j] == pytest.approx(ref, abs=1e-4), (q, o)
     assert cached[1][1] == 0.0 and all(s < 0 for row in cached for s in row if s)
+
+
+@pytest.mark.parametrize("m1,m2", [(1, 4), (4, 16), (2, 3)])
+def test_an_answer_continued_from_a_smaller_m_prompt_prefix_equals_a_fresh_one(model, m1, m2):
+    """An escalation's shortcut: the LM's KV cache of the template's text before the image
+    and the first m1 visual tokens, kept from the m1 answer, and the m2 answer read from
+    there on: the same greedy answers and option scores as a fresh m2 pass over the same
+    MQT output, for prompts of different lengths (padded between prefix and continuation)."""
+    from mqt.model import PromptPrefix
+
+    qs = ["which?", "what colour is the big shape on the left?", "odd one out"]
+    options = [["red", "a blue circle", "no"], ["x", "", "yellow"], ["one", "two", "three", "4"]]
+    with torch.no_grad():
+        embeds = model.encode_images(model.preprocess(images(3)), m2)
+    _, prefix = model.generate_cached(qs, m1, embeds, 6, keep_prefix=True)
+    assert prefix.m == m1 and prefix.length == model.prefix_text_tokens + m1
+    fresh, none = model.generate_cached(qs, m2, embeds, 6)
+    assert none is None
+    cont, _ = model.generate_cached(qs, m2, embeds, 6, prefix=prefix)
+    for a, b in zip(fresh, cont, strict=True):
+        assert (a.token_ids, a.prompt_tokens, a.new_tokens) == (b.token_ids, b.prompt_tokens,
+                                                                  b.new_tokens)
+        assert a.mean_logprob == pytest.approx(b.mean_logprob, abs=1e-4)
+    _, scored = model.option_logprobs_cached(qs, options, m1, embeds, keep_prefix=True)
+    ref = model.option_logprobs(qs, options, m2, image_embeds=embeds)
+    got, _ = model.option_logprobs_cached(qs, options, m2, embeds, prefix=scored)
+    for r, g in zip(ref, got, strict=True):
+        assert g == pytest.approx(r, abs=1e-4)
+    # rows of prefixes regroup: the last two rows alone, then restacked in another order
+    two = PromptPrefix.stack([prefix.rows([2]), prefix.rows([1])])
+    part, _ = model.generate_cached([qs[2], qs[1]], m2, embeds[[2, 1]], 6, prefix=two)
+    assert [p.token_ids for p in part] == [fresh[2].token_ids, fresh[1].token_ids]
+
+
+def test_a_prompt_prefix_only_continues_to_a_larger_m(model):
+    with torch.no_grad():
+        embeds = model.encode_images(model.preprocess(images(2)), 8)
+    _, prefix = model.generate_cached(["a?", "b?"], 4, embeds, 2, keep_prefix=True)
+    with pytest.raises(ValueError, match="continues to a larger m"):
+        model.generate_cached(["a?", "b?"], 4, embeds, 2, prefix=prefix)
+    with pytest.raises(ValueError, match="continues to a larger m"):
+        model.generate_cached(["a?", "b?"], 9, embeds, 2, prefix=prefix)  # embeds hold 8
+    with pytest.raises(ValueError, match="same m"):
+        type(prefix).stack([prefix, type(prefix)(2, prefix.layers)])

@@ -1,6 +1,7 @@
 """The cascade in the live predictor (tiny random model, no Ray): escalated rows answer what a
-plain m2 run answers, the others what a plain m1 run answers, an escalated row's FLOPs are
-cost(m1) + cost(m2) - vision - query(m1), and behind a ledger the spend stays within the
+plain m2 run answers (continuing from the LM's KV cache of the m1 prompt prefix), the others
+what a plain m1 run answers, an escalated row's FLOPs are cost(m1) + cost(m2) - vision -
+query(m1) - the LM's prefill of that prefix, and behind a ledger the spend stays within the
 quota, refused escalations keeping their m1 answer."""
 
 import statistics
@@ -9,7 +10,9 @@ import pyarrow as pa
 import pytest
 from test_annotate import image_bytes
 
-from mqt.cost import query_flops, vision_flops
+from mqt.config import preset
+from mqt.cost import prefill_flops, query_flops, vision_flops
+from mqt.model import prefix_text_tokens
 from pipeline.budget import LedgerClient
 from pipeline.cascade import CascadePolicy
 from pipeline.decode import decode_batch
@@ -55,10 +58,18 @@ def plain():
 
 
 def shared() -> int:
-    from mqt.config import preset
-
     cfg = preset("tiny")
     return vision_flops(cfg) + query_flops(cfg, M1)
+
+
+def prefix_positions() -> int:
+    """What an escalation from M1 continues from: the template's text before the image and
+    the M1 visual tokens."""
+    return prefix_text_tokens(preset("tiny")) + M1
+
+
+def escalation_bound(probe: Predictor, row: dict) -> int:
+    return probe._bound(row, M2, prefix_positions()) - shared()
 
 
 def cascade_policy(cut) -> CascadePolicy:
@@ -76,7 +87,11 @@ def test_escalated_rows_answer_as_a_plain_m2_run_and_costs_add_up(plain):
             direct = at_m2[up.index(i)]
             assert [o[k] for k in COLUMNS[:5]] == [direct[k] for k in COLUMNS[:5]], o
             assert o["confidence"] == pytest.approx(direct["confidence"], abs=1e-5)
-            assert o["flops"] == at_m1[i]["flops"] + direct["flops"] - shared()
+            T = direct["prompt_tokens"]  # the m2 prefill re-reads no cached position
+            saved = (prefill_flops(preset("tiny"), M2, T)
+                     - prefill_flops(preset("tiny"), M2, T, prefix_positions()))
+            assert saved > 0
+            assert o["flops"] == at_m1[i]["flops"] + direct["flops"] - shared() - saved
         else:
             assert [o[k] for k in COLUMNS] == [at_m1[i][k] for k in COLUMNS], o
 
@@ -88,7 +103,7 @@ def test_spend_within_a_ledger_quota_and_refused_escalations_keep_m1(plain, room
     rows, at_m1, cut = plain
     probe = Predictor(MODEL, FixedPolicy(default=M1), threads=1)
     first = sum(probe._bound(r, M1) for r in rows)
-    esc = {i: probe._bound(r, M2) - shared() for i, r in enumerate(rows)}
+    esc = {i: escalation_bound(probe, r) for i, r in enumerate(rows)}
     ledger = Ledger(first + room * max(esc.values()))
     out = run(cascade_policy(cut), rows, LedgerClient(ledger))
     assert all(o["error"] is None for o in out)  # every first attempt fitted
@@ -115,7 +130,7 @@ def test_an_escalation_ledger_caps_escalations_and_both_ledgers_agree(plain):
     """Escalations draw on a second ledger with room for one bound; the job's is roomy."""
     rows, at_m1, cut = plain
     probe = Predictor(MODEL, FixedPolicy(default=M1), threads=1)
-    esc = [probe._bound(r, M2) - shared() for r in rows]
+    esc = [escalation_bound(probe, r) for r in rows]
     main, pot = Ledger(10**15), Ledger(max(esc))
     pred = Predictor(MODEL, cascade_policy(cut), threads=1, ledger=LedgerClient(main),
                      escalation_ledger=LedgerClient(pot))
