@@ -332,13 +332,15 @@ def run(cfg: Config, src: Source, out: OutputFolder, done: frozenset[str], todo:
         work, profile = ledger_work(cfg.quota), cfg.quota.time_model()
         actor = get_or_create_ledger(_job_id(out), units, ledger_state(cfg), unit=unit,
                                      work=work)
-        client = LedgerClient(actor, measured_rate(cfg), profile)
+        cards = cfg.gpus_per_actor or 1.0  # a measured second is this many accelerator-seconds
+        client = LedgerClient(actor, measured_rate(cfg), profile, accelerators=cards)
         token_policy = budget.plan.policy() if budget.plan else None
         if budget.escalations:  # this run's pot for escalations; the main ledger still caps
             esc_actor = get_or_create_ledger(f"{_job_id(out)}-escalations",
                                              in_ledger_units(cfg.quota, budget.escalations),
                                              unit=unit, work=work)
-            esc_client = LedgerClient(esc_actor, measured_rate(cfg), profile)
+            esc_client = LedgerClient(esc_actor, measured_rate(cfg), profile,
+                                      accelerators=cards)
         if cfg.quota.pacing and budget.plan:
             pacer = start_pacer(cfg, budget, actor, _job_id(out))
             token_policy = RemotePacer(pacer)

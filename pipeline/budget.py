@@ -425,14 +425,20 @@ class LedgerClient:
     holds its batch before it runs) would refuse rows whose time still fits. With `time`
     (quota.time_profile) the work behind the time is the profile's microseconds for each
     row (its task's per-call time included), not its FLOPs, and the rate is seconds per
-    such microsecond."""
+    such microsecond. `accelerators`: what the predictor's actor holds (annotate's
+    `gpus_per_actor`; 1 without accelerators): a measured second is charged as that many
+    accelerator-seconds, so two actors sharing one card (0.5 each) are charged the card's
+    seconds once, not twice, and an actor holding two cards twice."""
 
     def __init__(self, actor, rate: MeasuredRate | None = None, time: TimeModel | None = None,
-                 retry: bool = True):
+                 retry: bool = True, accelerators: float = 1.0):
         if time is not None and rate is None:
             raise ValueError("a time profile prices measured time: it needs a MeasuredRate")
+        if not accelerators > 0:
+            raise ValueError(f"accelerators per actor must be > 0, got {accelerators}")
         self.actor, self.rate, self.time = actor, rate, time
         self.retry = retry  # a refused hold asks again without the margin
+        self.accelerators = accelerators
 
     def _work(self, flops: list[int], tasks: list[str] | None) -> list[int]:
         """What the ledger keeps behind a row's time: its FLOPs, or its modelled time."""
@@ -473,6 +479,7 @@ class LedgerClient:
             self._call("commit_many", list(zip(keys, flops, strict=True)))
             return
         work = self._work(flops, tasks)
+        seconds = [s * self.accelerators for s in seconds]  # accelerator-seconds
         self.rate.observe(sum(work), sum(seconds))
         self._call("commit_many", list(zip(keys, map(charge_us, seconds), work, strict=True)))
 

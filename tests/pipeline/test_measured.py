@@ -66,6 +66,24 @@ def test_a_client_reserves_through_the_rate_and_charges_measured_time():
     assert (ledger.spent, ledger.overrun) == (3_250_000 + 2_166_667, 5_000_000 - 2_166_667)
 
 
+def test_an_actor_on_part_of_a_card_is_charged_its_share_of_each_second():
+    """Two actors sharing one accelerator (annotate's gpus_per_actor=0.5) each measure their
+    own wall time; charged at half, the card's seconds count once. An actor on two cards is
+    charged twice its wall time. The rate learns accelerator-seconds per FLOP."""
+    ledger = Ledger(10_000_000, unit="us")
+    half = LedgerClient(ledger, MeasuredRate(prior=1e-9), accelerators=0.5)
+    keys, ok = half.reserve(["a"], [1e9])  # 1.5 s held: the estimate x the margin
+    half.commit(keys, [1e9], [1.0])  # one wall second on half a card
+    assert ok == [True] and (ledger.spent, ledger.reserved) == (500_000, 0)
+    assert half.rate.rate == pytest.approx(0.5e-9)
+    two = LedgerClient(ledger, MeasuredRate(prior=1e-9), accelerators=2)
+    keys, _ = two.reserve(["b"], [1e9])
+    two.commit(keys, [1e9], [1.0])  # 2 accelerator-seconds against a hold of 1.5
+    assert (ledger.spent, ledger.overrun) == (500_000 + 1_500_000, 500_000)
+    with pytest.raises(ValueError, match="accelerators per actor must be > 0"):
+        LedgerClient(ledger, MeasuredRate(prior=1e-9), accelerators=0)
+
+
 def test_the_predictor_charges_each_row_the_seconds_it_took_and_refuses_past_the_quota():
     """The estimate says a caption row at m = 4 takes one second (its FLOP bound at the
     prior rate); a quota of 2.5 s pays the holds of two rows of the first batch and the
