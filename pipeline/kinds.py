@@ -255,9 +255,19 @@ def choose_shrinkage(folds: Sequence[tuple], per_row: float, shared: Mapping[int
     each alpha within per_row x rows, replay, count right answers. The alpha with the most
     over both folds; among equals, the one whose curves predict the held-out answers best
     (`squared_error`), then the larger. Returns it and, per alpha, (right answers or None
-    where a fold's quota was infeasible, squared error); alpha 0 if every one was."""
+    where a fold's quota was infeasible, squared error); alpha 0 if every one was.
+
+    Except where per_row pays every row its task's best m in both folds (`saturated`):
+    there the task curves (alpha = inf, no scores). The quota then buys nothing a task's
+    best m does not, and a group's own best-looking m is mostly a noisy curve's winner's
+    curse: in `mqt bench-scheduler` the per-kind plans fell 0.2-0.5 points below m = 32 at
+    such quotas, and the rule moved them to 0.0-0.3 below without changing any tighter
+    quota."""
     right: dict[float, int | None] = dict.fromkeys(alphas, 0)
     error = dict.fromkeys(alphas, 0.0)
+    if math.inf in alphas and folds and all(
+            saturated(held, curves, per_row) for held, _, curves, _ in folds):
+        return math.inf, {}
     for held, groups, curves, sizes in folds:
         for x in alphas:
             cs = shrunk(curves, sizes, x)
@@ -267,6 +277,17 @@ def choose_shrinkage(folds: Sequence[tuple], per_row: float, shared: Mapping[int
     ok = {x: n for x, n in right.items() if n is not None}
     best = max(ok, key=lambda x: (ok[x], -round(error[x], 9), x)) if ok else 0.0
     return best, {x: (right[x], error[x]) for x in alphas}
+
+
+def saturated(held: Sequence, curves: Mapping, per_row: float) -> bool:
+    """Whether per_row x rows pays every row of `held` its task's best fixed m (the most
+    accurate on its task's curve; the cheapest among equals)."""
+    need = 0
+    for task, n in Counter(q.task for q in held).items():
+        c = curves[task]
+        top = max(c.accuracy)
+        need += n * min(f for a, f in zip(c.accuracy, c.flops, strict=True) if a == top)
+    return need <= per_row * len(held)
 
 
 def squared_error(held: Sequence, groups: KindGroups, curves: Mapping) -> float:

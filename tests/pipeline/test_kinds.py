@@ -122,3 +122,22 @@ def test_cross_validation_keeps_kinds_apart_when_they_differ():
     errors = [scores[a][1] for a in sorted(scores)]
     assert errors == sorted(errors)  # more shrinkage, worse predictions of these answers
     assert choose_shrinkage(folds, 1.0, dict.fromkeys(MS, 0))[0] == 0  # infeasible: none
+
+
+def test_a_quota_that_pays_every_task_its_best_m_plans_on_the_task_curves():
+    """Where the quota pays every row its task's best fixed m (here m = 16 for vqa: 162.5
+    FLOPs per row on average, 163 as the curve rounds it up), the shrinkage is alpha = inf
+    without cross-validation: the groups plan on their task's curve, which gives every row
+    m = 16. Without inf among the alphas the rule does not apply."""
+    import math
+
+    from pipeline.kinds import choose_shrinkage, saturated, shrinkage_folds
+
+    qs = calibration(50)
+    folds = shrinkage_folds(qs, MS)
+    held, _, curves, _ = folds[0]
+    assert saturated(held, curves, 163) and not saturated(held, curves, 162.9)
+    assert choose_shrinkage(folds, 163, dict.fromkeys(MS, 0)) == (math.inf, {})
+    alpha, scores = choose_shrinkage(folds, 162.9, dict.fromkeys(MS, 0))
+    assert scores and alpha < math.inf  # just below: cross-validated as before
+    assert choose_shrinkage(folds, 1e9, dict.fromkeys(MS, 0), alphas=(0.0, 10.0))[0] != math.inf
