@@ -108,9 +108,10 @@ class Predictor:
     def _answer(self, rows: list[dict], out: list[dict]) -> None:
         """Fill `out` (same order as `rows`) in place, one (task, m) group at a time, then
         escalate the low-confidence rows of cascades. With a ledger, rows whose holds are
-        refused ask once more after the granted rows are charged (see `_second_ask`)."""
+        refused ask once more after the granted rows are charged (the module docstring)."""
         choices = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
-        todo, answered = list(range(len(rows))), []  # answered: (row indices, MQT output)
+        todo = list(range(len(rows)))
+        answered = []  # per ask: (row indices, their MQT output, their prompt prefixes)
         for _ in range(2 if self.ledger is not None else 1):
             held, keys = todo, None
             if self.ledger is not None:
