@@ -42,8 +42,8 @@ def batch(rows: list[dict]) -> pa.Table:
     return decode_batch(pa.Table.from_pylist(rows), image_size=32)
 
 
-def run(policy, rows, ledger=None) -> list[dict]:
-    pred = Predictor(MODEL, policy, threads=1, ledger=ledger)
+def run(policy, rows, ledger=None, reuse_prefix=True) -> list[dict]:
+    pred = Predictor(MODEL, policy, threads=1, ledger=ledger, reuse_prefix=reuse_prefix)
     return pred(batch(rows)).to_pylist()
 
 
@@ -94,6 +94,23 @@ def test_escalated_rows_answer_as_a_plain_m2_run_and_costs_add_up(plain):
             assert o["flops"] == at_m1[i]["flops"] + direct["flops"] - shared() - saved
         else:
             assert [o[k] for k in COLUMNS] == [at_m1[i][k] for k in COLUMNS], o
+
+
+def test_without_the_prefix_an_escalation_reads_the_whole_prompt_again(plain):
+    """`reuse_prefix=False`: the same answers, each escalation charged its whole m2 prompt
+    (cost(m1) + cost(m2) - vision - query(m1))."""
+    rows, at_m1, cut = plain
+    out = run(cascade_policy(cut), rows)
+    whole = run(cascade_policy(cut), rows, reuse_prefix=False)
+    up = [i for i, o in enumerate(at_m1) if o["confidence"] < cut[o["task"]]]
+    at_m2 = run(FixedPolicy(default=M2), [rows[i] for i in up])
+    for i, (o, w) in enumerate(zip(out, whole, strict=True)):
+        assert [o[k] for k in COLUMNS[:5]] == [w[k] for k in COLUMNS[:5]]
+        if i in up:
+            assert w["flops"] == at_m1[i]["flops"] + at_m2[up.index(i)]["flops"] - shared()
+            assert o["flops"] < w["flops"]
+        else:
+            assert o["flops"] == w["flops"] == at_m1[i]["flops"]
 
 
 @pytest.mark.parametrize("room", [0, 1, 3])
