@@ -10,8 +10,9 @@ answered at each m of S. The answer kept is the most confident one ("max confide
 goes to the dearer m), or the most frequent one with confidence breaking ties ("vote").
 Nothing is fitted, so the numbers are exact for these rows.
 
-Cost per row: the answers at every m of S, less the vision + MQT work the passes after the
-first share (as a cascade's escalation is priced, pipeline/cascade.py). Reference columns:
+Cost per row: the answers at every m of S, less what each pass after the first shares with
+the one before (vision + MQT and the LM's prompt prefix: `shared_flops`, as a cascade's
+escalation is priced, pipeline/cascade.py). Reference columns:
 the dearest m of S alone, the best single trained m whose cost per row is at most the set's,
 and "any m of S" (right if some m of S is right: what a perfect picker would reach). Prints
 a Markdown table of the sets, the ten best by max confidence's gain over the dearest m
