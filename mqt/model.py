@@ -9,6 +9,7 @@ in input order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -149,7 +150,7 @@ class VisionLanguageModel(nn.Module):
     def format_prompts(self, questions: Sequence[str]) -> list[str]:
         return [self.template.format(q) for q in questions]
 
-    @property
+    @functools.cached_property
     def prefix_text_tokens(self) -> int:
         """Tokens of the prompt before its image: the same for every question and m."""
         return prefix_text_tokens(self.cfg, self.tokenizer)
@@ -208,7 +209,8 @@ class VisionLanguageModel(nn.Module):
     def _greedy(self, out, mask: torch.Tensor, m: int, max_new_tokens: int) -> list[Generation]:
         """Greedy decoding from a prefilled LM output (as `generate` with do_sample=False):
         up to `max_new_tokens` tokens, a row ending at its first stop token."""
-        stops = torch.tensor(self.stop_token_ids(), device=mask.device)
+        stop_ids = self.stop_token_ids()
+        stops = torch.tensor(stop_ids, device=mask.device)
         cache, pos = out.past_key_values, mask.sum(1, keepdim=True)  # next positions
         text_len = (pos[:, 0] - m).tolist()  # the prompt's tokens besides its visual ones
         tokens, logps = [], []
@@ -226,14 +228,10 @@ class VisionLanguageModel(nn.Module):
             logits = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
                              past_key_values=cache, use_cache=True).logits[:, -1]
             pos = pos + 1
-        ids, lp = torch.stack(tokens, 1).tolist(), torch.stack(logps, 1)
-        gens, stop_set = [], set(self.stop_token_ids())
-        for b, row in enumerate(ids):
-            n = next((i + 1 for i, t in enumerate(row) if t in stop_set), len(row))
-            text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-            gens.append(Generation(text, row[:n], float(lp[b, :n].mean()), m, int(text_len[b]),
-                                   n))
-        return gens
+        lp = torch.stack(logps, 1)
+        return [self._generation(row, lambda i, b=b: lp[b, i], m, int(text_len[b]),
+                                 set(stop_ids))
+                for b, row in enumerate(torch.stack(tokens, 1).tolist())]
 
     def option_token_counts(self, options: Sequence[str]) -> list[int]:
         """Tokens of each option as scored: what `mqt.cost.scored_flops` prices."""
@@ -357,13 +355,22 @@ class VisionLanguageModel(nn.Module):
         if keep_prefix:
             kept = take_prefix(out.past_key_values, batch["attention_mask"].to(embeds.device),
                                self.prefix_text_tokens + m, m)
-        return [self._decode(out, b, m, int(text_len[b])) for b in range(len(prompts))], kept
-
-    def _decode(self, out, b: int, m: int, prompt_tokens: int) -> Generation:
-        ids = out.sequences[b].tolist()
         stops = set(self.stop_token_ids())
+        return [self._decode(out, b, m, int(text_len[b]), stops)
+                for b in range(len(prompts))], kept
+
+    def _decode(self, out, b: int, m: int, prompt_tokens: int, stops: set[int]) -> Generation:
+        ids = out.sequences[b].tolist()
+        return self._generation(
+            ids, lambda i: torch.log_softmax(out.scores[i][b].float(), -1)[ids[i]], m,
+            prompt_tokens, stops)
+
+    def _generation(self, ids: list[int], token_logp, m: int, prompt_tokens: int,
+                    stops: set[int]) -> Generation:
+        """The answer in generated `ids`: up to its first stop token (included); its
+        confidence the mean of `token_logp(i)`, the log-probability of token i, over them."""
         n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-        logps = [torch.log_softmax(out.scores[i][b].float(), -1)[ids[i]] for i in range(n)]
+        logps = [token_logp(i) for i in range(n)]
         mean = float(torch.stack(logps).mean()) if logps else 0.0
         text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
         return Generation(text, ids[:n], mean, m, prompt_tokens, n)
