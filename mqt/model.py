@@ -82,18 +82,6 @@ class PromptPrefix:
         return cache
 
 
-def take_prefix(cache, mask: torch.Tensor, length: int, m: int) -> PromptPrefix:
-    """The first `length` real positions of each row of a left-padded batch's cache."""
-    pad = mask.shape[1] - mask.sum(1)  # (B,) left padding per row
-    pos = pad.to(torch.long).unsqueeze(1) + torch.arange(length, device=mask.device)
-    layers = []
-    for layer in cache.layers:
-        k, v = layer.keys, layer.values
-        ix = pos.to(k.device)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        layers.append((k.gather(2, ix), v.gather(2, ix)))
-    return PromptPrefix(m, layers)
-
-
 class VisionLanguageModel(nn.Module):
     def __init__(self, cfg: VLMConfig, vision: nn.Module, query: QueryTransformer,
                  lm: nn.Module, tokenizer):
@@ -277,7 +265,7 @@ class VisionLanguageModel(nn.Module):
                           attention_mask=p_mask, position_ids=p_pos, use_cache=True,
                           logits_to_keep=1)
             if keep_prefix:
-                kept = take_prefix(out.past_key_values, p_mask, self.prefix_text_tokens + m, m)
+                kept = self._take_prefix(out.past_key_values, p_mask, m)
         else:
             out, p_mask = self._continue(prompts, image_embeds, m, prefix)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (Q, V): 1st option token
@@ -295,6 +283,19 @@ class VisionLanguageModel(nn.Module):
             result.append(scores[k: k + len(opts)])
             k += len(opts)
         return result, kept
+
+    def _take_prefix(self, cache, mask: torch.Tensor, m: int) -> PromptPrefix:
+        """The prompt prefix at m (the first P + m real positions of each row) from the cache
+        of a left-padded batch with attention mask `mask`."""
+        length = self.prefix_text_tokens + m
+        pad = mask.shape[1] - mask.sum(1)  # (B,) left padding per row
+        pos = pad.to(torch.long).unsqueeze(1) + torch.arange(length, device=mask.device)
+        layers = []
+        for layer in cache.layers:
+            k, v = layer.keys, layer.values
+            ix = pos.to(k.device)[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            layers.append((k.gather(2, ix), v.gather(2, ix)))
+        return PromptPrefix(m, layers)
 
     def _continue(self, prompts: list[str], image_embeds: torch.Tensor, m: int,
                   prefix: PromptPrefix):
@@ -353,8 +354,8 @@ class VisionLanguageModel(nn.Module):
         text_len = batch["attention_mask"].sum(dim=1) - m
         kept = None
         if keep_prefix:
-            kept = take_prefix(out.past_key_values, batch["attention_mask"].to(embeds.device),
-                               self.prefix_text_tokens + m, m)
+            kept = self._take_prefix(out.past_key_values,
+                                     batch["attention_mask"].to(embeds.device), m)
         stops = set(self.stop_token_ids())
         return [self._decode(out, b, m, int(text_len[b]), stops)
                 for b in range(len(prompts))], kept

@@ -108,17 +108,16 @@ def _question(rows: list[dict]) -> Question:
                     r0.get("question") or "")
 
 
-def shared_flops(cfg, ms: Iterable[int], prefix_tokens: int | None = None) -> dict[int, int]:
+def shared_flops(cfg, ms: Iterable[int]) -> dict[int, int]:
     """Per m1: the FLOPs an escalation from m1 does not pay again: vision + MQT at m1, and
-    the LM's work on the prompt prefix it continues from (the `prefix_tokens` text tokens
-    before the image, default the model's template's, and the m1 visual tokens; their
-    attention over later positions, which depends on the question, is left out: the
-    escalation's price is an upper bound of what the predictor charges)."""
+    the LM's work on the prompt prefix it continues from (the template's text tokens before
+    the image and the m1 visual tokens; their attention over later positions, which depends
+    on the question, is left out: the escalation's price is an upper bound of what the
+    predictor charges)."""
     from mqt.cost import lm_prefix_flops, query_flops, vision_flops
 
-    if prefix_tokens is None:
-        prefix_tokens = _prefix_tokens(cfg)
-    return {m: vision_flops(cfg) + query_flops(cfg, m) + lm_prefix_flops(cfg, prefix_tokens + m)
+    before = _prefix_tokens(cfg)
+    return {m: vision_flops(cfg) + query_flops(cfg, m) + lm_prefix_flops(cfg, before + m)
             for m in ms}
 
 
