@@ -23,7 +23,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,10 +40,8 @@ PAIRS = [(1, 8), (4, 16), (16, 64)]
 HERE = Path(__file__).resolve().parent
 
 
-def run(pred: Predictor, batches) -> tuple[list[dict], float]:
-    t0 = time.perf_counter()
-    rows = [r for b in batches for r in pred(b).to_pylist()]
-    return rows, time.perf_counter() - t0
+def run(pred: Predictor, batches) -> list[dict]:
+    return [r for b in batches for r in pred(b).to_pylist()]
 
 
 def main(per_task: int = 16, repeats: int = 3) -> str:
@@ -60,7 +57,7 @@ def main(per_task: int = 16, repeats: int = 3) -> str:
                                   reuse_prefix=reuse) for reuse in (False, True)}
         size = preds[True].model.cfg.vision.image_size
         batches = decoded_batches(lines, manifest.parent, size, 16, tasks)
-    names = sorted({json_task(x) for x in lines})
+    names = sorted({t for b in batches for t in b.column("task").to_pylist()})
     results = []
     for m1, m2 in PAIRS:
         policy = CascadePolicy({t: Cascade(m1, m2, math.inf) for t in names})
@@ -71,7 +68,7 @@ def main(per_task: int = 16, repeats: int = 3) -> str:
             run(pred, batches[:1])  # warm-up
         for rep in range(repeats):
             for reuse in ((False, True) if rep % 2 == 0 else (True, False)):
-                last[reuse], _ = run(preds[reuse], batches)
+                last[reuse] = run(preds[reuse], batches)
                 for t in names:
                     own = [r for r in last[reuse] if r["task"] == t and r["error"] is None]
                     seconds[reuse, t].append(sum(r["seconds"] for r in own) / len(own))
@@ -88,12 +85,6 @@ def main(per_task: int = 16, repeats: int = 3) -> str:
     plot(results, HERE / "escalation_prefix.png")
     print(text)
     return text
-
-
-def json_task(line: str) -> str:
-    import json
-
-    return json.loads(line).get("task") or "caption"
 
 
 def table(results: list[dict], repeats: int) -> str:
