@@ -272,7 +272,7 @@ def main(cfg: Config) -> dict:
 def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     """Print the quota job's plan and write its declared-skipped rows as error rows."""
     from jobs.plan import table
-    from pipeline.budget import SKIPPED
+    from pipeline.budget import SKIPPED, caps_text
     from pipeline.predictor import OUTPUT_SCHEMA, error_row
     from pipeline.writer import PartWriter
 
@@ -287,6 +287,9 @@ def start_budget(cfg: Config, budget, out: OutputFolder) -> None:
     log(f"quota {given} spent by earlier runs"
         + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
            else ": nothing left to plan"))
+    if budget.caps is None or budget.caps_changed:
+        if (capped := caps_text(budget.caps, budget.uncapped, cfg.quota.cap_se)) is not None:
+            log(capped)
     if cfg.quota.time_profile:
         tm = cfg.quota.time_model()
         log(f"time profile: {tm.device}, batches of {tm.batch_size} (this job: "
@@ -415,6 +418,7 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
     totals = totals or {"spent": budget.spent, "overrun": 0}  # nothing ran this time
     spend = (measured_spend if cfg.quota.measured else flops_spend)(cfg, summary, totals, budget)
     return {**spend, "skipped_rows": len(budget.skipped), "plan_by": cfg.quota.by,
+            "planned_up_to_m": budget.caps,
             "kind_shrinkage": strict_json(budget.shrinkage), "pacing": totals.get("pacing"),
             "refused_rows": summary["error_kinds"].get("quota: refused by the budget ledger", 0),
             "flops_per_task": summary["flops_per_task"]}

@@ -15,7 +15,9 @@ averaged. For per-row budgets q from the cheapest fixed m to the dearest, quota 
 
 - best fixed m: the best single m that fits, chosen in hindsight on all questions (exact);
 - fixed-fit: the best single m chosen on the fit half, replayed like the others;
-- plan: the per-task plan (pipeline/plan.py) on the fit half's per-task curves;
+- plan: the per-task plan (pipeline/plan.py) on the fit half's per-task curves, each
+  stopped at its task's dearest m worth buying on the fit half (`cap_se`, as `mqt annotate`
+  does; all policies but fixed-fit);
 - plan+casc: the same planner with per-task cascades (m1, m2, t) as extra options;
 - kind / kind+casc: the plan over (task, question kind) groups instead of tasks
   (pipeline/kinds.py, what `mqt annotate quota.by=kind` runs): a classifier of the question
@@ -58,6 +60,7 @@ from pathlib import Path
 from jobs.common import log, save_config, strict_json
 from pipeline.cascade import (
     QUANTILES,
+    capped,
     escalation_budget,
     fixed_curves,
     load_questions,
@@ -66,6 +69,7 @@ from pipeline.cascade import (
     shared_flops,
     split_halves,
     summary,
+    top_ms,
     with_cascades,
 )
 from pipeline.kinds import (
@@ -103,6 +107,10 @@ class Config:
     points: int = 12  # per-row budgets between the cheapest and the dearest fixed m
     quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
     cap_escalations: bool = True  # escalations draw on the plan's escalation budget only
+    # the plans' (not fixed-fit's) dearest m per task: the cheapest m within cap_se paired
+    # standard errors of the task's most accurate on the fit half (as `mqt annotate`
+    # quota.cap_se); 0 = every m
+    cap_se: float = 1.0
     llava_rows: dict = field(default_factory=lambda: dict(LLAVA_ROWS))
     llava_hours: float = 2.0  # the quota of the llava-7b plan shown in full
     llava_sweep: list[float] = field(default_factory=lambda: [
@@ -139,6 +147,8 @@ def validate(cfg: Config) -> None:
         raise ValueError("pacing_cases: pairs [estimate / true rows, cost / calibrated], > 0")
     if cfg.flops_per_second <= 0 or cfg.llava_hours <= 0:
         raise ValueError("flops_per_second and llava_hours must be > 0")
+    if not 0 <= cfg.cap_se < math.inf:
+        raise ValueError(f"cap_se: must be >= 0 (0: no cap), got {cfg.cap_se!r}")
 
 
 def trained_ms(results: str) -> list[int]:
@@ -186,16 +196,19 @@ def fit_fold(fit: list, held: list, cfg: Config, shared: dict, seed: int) -> dic
     """Per policy, the curves fitted on `fit` (and the question classifier of the per-kind
     policies); `held` in a seeded arrival order."""
     curves = {}
-    for name, (key, cascades, _) in POLICIES.items():
+    for name, (key, cascades, planner) in POLICIES.items():
         if key == KIND:  # the same groups with or without cascades (one fitted classifier)
             groups, curves[name], sizes = fit_groups(fit, cfg.ms, shared if cascades else None,
-                                                     cfg.quantiles)
+                                                     cfg.quantiles, cfg.cap_se)
         else:
             curves[name] = (with_cascades(fit, cfg.ms, shared, "task", cfg.quantiles)
                             if cascades else fixed_curves(fit, cfg.ms, "task"))
+            if cfg.cap_se and planner is plan:
+                curves[name] = capped(curves[name], top_ms(fit, curves[name], cfg.cap_se))
     return {"curves": curves, "held": seeded_order(held, seed), "cap": cfg.cap_escalations,
             "groups": groups, "sizes": sizes, "fit": fit, "seed": seed,
-            "ms": cfg.ms, "quantiles": cfg.quantiles, "alpha": {}, "inner": {}}
+            "ms": cfg.ms, "quantiles": cfg.quantiles, "alpha": {}, "inner": {},
+            "cap_se": cfg.cap_se}
 
 
 def shrinkage(name: str, fold: dict, q: float, shared: dict) -> float:
@@ -206,7 +219,7 @@ def shrinkage(name: str, fold: dict, q: float, shared: dict) -> float:
         if name not in fold["inner"]:
             fold["inner"][name] = shrinkage_folds(
                 fold["fit"], fold["ms"], shared if POLICIES[name][1] else None,
-                fold["quantiles"], fold["seed"])
+                fold["quantiles"], fold["seed"], fold["cap_se"])
         fold["alpha"][name, q] = choose_shrinkage(fold["inner"][name], q, shared,
                                                   cap=fold["cap"])[0]
     return fold["alpha"][name, q]
@@ -556,6 +569,10 @@ def report(cfg: Config, r: dict) -> str:
     n = r["questions"]
     cap = "escalations capped at the plan's escalation budget" if cfg.cap_escalations else \
         "escalations not capped (only the job's ledger)"
+    if cfg.cap_se:
+        cap += (f"; the plans' curves stop at each task's dearest m worth buying on the fit "
+                f"half (cap_se = {cfg.cap_se:g}: the cheapest m within {cfg.cap_se:g} paired "
+                "standard errors of its most accurate)")
     files = ", ".join([cfg.results, *cfg.more_results])
     lines = [f"Scheduler benchmark: {cfg.preset} calibration rows ({files}), {n} "
              f"questions, m in {cfg.ms}. Adaptive policies are fitted on one half of the "

@@ -55,7 +55,11 @@ class Config:
     task: str = "caption"  # for source rows that do not name one (every row of a folder)
     question: str = ""  # for source rows that do not have one
     by: str = "task"  # with source: "kind" plans per (task, question kind) (pipeline/kinds.py)
-    results: str = ""  # by=kind: `mqt eval` per-question results; "" = beside the calibration
+    results: str = ""  # `mqt eval` per-question results; "" = beside the calibration
+    # plan a task up to the cheapest m within cap_se paired standard errors of its most
+    # accurate m on those results (pipeline.cascade.top_m); 0 = every calibrated m. The
+    # best fixed m and match_m are reported on every calibrated m
+    cap_se: float = 1.0
     storage: StorageArgs = field(default_factory=StorageArgs)  # for s3:// and other URLs
     output: str = "runs/plan"  # folder for plan.json, plan.md and config.yaml
 
@@ -116,10 +120,12 @@ def validate(cfg: Config) -> None:
     if not cfg.source and not cfg.rows:
         raise ValueError(f"rows: give rows per task, e.g. rows.{next(iter(curves(cfg)))}=1000;"
                          f" or source= (a folder or manifest); tasks: {sorted(curves(cfg))}")
+    if not 0 <= cfg.cap_se < float("inf"):
+        raise ValueError(f"cap_se: must be >= 0 (0: no cap), got {cfg.cap_se!r}")
     # a bad source, unknown tasks, bad rows or weights, an infeasible quota: fail here
-    rows, cs, weights = inputs(cfg)
+    rows, cs, weights, full, _ = inputs(cfg)
     solve(cfg, cs, rows, weights)
-    if cfg.match_m and any(cfg.match_m not in cs[t].ms for t in rows if t in cs):
+    if cfg.match_m and any(cfg.match_m not in full[t].ms for t in rows if t in full):
         raise ValueError(f"match_m: {cfg.match_m} is not an m of every task's curve")
     if not 0 <= cfg.match_within <= 100:
         raise ValueError(f"match_within: must be in 0..100 points, got {cfg.match_within}")
@@ -139,13 +145,20 @@ def _quota_field(q: Quota) -> str:
     return "quota" if q.flops is not None else "quota_seconds"
 
 
-def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
+def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict, dict, dict | None]:
     """With `source`: rows per task (by=kind: per group) of the corpus, the curves planned
     on (by=kind: with the groups', shrunk as `mqt annotate` does) and the weights per plan
-    group, through pipeline.budget.prepare; else rows.*, the curves and weights.*."""
+    group, through pipeline.budget.prepare; else rows.*, the curves and weights.*. Then the
+    same curves before `cap_se`'s caps, and the caps (pipeline.budget.Budget.caps)."""
+    from pipeline.budget import FieldError, QuotaArgs, plan_caps, prepare, source_rows
+    from pipeline.cascade import capped
+
     if not cfg.source:
-        return cfg.rows, curves(cfg), cfg.weights
-    from pipeline.budget import FieldError, QuotaArgs, prepare, source_rows
+        full = curves(cfg)
+        caps = {} if cfg.prior else plan_caps(
+            QuotaArgs(calibration=cfg.calibration, results=cfg.results, cap_se=cfg.cap_se),
+            full, {t for t in cfg.rows if t in full})
+        return cfg.rows, capped(full, caps or {}), cfg.weights, full, caps
     from pipeline.sources import open_source
 
     if cfg.prior:
@@ -159,7 +172,7 @@ def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
                      flops_per_second=0.0 if cfg.time_profile else q.flops_per_second or 0.0,
                      calibration=cfg.calibration, weights=cfg.weights, by=cfg.by,
                      results=cfg.results, measured=bool(cfg.time_profile),
-                     time_profile=cfg.time_profile)
+                     time_profile=cfg.time_profile, cap_se=cfg.cap_se)
     src = open_source(cfg.source, cfg.storage)
     todo = source_rows(src, cfg.task, 0, cfg.question if cfg.by == "kind" else None)
     try:
@@ -169,20 +182,20 @@ def inputs(cfg: Config) -> tuple[dict, dict[str, QualityCurve], dict]:
     except FieldError as e:  # named quota.<field> there, <field> here
         raise ValueError(f"{e.field}: {e.detail}") from None
     rows = {t.task: t.rows for t in budget.plan.tasks}
-    return rows, budget.curves, budget.weights or {}
+    return rows, budget.curves, budget.weights or {}, budget.uncapped, budget.caps
 
 
 def main(cfg: Config) -> dict:
-    rows, cs, weights = inputs(cfg)
+    rows, cs, weights, full, caps = inputs(cfg)
     p = solve(cfg, cs, rows, weights)
-    best = best_fixed_plan(rows, cs, p.quota, weights)
-    match = matched(cfg, cs, p.quota, rows, weights) if cfg.match_m else None
-    text = report(cfg, p, best, match)
+    best = best_fixed_plan(rows, full, p.quota, weights)
+    match = matched(cfg, full, p.quota, rows, weights) if cfg.match_m else None
+    text = report(cfg, p, best, match, caps_line(cfg, p, caps, full, rows, weights))
     print(text)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     result = dict(p.to_dict(), source=source(cfg), best_fixed=best and best.to_dict(),
-                  match=match)
+                  match=match, planned_up_to_m=caps)
     (out / "plan.json").write_text(json.dumps(result, indent=1))
     (out / "plan.md").write_text(text + "\n")
     save_config(cfg, out)
@@ -220,7 +233,19 @@ def matched(cfg: Config, cs: dict[str, QualityCurve], q: Quota, rows: dict | Non
 # ------------------------------------------------------------------------- the table
 
 
-def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None) -> str:
+def caps_line(cfg: Config, p: Plan, caps: dict | None, full: dict, rows: dict,
+              weights: dict) -> str | None:
+    """What cap_se did to plan p, as `mqt annotate` logs it (no "quota." before the field
+    here): said where it changed the plan, or could not cap for want of results."""
+    from pipeline.budget import caps_text, changed
+
+    if cfg.prior or (caps is not None and not changed(p, rows, full, p.quota, weights)):
+        return None
+    return caps_text(caps, full, cfg.cap_se, "")
+
+
+def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None,
+           capped: str | None = None) -> str:
     q, unit = p.quota, p.quota.cost_unit
     given = q.flops if q.flops is not None else q.seconds
     flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} {unit}"
@@ -228,6 +253,8 @@ def report(cfg: Config, p: Plan, best: Plan | None, match: dict | None) -> str:
              table(p)]
     lines += ["", f"Value {p.value:.6g} (weighted expected correct rows); no plan can "
               f"exceed {p.bound:.6g} (LP bound)."]
+    if capped:
+        lines.append(capped)
     lines.append(_fixed_line(p, best))
     if match:
         lines.append(_match_line(p, match))

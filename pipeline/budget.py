@@ -2,8 +2,10 @@
 
 Before any model work (`prepare`): the rows left to do are counted per task, the job's
 ledger state (saved spend of earlier runs of the same job) is read, and the planner
-(pipeline.plan) picks m per task for the rows left within the quota left; a quota that cannot
-pay the cheapest m on every row fails here with the minimum needed. While the job runs, every
+(pipeline.plan) picks m per task for the rows left within the quota left, on curves that stop
+at each task's dearest m worth buying (`quota.cap_se`: no m whose gain over a cheaper one the
+calibration's questions cannot tell from noise); a quota that cannot pay the cheapest m on
+every row fails here with the minimum needed. While the job runs, every
 predictor reserves an upper bound of each row's FLOPs in the job's ledger actor before it
 spends them and commits the actual cost after (`LedgerClient`); a refused row becomes an
 error row (`quota: ...`), so the spend recorded in the ledger never exceeds the quota, crashes,
@@ -84,6 +86,11 @@ class QuotaArgs:
     # measured: plan in seconds from this time profile (`mqt profile`: seconds per row
     # affine in FLOPs, per task; pipeline.timing) instead of at one flops_per_second
     time_profile: str = ""
+    # the dearest m a task is planned at: the cheapest m whose accuracy on the calibration's
+    # per-question results is within cap_se paired standard errors of the task's most
+    # accurate m (pipeline.cascade.top_m); 0 = every calibrated m. Needs those results
+    # (quota.results, or the results.parquet beside the calibration); without them, no cap
+    cap_se: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -111,6 +118,8 @@ class QuotaArgs:
                              "first reservations, at an estimate of the model's FLOP/s on the "
                              "job's accelerators (`mqt annotate` prints what it measured), or "
                              "on a time profile (quota.time_profile, from `mqt profile`)")
+        if not 0 <= self.cap_se < math.inf:
+            raise FieldError("cap_se", f"must be >= 0 (0: no cap), got {self.cap_se!r}")
         if not 1 <= self.margin < math.inf:
             raise FieldError("margin", f"must be >= 1, got {self.margin!r}")
         if self.flops:
@@ -161,6 +170,28 @@ def curves(args: QuotaArgs, tasks: set[str], model_cfg=None) -> dict[str, Qualit
     if not args.cascades:
         return found
     return with_fitted_cascades(args, path, found, model_cfg)
+
+
+def plan_caps(args: QuotaArgs, found: dict[str, QualityCurve],
+              tasks: set[str]) -> dict[str, int] | None:
+    """quota.cap_se: per task of the job, the dearest m worth planning
+    (pipeline.cascade.top_m on the calibration's per-question results of that task); {}
+    with cap_se = 0, None where no per-question results are found (nothing is capped)."""
+    from pipeline.cascade import load_questions, top_ms
+
+    if not args.cap_se:
+        return {}
+    path = results_path(args)
+    if not path.is_file():
+        return None
+    tops, read = {}, {}
+    for task in sorted(tasks):
+        ms = found[task].ms
+        if ms not in read:
+            read[ms] = load_questions(path, ms)
+        tops.update(top_ms([q for q in read[ms] if q.task == task], {task: found[task]},
+                           args.cap_se))
+    return tops
 
 
 def results_path(args: QuotaArgs) -> Path:
@@ -225,8 +256,10 @@ def kind_groups(args: QuotaArgs, found: dict[str, QualityCurve], tasks: set[str]
     if not groups.classifier.kinds:
         raise FieldError("by=kind", f"{path} has no question texts to learn kinds from (its "
                          "`question` column is missing or empty)")
-    alpha = choose_shrinkage(shrinkage_folds(questions, ms, cascades), per_row, shared)[0] \
-        if math.isfinite(per_row) else 0.0
+    # the folds' curves capped as the plan's will be (`prepare`; capping commutes with
+    # shrinking, so the curves returned here are capped there)
+    folds = shrinkage_folds(questions, ms, cascades, cap_se=args.cap_se)
+    alpha = choose_shrinkage(folds, per_row, shared)[0] if math.isfinite(per_row) else 0.0
     own = {g: c for g, c in fitted.items() if g != task_of(g)}
     return groups, shrunk({**own, **found}, sizes, alpha), alpha
 
@@ -302,6 +335,11 @@ class Budget:
     # after its first attempts (pipeline.cascade.escalation_budget); 0 = no cascade planned
     escalations: int = 0
     curves: dict = field(default_factory=dict)  # the quality curves planned on (per group)
+    # per task, the dearest m it is planned at (quota.cap_se; `plan_caps`): None where
+    # there were no per-question results to cap on
+    caps: dict | None = field(default_factory=dict)
+    uncapped: dict = field(default_factory=dict)  # `curves` before the caps
+    caps_changed: bool = False  # the plan on `uncapped` would be another
     # quota.by=kind: which group each row is planned in (pipeline.kinds.KindGroups); None:
     # the groups are the tasks
     groups: object = None
@@ -328,32 +366,74 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None,
         raise FieldError("ledger_state", str(e)) from None
     spent = ledger.spent + ledger.overrun if ledger else 0
     left = remaining(args, spent)
-    cs = curves(args, {r[1] for r in todo}, model_cfg)
+    tasks = {r[1] for r in todo}
+    full = curves(args, tasks, model_cfg)
+    caps = plan_caps(args, full, tasks)
     groups, alpha, time = None, None, args.time_model()
     if args.by == "kind":
         per_row = left.total_flops / len(todo) if todo else math.inf
         if time is not None and todo:  # the shrinkage is cross-validated on FLOPs
             per_row = time.flops_for(per_row / UNITS_PER_SECOND)
-        groups, cs, alpha = kind_groups(args, cs, {r[1] for r in todo}, per_row, model_cfg)
+        groups, full, alpha = kind_groups(args, full, tasks, per_row, model_cfg)
         keyed = [(r[0], groups.group(r[1], r[2])) for r in todo]
     else:
         keyed = [(r[0], r[1]) for r in todo]
-    cs = timed(args, time, cs, {r[1] for r in todo}, model_cfg)
+    from pipeline.cascade import capped
+
+    full = timed(args, time, full, tasks, model_cfg)
+    cs = capped(full, caps or {})
     weights = {t: float(w) for t, w in args.weights.items()} or None
     if groups is not None and weights:
         weights = group_weights(weights, {g for _, g in keyed})
+    known = dict(curves=cs, groups=groups, weights=weights, shrinkage=alpha, caps=caps,
+                 uncapped=full)
     try:
-        p = plan(Counter(g for _, g in keyed), cs, left, weights)
-        return Budget(p, spent, [], len(todo), escalations(p, cs), cs, groups, weights,
-                      alpha)
-    except InfeasibleQuota:
+        rows = Counter(g for _, g in keyed)
+        p = plan(rows, cs, left, weights)
+        return Budget(p, spent, [], len(todo), escalations(p, cs),
+                      caps_changed=changed(p, rows, full, left, weights), **known)
+    except InfeasibleQuota:  # the caps keep every cheapest m: the same minimum
         if args.infeasible != "subset":
             raise
     keep = affordable(keyed, cs, left.total_flops)
     skipped = [(r[0], r[1]) for r in todo[keep:]]
     kept = Counter(g for _, g in keyed[:keep])
     p = plan(kept, cs, left, weights) if kept else None
-    return Budget(p, spent, skipped, keep, escalations(p, cs), cs, groups, weights, alpha)
+    return Budget(p, spent, skipped, keep, escalations(p, cs),
+                  caps_changed=changed(p, kept, full, left, weights), **known)
+
+
+def changed(p: Plan | None, rows: Counter, full: dict, left: Quota, weights) -> bool:
+    """Whether the plan on the uncapped curves would be another plan than `p`."""
+    if p is None:
+        return False
+    return plan(rows, full, left, weights).to_dict()["tasks"] != p.to_dict()["tasks"]
+
+
+def caps_text(caps: dict | None, uncapped: dict, cap_se: float,
+              field_prefix: str = "quota.") -> str | None:
+    """What quota.cap_se did, for the log of a plan it changed: the tasks planned below
+    their most accurate calibrated m, by how much that m is more accurate; or that it could
+    do nothing for want of per-question results. None with cap_se = 0 or nothing cut."""
+    if not cap_se:
+        return None
+    if caps is None:
+        return (f"{field_prefix}cap_se: no per-question calibration results found, so every "
+                "calibrated m is planned")
+    cut = []
+    for t, m in sorted(caps.items()):
+        c = uncapped.get(t)
+        if c is None or m not in c.ms:
+            continue
+        best = c.ms[c.accuracy.index(max(c.accuracy))]
+        if best > m:
+            gain = 100 * (max(c.accuracy) - c.at(m)[0])
+            cut.append(f"{t} up to m = {m}, not its most accurate m = {best} (+{gain:.2f} "
+                       "points on the calibration)")
+    if not cut:
+        return None
+    return (f"{field_prefix}cap_se={cap_se:g}: planned " + "; ".join(cut) + f": gains within "
+            f"{cap_se:g} paired standard error(s) of the calibration questions, not bought")
 
 
 def group_weights(weights: dict, groups: set[str]) -> dict[str, float]:

@@ -292,6 +292,46 @@ def with_cascades(questions: Sequence[Question], ms: Sequence[int], shared: Mapp
             for g, c in fixed_curves(questions, ms, key).items()}
 
 
+def top_m(questions: Sequence[Question], ms: Sequence[int], z: float = 1.0) -> int:
+    """The dearest m worth buying for these questions: the cheapest m of `ms` whose accuracy
+    is within `z` standard errors of the most accurate m's (the one-standard-error rule at
+    z = 1; z = 0: the most accurate m, the cheapest among equals). The standard error is the
+    paired one, of the per-question difference (right at the best m - right at m): two m
+    that answer mostly the same questions right are told apart on fewer questions than
+    their accuracies alone would need. A gain within it is one the calibration cannot tell
+    from noise, and on new rows the most accurate m of a noisy curve is a little worse (a
+    winner's curse), so a plan that buys it spends more for nothing it can show."""
+    ms, n = sorted(ms), len(questions)
+    if n < 2:
+        return ms[-1]
+    right = [[int(bool(q.correct[m])) for q in questions] for m in ms]
+    acc = [sum(r) for r in right]
+    best = acc.index(max(acc))
+    for j in range(best):
+        d = [a - b for a, b in zip(right[best], right[j], strict=True)]
+        mean = sum(d) / n
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+        if mean <= z * se:
+            return ms[j]
+    return ms[best]
+
+
+def top_ms(questions: Sequence[Question], curves: Mapping[str, QualityCurve],
+           z: float = 1.0) -> dict[str, int]:
+    """Per task of `curves` with questions here, `top_m` over its curve's m."""
+    by_task = _groups(questions, "task")
+    return {t: top_m(qs, curves[t].ms, z) for t, qs in by_task.items() if t in curves}
+
+
+def capped(curves: Mapping[str, QualityCurve], tops: Mapping[str, int]) -> dict:
+    """Each task's curve, and each of its "task:kind" groups', without the options dearer
+    than the task's m in `tops` (`QualityCurve.upto`); curves of other tasks unchanged."""
+    from pipeline.kinds import task_of
+
+    return {g: c.upto(tops[task_of(g)]) if task_of(g) in tops else c
+            for g, c in curves.items()}
+
+
 def _groups(questions: Sequence[Question], key) -> dict[str, list[Question]]:
     groups = defaultdict(list)
     for q in questions:

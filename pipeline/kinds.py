@@ -205,16 +205,22 @@ def shrunk(curves: Mapping, sizes: Mapping[str, int], alpha: float) -> dict:
 
 
 def fit_groups(questions: Sequence, ms: Sequence[int], shared: Mapping[int, int] | None = None,
-               quantiles: Sequence[float] | None = None) -> tuple[KindGroups, dict, dict]:
+               quantiles: Sequence[float] | None = None,
+               cap_se: float = 0.0) -> tuple[KindGroups, dict, dict]:
     """Classifier groups, their curves beside the tasks' (with cascades if `shared`), and
-    the questions per group, all from these calibration questions."""
-    from pipeline.cascade import QUANTILES, fixed_curves, with_cascades
+    the questions per group, all from these calibration questions. With `cap_se` > 0 each
+    task's curve and its groups' stop at the task's `pipeline.cascade.top_m` at that z: a
+    group may plan below its task's dearest m worth buying, not above it (its own curve,
+    on 20-300 questions, would tell a real gain from noise even less)."""
+    from pipeline.cascade import QUANTILES, capped, fixed_curves, top_ms, with_cascades
 
     groups = KindGroups.fit(questions)
     tasks = (with_cascades(questions, list(ms), shared, "task", quantiles or QUANTILES)
              if shared is not None else fixed_curves(questions, list(ms), "task"))
-    return (groups, group_curves(questions, ms, groups, tasks, shared, quantiles),
-            group_sizes(questions, groups))
+    curves = group_curves(questions, ms, groups, tasks, shared, quantiles)
+    if cap_se > 0:
+        curves = capped(curves, top_ms(questions, tasks, cap_se))
+    return groups, curves, group_sizes(questions, groups)
 
 
 def planned_right(held: Sequence, groups: KindGroups, curves: Mapping, per_row: float,
@@ -238,14 +244,16 @@ def planned_right(held: Sequence, groups: KindGroups, curves: Mapping, per_row: 
 
 def shrinkage_folds(questions: Sequence, ms: Sequence[int],
                     shared: Mapping[int, int] | None = None,
-                    quantiles: Sequence[float] | None = None, seed: int = 0) -> list[tuple]:
+                    quantiles: Sequence[float] | None = None, seed: int = 0,
+                    cap_se: float = 0.0) -> list[tuple]:
     """The two cross-validation folds `choose_shrinkage` scores on: halves of the
     calibration questions stratified by task and kind, each as (held-out half, and groups,
-    curves, sizes fitted on the other; with cascades if `shared`)."""
+    curves, sizes fitted on the other; with cascades if `shared`, capped at `cap_se`)."""
     from pipeline.cascade import split_halves
 
     a, b = split_halves(questions, seed)
-    return [(held, *fit_groups(fit, ms, shared, quantiles)) for fit, held in ((a, b), (b, a))]
+    return [(held, *fit_groups(fit, ms, shared, quantiles, cap_se))
+            for fit, held in ((a, b), (b, a))]
 
 
 def choose_shrinkage(folds: Sequence[tuple], per_row: float, shared: Mapping[int, int],

@@ -72,6 +72,17 @@ class QualityCurve:
         """FLOPs per row of the most expensive option."""
         return max(f for _, _, f in self.points())
 
+    def upto(self, m: int) -> QualityCurve:
+        """This curve without its options dearer in visual tokens than m: the fixed m > m and
+        the cascades that escalate past m (a curve keeps at least its first m)."""
+        from dataclasses import replace
+
+        k = max(1, sum(x <= m for x in self.ms))
+        if k == len(self.ms) and all(c.m2 <= m for c, _, _ in self.cascades):
+            return self
+        return replace(self, ms=self.ms[:k], accuracy=self.accuracy[:k], flops=self.flops[:k],
+                       cascades=tuple(o for o in self.cascades if o[0].m2 <= self.ms[k - 1]))
+
     def at(self, m: int) -> tuple[float, int]:
         """(accuracy, flops per row) at m; KeyError if the curve has no such m."""
         if m not in self.ms:

@@ -30,6 +30,7 @@ from sklearn.model_selection import KFold
 from sklearn.tree import DecisionTreeRegressor
 
 from jobs.bench_scheduler import (
+    Config,
     best_fixed,
     budgets,
     fixed_points,
@@ -40,12 +41,15 @@ from jobs.bench_scheduler import (
 )
 from mqt.config import preset
 from pipeline.cascade import (
+    capped,
     fixed_curves,
     load_questions,
     seeded_order,
     shared_flops,
     split_halves,
+    top_ms,
 )
+from pipeline.kinds import group_name
 
 SEEDS = (0, 1, 2, 3, 4)
 LEAF_SIZES = (8, 16, 32, 64)
@@ -103,10 +107,19 @@ def fold(fit: list, held: list, seed: int, ms: list[int]) -> dict:
     """A fold as `mqt bench-scheduler` replays it (jobs.bench_scheduler.run_policy): the
     per-task ("plan") and per-kind ("kind") curves of `fit`, `held` in the split's order.
     "kind" plans over the questions' `kind` field (the true kind, or here a tree leaf), not
-    over the benchmark's classifier groups."""
-    curves = {"plan": fixed_curves(fit, ms, "task"), "kind": fixed_curves(fit, ms, "kind")}
-    return {"curves": curves, "held": seeded_order(held, seed), "cap": True,
+    over the benchmark's classifier groups. Every curve stops at its task's dearest m worth
+    buying on `fit` (the benchmark's default `cap_se`)."""
+    tasks = fixed_curves(fit, ms, "task")
+    tops = top_ms(fit, tasks, Config.cap_se) if Config.cap_se else {}
+    curves = {"plan": capped(tasks, tops), "kind": capped(fixed_curves(tagged(fit), ms, "kind"),
+                                                          tops)}
+    return {"curves": curves, "held": seeded_order(tagged(held), seed), "cap": True,
             "keys": {"kind": "kind"}}
+
+
+def tagged(qs: list) -> list:
+    """The questions with `kind` named as the planner names a task's group ("task:kind")."""
+    return [replace(q, kind=group_name(q.task, q.kind)) for q in qs]
 
 
 def right_of(name: str, f: dict, q: float, shared: dict) -> tuple[int, int] | None:

@@ -86,7 +86,8 @@ def main(every: int) -> None:
     measured = profile(manifest)
     seconds = profiled_cost(rows, measured, 16)
     lines = [f"{len(rows)} held-out rows ({manifest}); with a quota that does not bind "
-             f"(the plan takes each task's best m) mqt-smol measured {fps / 1e9:.1f} GFLOP/s "
+             "(the plan takes each task's dearest m worth buying, quota.cap_se) mqt-smol "
+             f"measured {fps / 1e9:.1f} GFLOP/s "
              f"(F). Time profile (`mqt profile`, 16 rows per task of this corpus): "
              f"{measured.seconds_per_flop * 1e12:.2f} ms per GFLOP + per call "
              + ", ".join(f"{t} {b * 1e3:.1f} ms" for t, b in measured.seconds_per_call.items())

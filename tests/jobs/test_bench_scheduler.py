@@ -101,7 +101,7 @@ def test_fixed_m_and_the_oracle_are_the_calibration_numbers(result):
 @pytest.mark.parametrize("override,field", [
     ("results=/nonexistent.parquet", "results"), ("ms=[4,2]", "ms"), ("points=1", "points"),
     ("quantiles=[0.5,1.5]", "quantiles"), ("pacing_m=3", "pacing_m"),
-    ("pacing_cases=[[1.0]]", "pacing_cases")])
+    ("pacing_cases=[[1.0]]", "pacing_cases"), ("cap_se=-1", "cap_se")])
 def test_bad_configs_fail_naming_the_field(override, field, capsys):
     assert cli.main(["bench-scheduler", override]) == 2
     assert f"bad config: {field}" in capsys.readouterr().err

@@ -38,6 +38,26 @@ def test_plan_on_the_shipped_calibration(tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["rows"] == rows
 
 
+def test_a_generous_plan_stops_where_the_calibration_shows_no_gain(tmp_path, capsys):
+    """cap_se (default 1): vqa is planned up to m = 32, not its most accurate m = 64, whose
+    +0.19 points on the shipped calibration are within one paired standard error; the best
+    fixed m is still found on every calibrated m; cap_se=0 plans m = 64."""
+    args = ["plan", "rows.vqa=1000", "rows.mc=200", "quota=1e14"]
+    assert main([*args, f"output={tmp_path / 'a'}"]) == 0
+    out = capsys.readouterr().out
+    capped = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert {t["task"]: [p["m"] for p in t["parts"]] for t in capped["tasks"]} == \
+        {"vqa": [32], "mc": [32]}
+    assert capped["planned_up_to_m"] == {"vqa": 32, "mc": 32}
+    assert "cap_se=1: planned vqa up to m = 32, not its most accurate m = 64" in out
+    assert capped["best_fixed"]["tasks"][0]["parts"][0]["m"] == 64
+    assert main([*args, "cap_se=0", f"output={tmp_path / 'b'}"]) == 0
+    assert "cap_se" not in capsys.readouterr().out
+    every = json.loads((tmp_path / "b" / "plan.json").read_text())
+    assert [p["m"] for p in every["tasks"][0]["parts"]] == [64]
+    assert capped["spend"] < every["spend"] <= 1e14
+
+
 def test_plan_on_the_llava_prior_in_gpu_seconds_with_a_match(tmp_path, capsys):
     _, cfg = resolve("plan", None, ["prior=llava-7b", *PRIOR_ROWS, "quota_seconds=720",
                                     "flops_per_second=4e14", "match_m=256",
@@ -101,6 +121,7 @@ def test_plan_on_a_time_profile(tmp_path, capsys):
     (["prior=llava-7b", "calibration=x.json", "rows.vqav2=1", "quota=1e15"], "not both"),
     (["calibration=/no/such.json", "rows.vqa=1", "quota=1e15"], "calibration: no such file"),
     (["rows.vqa=10", "quota=1e15", "match_m=3"], "match_m: 3 is not an m"),
+    (["rows.vqa=10", "quota=1e15", "cap_se=-1"], "cap_se: must be >= 0"),
     (["rows.vqa=10", "quota=1e10"], "quota: a quota of 1e+10 FLOPs cannot pay"),
 ])
 def test_bad_config_fails_before_work(args, message, tmp_path, capsys):
