@@ -421,7 +421,19 @@ def quota_summary(cfg: Config, summary: dict, totals: dict | None, budget) -> di
             "planned_up_to_m": budget.caps,
             "kind_shrinkage": strict_json(budget.shrinkage), "pacing": totals.get("pacing"),
             "refused_rows": summary["error_kinds"].get("quota: refused by the budget ledger", 0),
-            "flops_per_task": summary["flops_per_task"]}
+            "flops_per_task": summary["flops_per_task"],
+            "share_per_task": share_per_task(cfg, summary)}
+
+
+def share_per_task(cfg: Config, summary: dict) -> dict[str, float]:
+    """Per task, what its written rows spent as a share of Q: their FLOPs, or (measured)
+    their seconds as the ledger charges them (x the accelerators an actor holds). Rows
+    computed but lost in a crash are in the ledger's spend, not here."""
+    q = cfg.quota.quota()
+    if cfg.quota.measured:
+        per = {t: x * (cfg.gpus_per_actor or 1.0) for t, x in summary["seconds_per_task"].items()}
+        return {t: round(x / max(q.seconds, 1e-9), 4) for t, x in per.items()}
+    return {t: round(f / max(q.total_flops, 1), 4) for t, f in summary["flops_per_task"].items()}
 
 
 def flops_spend(cfg: Config, summary: dict, totals: dict, budget) -> dict:
@@ -477,13 +489,15 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
     per_task: Counter = Counter()
     hist: dict[str, Counter] = defaultdict(Counter)
     reasons: Counter = Counter()
+    took: Counter = Counter()  # task -> seconds its written rows took
     scored: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # task -> [correct, labelled]
-    cols = ["task", "m", "flops", "error", "output", "answer"]
+    cols = ["task", "m", "flops", "seconds", "error", "output", "answer"]
     for b in out.batches(cols):
-        for task, m, f, err, output, answer in zip(*(b.column(c).to_pylist() for c in cols),
-                                                   strict=True):
+        for task, m, f, sec, err, output, answer in zip(
+                *(b.column(c).to_pylist() for c in cols), strict=True):
             rows, flops = rows + 1, flops + (f or 0)
             per_task[task] += f or 0
+            took[task] += sec or 0.0
             if err:
                 errors += 1
                 reasons[_error_kind(err)] += 1
@@ -496,6 +510,7 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
             "this_run": {"rows": written, "seconds": round(seconds, 3),
                          "rows_per_s": round(written / max(seconds, 1e-9), 3)},
             "flops": flops, "flops_per_task": dict(sorted(per_task.items())),
+            "seconds_per_task": {t: round(x, 6) for t, x in sorted(took.items())},
             "m_histogram": {t: dict(sorted(c.items())) for t, c in hist.items()},
             "accuracy": {t: {"correct": c, "labelled": n, "accuracy": round(c / n, 4)}
                          for t, (c, n) in sorted(scored.items()) if n}}
@@ -523,7 +538,9 @@ def print_summary(s: dict) -> None:
         print(f"quota {q['quota_seconds']:.4g} s measured: spent {q['spent_seconds']:.4g} s "
               f"+ {q['overrun_seconds']:.4g} s past reservations ({100 * q['share']:.1f}%), "
               f"this run {q['this_run_seconds']:.4g} s, refused rows {q['refused_rows']}, "
-              f"skipped {q['skipped_rows']}; {q['flops_per_second_measured'] or 0:.4g} FLOP/s "
+              f"skipped {q['skipped_rows']}; per task: "
+              + ", ".join(f"{t} {100 * x:.1f}%" for t, x in q["share_per_task"].items())
+              + f"; {q['flops_per_second_measured'] or 0:.4g} FLOP/s "
               + (f"measured; time {q['time_vs_profile'] or 0:.3g}x the profile's "
                  f"({q['time_profile']})" if q.get("time_profile") else
                  f"measured (planned at {q['flops_per_second_planned']:.4g})"))
@@ -532,4 +549,5 @@ def print_summary(s: dict) -> None:
         print(f"quota {q['quota_flops']:.4g} FLOPs: spent {q['spent_flops']:.4g} "
               f"({100 * q['share']:.1f}%), this run {q['this_run_flops']:.4g}, "
               f"refused rows {q['refused_rows']}, skipped {q['skipped_rows']}; per task: "
-              + ", ".join(f"{t} {f:.3g}" for t, f in q["flops_per_task"].items()))
+              + ", ".join(f"{t} {f:.3g} ({100 * q['share_per_task'][t]:.1f}%)"
+                          for t, f in q["flops_per_task"].items()))

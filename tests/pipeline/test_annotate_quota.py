@@ -89,6 +89,7 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     assert s["m_histogram"]["caption"] == {4: 10, 16: 2}  # the rows followed the plan
     assert 0.95 * quota <= q["spent_flops"] <= quota and q["quota_flops"] == quota
     assert q["spent_flops"] == s["flops"] and q["overrun_flops"] == 0
+    assert q["share_per_task"] == {"caption": round(s["flops"] / quota, 4)}
     state = json.loads((tmp_path / "o" / "ledger.json").read_text())
     assert state["spent"] == q["spent_flops"] and len(state["committed"]) == 12
     again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
@@ -126,6 +127,8 @@ def test_a_measured_seconds_quota_charges_the_time_rows_took(ray_local, folder, 
     assert q["measured"] and q["quota_seconds"] == seconds
     assert q["spent_seconds"] + q["overrun_seconds"] == pytest.approx(took / 1e6)
     assert q["flops_per_second_measured"] == round(s["flops"] / (took / 1e6))
+    assert s["seconds_per_task"]["caption"] == pytest.approx(sum(r["seconds"] for r in rows))
+    assert q["share_per_task"]["caption"] == pytest.approx(took / 1e6 / seconds, abs=1e-4)
     again = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
     assert again["this_run"]["rows"] == 0 and again["quota"]["this_run_seconds"] == 0
     flops = [a for a in args if not a.startswith(("quota.seconds", "quota.measured"))]
