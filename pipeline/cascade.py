@@ -31,6 +31,7 @@ no Ray.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections import defaultdict
@@ -281,6 +282,30 @@ def cascade_options(questions: Sequence[Question], ms: Sequence[int], shared: Ma
         s = summary(simulate(questions, [c] * len(questions), shared))
         opts.append((c, s["accuracy"], math.ceil(s["spend"] / len(questions))))
     return tuple(opts)
+
+
+def cascade_accuracies(questions: Sequence[Question], cascades: Sequence[Cascade]) -> list[float]:
+    """Each cascade's accuracy on these questions, as `simulate` counts it (a row escalates
+    unless its m1 confidence is >= the threshold: NaN escalates), in O(n log n) per (m1, m2)
+    pair: the questions sorted by m1 confidence, the escalated ones are a prefix."""
+    n, out, by_pair = len(questions), {}, defaultdict(list)
+    for c in cascades:
+        by_pair[c.m1, c.m2].append(c)
+    for (m1, m2), cs in by_pair.items():
+        rows = sorted((q.confidence[m1], q.correct[m1], q.correct[m2]) for q in questions
+                      if q.confidence[m1] == q.confidence[m1])
+        always = sum(q.correct[m2] for q in questions if q.confidence[m1] != q.confidence[m1])
+        confs = [r[0] for r in rows]
+        low = [0]  # right answers at m2 of the first k rows (escalated)
+        for r in rows:
+            low.append(low[-1] + r[2])
+        high = [0]  # right answers at m1 of the last k rows (kept)
+        for r in reversed(rows):
+            high.append(high[-1] + r[1])
+        for c in cs:
+            k = bisect.bisect_left(confs, c.threshold)
+            out[c] = (always + low[k] + high[len(rows) - k]) / max(n, 1)
+    return [out[c] for c in cascades]
 
 
 def with_cascades(questions: Sequence[Question], ms: Sequence[int], shared: Mapping[int, int],

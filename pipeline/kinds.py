@@ -21,7 +21,8 @@ row: the question text.
   task's, and the plan takes each group's best-looking m, which on new rows is a little
   worse (a winner's curse: at generous quotas the per-kind plan fell 0.6 points below the
   best fixed m in `mqt bench-scheduler`). Each group's accuracies are pulled toward its
-  task's by alpha pseudo-rows, alpha chosen by two-fold cross-validation on the calibration
+  task's by alpha pseudo-rows (its cascade options' toward the same cascades' accuracies on
+  its task's questions), alpha chosen by two-fold cross-validation on the calibration
   at the job's own FLOPs per row: the alpha whose plans answer the most held-out calibration
   questions right (replayed behind a ledger, as the job runs).
 
@@ -166,13 +167,21 @@ def group_curves(questions: Sequence, ms: Sequence[int], groups: KindGroups,
                  quantiles: Sequence[float] | None = None) -> dict:
     """Quality curves per group: each "task:kind" group measured on the calibration questions
     the classifier puts there (with cascades if `shared` is given: what an escalation from
-    each m1 reuses; thresholds at `quantiles`), and each task's own curve from `task_curves`
-    for its rows that get no group."""
-    from pipeline.cascade import QUANTILES, fixed_curves, with_cascades
+    each m1 reuses; thresholds at `quantiles`; each cascade's accuracy on all its task's
+    questions beside it, as its `cascade_prior`), and each task's own curve from
+    `task_curves` for its rows that get no group."""
+    from dataclasses import replace
+
+    from pipeline.cascade import QUANTILES, cascade_accuracies, fixed_curves, with_cascades
 
     qs = [q for q in questions if groups.key(q) != q.task]
     fitted = (with_cascades(qs, list(ms), shared, groups.key, quantiles or QUANTILES)
               if shared is not None else fixed_curves(qs, list(ms), groups.key))
+    for g, c in fitted.items():
+        if c.cascades:
+            own = [q for q in questions if q.task == task_of(g)]
+            fitted[g] = replace(c, cascade_prior=tuple(
+                cascade_accuracies(own, [x for x, _, _ in c.cascades])))
     return {**dict(task_curves), **fitted}
 
 
@@ -184,8 +193,9 @@ def group_sizes(questions: Sequence, groups: KindGroups) -> dict[str, int]:
 def shrunk(curves: Mapping, sizes: Mapping[str, int], alpha: float) -> dict:
     """Each "task:kind" group's accuracy at each m pulled toward its task's by `alpha`
     pseudo-rows: (n a_group + alpha a_task) / (n + alpha), n its calibration questions
-    (alpha = inf: the task's accuracy). Costs and cascade options stay the group's own; the
-    tasks' curves are unchanged."""
+    (alpha = inf: the task's accuracy); its cascade options' accuracies likewise toward
+    the same cascades' accuracies on the task's questions (their `cascade_prior`). Costs
+    stay the group's own; the tasks' curves are unchanged."""
     from dataclasses import replace
 
     if alpha == 0:
@@ -197,11 +207,18 @@ def shrunk(curves: Mapping, sizes: Mapping[str, int], alpha: float) -> dict:
             out[name] = c
             continue
         n = sizes.get(name, 0)
-        acc = (task.accuracy if math.isinf(alpha) else
-               tuple((n * a + alpha * t) / (n + alpha)
-                     for a, t in zip(c.accuracy, task.accuracy, strict=True)))
-        out[name] = replace(c, accuracy=acc)
+        acc = tuple(_pulled(a, t, n, alpha) for a, t in zip(c.accuracy, task.accuracy,
+                                                             strict=True))
+        cascades = c.cascades if not c.cascade_prior else tuple(
+            (x, _pulled(a, p, n, alpha), f)
+            for (x, a, f), p in zip(c.cascades, c.cascade_prior, strict=True))
+        out[name] = replace(c, accuracy=acc, cascades=cascades)
     return out
+
+
+def _pulled(a: float, toward: float, n: int, alpha: float) -> float:
+    """a, measured on n questions, shrunk toward `toward` by alpha pseudo-rows."""
+    return toward if math.isinf(alpha) else (n * a + alpha * toward) / (n + alpha)
 
 
 def fit_groups(questions: Sequence, ms: Sequence[int], shared: Mapping[int, int] | None = None,

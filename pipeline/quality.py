@@ -38,6 +38,10 @@ class QualityCurve:
     accuracy: tuple[float, ...]
     flops: tuple[int, ...]
     cascades: tuple[tuple[Cascade, float, int], ...] = ()
+    # per cascade option, the accuracy the same cascade has on more questions, which a
+    # noisy curve's options are shrunk toward (a kind group's: its task's questions;
+    # pipeline.kinds.shrunk); empty = none
+    cascade_prior: tuple[float, ...] = ()
 
     def __post_init__(self):
         n = len(self.ms)
@@ -57,6 +61,11 @@ class QualityCurve:
                                  f"an accuracy in [0, 1], got {c!r}, {a!r}")
             if not isinstance(f, int) or f < 0:
                 raise ValueError(f"curve {self.task!r}: cascade flops must be ints >= 0")
+        if self.cascade_prior and (len(self.cascade_prior) != len(self.cascades) or not all(
+                0.0 <= a <= 1.0 for a in self.cascade_prior)):
+            raise ValueError(f"curve {self.task!r}: cascade_prior needs one accuracy in [0, 1] "
+                             f"per cascade option, got {len(self.cascade_prior)} for "
+                             f"{len(self.cascades)}")
 
     def points(self) -> list[tuple[Choice, float, int]]:
         """(m or Cascade, accuracy, flops per row): fixed m in m order, then the cascades."""
@@ -80,8 +89,11 @@ class QualityCurve:
         k = max(1, sum(x <= m for x in self.ms))
         if k == len(self.ms) and all(c.m2 <= m for c, _, _ in self.cascades):
             return self
+        keep = [i for i, o in enumerate(self.cascades) if o[0].m2 <= self.ms[k - 1]]
         return replace(self, ms=self.ms[:k], accuracy=self.accuracy[:k], flops=self.flops[:k],
-                       cascades=tuple(o for o in self.cascades if o[0].m2 <= self.ms[k - 1]))
+                       cascades=tuple(self.cascades[i] for i in keep),
+                       cascade_prior=tuple(self.cascade_prior[i] for i in keep)
+                       if self.cascade_prior else ())
 
     def at(self, m: int) -> tuple[float, int]:
         """(accuracy, flops per row) at m; KeyError if the curve has no such m."""

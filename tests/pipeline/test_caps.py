@@ -102,3 +102,16 @@ def test_without_per_question_results_nothing_is_capped(tmp_path):
 def test_a_negative_cap_se_is_refused_by_name():
     with pytest.raises(FieldError, match=r"quota.cap_se: must be >= 0"):
         QuotaArgs(flops=1.0, cap_se=-1).quota()
+
+
+def test_a_cut_curve_keeps_each_cascades_prior_beside_it():
+    from pipeline.policy import Cascade
+    from pipeline.quality import QualityCurve
+
+    opts = ((Cascade(1, 2, 0.0), 0.6, 15), (Cascade(1, 4, 0.0), 0.7, 30),
+            (Cascade(2, 4, 0.0), 0.8, 35))
+    c = QualityCurve("vqa:k", (1, 2, 4), (0.5, 0.6, 0.9), (10, 20, 40), opts, (0.1, 0.2, 0.3))
+    cut = c.upto(2)
+    assert cut.cascades == opts[:1] and cut.cascade_prior == (0.1,)
+    with pytest.raises(ValueError, match="cascade_prior needs one accuracy"):
+        QualityCurve("vqa:k", (1, 2, 4), (0.5, 0.6, 0.9), (10, 20, 40), opts, (0.1,))

@@ -5,6 +5,7 @@ shipped rows agrees with the shipped calibration."""
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from pipeline.cascade import (
     CascadePolicy,
     Question,
     candidates,
+    cascade_accuracies,
     escalation_budget,
     fixed_curves,
     load_questions,
@@ -140,6 +142,22 @@ def test_a_plan_with_a_cascade_round_trips_through_json_and_checks_m():
         again.check(2)
     # first attempts: 5 rows at m=1 and 5 cascade rows at m1=1, 10 each: 50 left of 150
     assert escalation_budget(p, {"a": a}) == 150 - 10 * 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_cascade_accuracies_are_what_the_simulation_counts(data):
+    qs, _ = data.draw(questions())
+    nan = data.draw(st.sets(st.integers(0, len(qs) - 1)))  # a missing confidence escalates
+    qs = [replace(q, confidence={**q.confidence, MS[0]: math.nan}) if i in nan else q
+          for i, q in enumerate(qs)]
+    cs = data.draw(st.lists(cascades, min_size=1, max_size=6))
+    cs += [Cascade(c.m1, c.m2, q.confidence[c.m1]) for c in cs[:1] for q in qs[:3]
+           if not math.isnan(q.confidence[c.m1])]  # thresholds equal to a confidence
+    got = cascade_accuracies(qs, cs)
+    for c, a in zip(cs, got, strict=True):
+        assert a == pytest.approx(summary(simulate(qs, [c] * len(qs), {m: 0 for m in MS}))
+                                  ["accuracy"], abs=1e-12)
 
 
 def test_cascade_rules():

@@ -102,6 +102,40 @@ def test_shrunk_pulls_group_accuracy_toward_the_task():
     assert shrunk(cs, {"vqa:count": 30}, math.inf)["vqa:count"].accuracy == task.accuracy
 
 
+def test_a_groups_cascades_are_shrunk_toward_the_same_cascades_on_its_task():
+    """A group's cascade options carry their accuracy on all the task's questions
+    (`cascade_prior`), and shrinkage pulls them there as it pulls the fixed m."""
+    import math
+
+    from pipeline.kinds import shrunk
+    from pipeline.policy import Cascade
+
+    qs = [Question(f"y{i}", "vqa", "yesno", {1: True, 4: True, 16: True},
+                   {1: -0.1, 4: -0.1, 16: -0.1}, {1: 10, 4: 40, 16: 160}, yesno(i))
+          for i in range(30)] + [
+          Question(f"c{i}", "vqa", "count", {1: False, 4: False, 16: True},
+                   {1: -2.0, 4: -2.0, 16: -0.1}, {1: 10, 4: 40, 16: 160}, count(i))
+          for i in range(30)]
+    groups = KindGroups.fit(qs, min_rows=20)
+    task = {"vqa": QualityCurve("vqa", MS, (0.5, 0.5, 1.0), (10, 40, 160))}
+    cs = group_curves(qs, MS, groups, task, shared={1: 5, 4: 20, 16: 80}, quantiles=(0.5,))
+    yes = cs["vqa:yesno"]
+    # on its own questions every cascade is right (every yes/no answer is); on the task's,
+    # the counting rows (confidence -2.0 at m1, below the threshold -0.1) escalate: right
+    # at m2 = 16, wrong at m2 = 4
+    prior = dict(zip((c for c, _, _ in yes.cascades), yes.cascade_prior, strict=True))
+    assert all(a == 1.0 for _, a, _ in yes.cascades)
+    assert prior[Cascade(1, 16, -0.1)] == 1.0 and prior[Cascade(1, 4, -0.1)] == 0.5
+    sizes = {"vqa:yesno": 30, "vqa:count": 30}
+    full = shrunk(cs, sizes, math.inf)["vqa:yesno"]
+    assert [a for _, a, _ in full.cascades] == list(yes.cascade_prior)
+    assert [f for _, _, f in full.cascades] == [f for _, _, f in yes.cascades]  # own costs
+    half = shrunk(cs, sizes, 30)["vqa:yesno"]
+    assert [a for _, a, _ in half.cascades] == pytest.approx(
+        [(1.0 + p) / 2 for p in yes.cascade_prior])
+    assert shrunk(cs, sizes, 0)["vqa:yesno"] is yes
+
+
 def test_cross_validation_keeps_kinds_apart_when_they_differ():
     """Kinds that differ (yes/no right at every m, counting only at m = 16): the plans of
     every finite alpha answer all held-out rows right at a quota for the counting half at
