@@ -87,6 +87,13 @@ def test_a_generous_plan_stops_at_the_dearest_m_worth_buying_on_the_shipped_cali
     planned = {g: c for g, c in by_kind.curves.items() if task_of(g) in ("vqa", "mc")}
     assert len(planned) > 2 and all(c.ms[-1] == 32 for c in planned.values())
     assert by_kind.curves["caption"].ms[-1] == 64  # no caption row: no cap computed
+    from mqt.config import preset
+
+    casc = prepare(QuotaArgs(flops=quota, by="kind", cascades=True), ROWS, None,
+                   preset("mqt-smol"))
+    groups = {g: c for g, c in casc.curves.items() if ":" in g and task_of(g) in ("vqa", "mc")}
+    assert groups and all(c.cascades and len(c.cascade_prior) == len(c.cascades)
+                          and all(x.m2 <= 32 for x, _, _ in c.cascades) for c in groups.values())
 
 
 def test_without_per_question_results_nothing_is_capped(tmp_path):
