@@ -177,21 +177,29 @@ def plan_caps(args: QuotaArgs, found: dict[str, QualityCurve],
     """quota.cap_se: per task of the job, the dearest m worth planning
     (pipeline.cascade.top_m on the calibration's per-question results of that task); {}
     with cap_se = 0, None where no per-question results are found (nothing is capped)."""
-    from pipeline.cascade import load_questions, top_ms
+    from pipeline.cascade import top_m
 
     if not args.cap_se:
         return {}
     path = results_path(args)
     if not path.is_file():
         return None
-    tops, read = {}, {}
+    return {t: top_m(qs, found[t].ms, args.cap_se)
+            for t, qs in task_questions(path, found, tasks).items() if qs}
+
+
+def task_questions(path: Path, found: dict[str, QualityCurve], tasks) -> dict[str, list]:
+    """Per task of `tasks`, its questions in the per-question results at `path`, answered
+    at every m of its curve in `found` (the results read once per set of m)."""
+    from pipeline.cascade import load_questions
+
+    out, read = {}, {}
     for task in sorted(tasks):
         ms = found[task].ms
         if ms not in read:
             read[ms] = load_questions(path, ms)
-        tops.update(top_ms([q for q in read[ms] if q.task == task], {task: found[task]},
-                           args.cap_se))
-    return tops
+        out[task] = [q for q in read[ms] if q.task == task]
+    return out
 
 
 def results_path(args: QuotaArgs) -> Path:
@@ -206,7 +214,7 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
     quantiles of the m1 confidence) measured on the calibration questions of that task."""
     from dataclasses import replace
 
-    from pipeline.cascade import load_questions, shared_flops, with_cascades
+    from pipeline.cascade import shared_flops, with_cascades
 
     path = results_path(args)
     if not path.is_file():
@@ -214,12 +222,10 @@ def with_fitted_cascades(args: QuotaArgs, calibration, found: dict[str, QualityC
                          f"per-question results `mqt eval` writes beside {calibration})")
     if model_cfg is None:
         raise FieldError("cascades", "the model's config is needed to price escalations")
-    out, read = dict(found), {}  # the results read once per set of m (tasks share one)
-    for task, curve in found.items():
-        if curve.ms not in read:
-            read[curve.ms] = load_questions(path, curve.ms)
-        questions = [q for q in read[curve.ms] if q.task == task]
+    out = dict(found)
+    for task, questions in task_questions(path, found, found).items():
         if questions:
+            curve = found[task]
             fitted = with_cascades(questions, list(curve.ms), shared_flops(model_cfg, curve.ms))
             out[task] = replace(curve, cascades=fitted[task].cascades)
     return out
