@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from jobs.common import ModelArgs, log, resolved_config, strict_json, validate_model
+from jobs.common import log, strict_json
 from mqt.config import VLMConfig
 from mqt.configtree import to_dict
+from mqt.load import ModelArgs, resolved_config, validate_model
+from mqt.tasks import TASKS, Task
 from pipeline.budget import QuotaArgs
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.policy import FixedPolicy
 from pipeline.sources import Defaults, Source, open_source, row_error
 from pipeline.storage import StorageArgs, locate
-from pipeline.tasks import TASKS, Task
 from pipeline.writer import OutputFolder
 
 LLAVA_IMAGE_SIZE = 336
@@ -160,7 +161,7 @@ def _check_policy(cfg: Config) -> None:
 
 
 def target_config(cfg: Config) -> VLMConfig | None:
-    """M and the image size come from the model that will load (see jobs.common)."""
+    """M and the image size come from the model that will load (see mqt.load)."""
     return resolved_config(cfg)
 
 

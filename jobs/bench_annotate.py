@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs import annotate
-from jobs.common import ModelArgs, log, model_args, save_config, validate_model
+from jobs.common import log, save_config
+from mqt.load import ModelArgs, model_args, validate_model
 
 COMMAND = "mqt bench-annotate docs=docs/bench"
 
@@ -73,9 +74,8 @@ def main(cfg: Config) -> dict:
 
 
 def easyvqa_manifest(folder: Path, rows: int, seed: int) -> Path:
-    from jobs.evaluate import sample
     from mqt.data import easyvqa_examples
-    from mqt.data.corpus import write_corpus
+    from mqt.data.corpus import sample, write_corpus
 
     vqa = [e for e in easyvqa_examples("test", tasks=("vqa",))]
     return write_corpus(folder, sample(vqa, rows, seed))

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs import annotate
-from jobs.common import ModelArgs, log, validate_model
-from jobs.evaluate import sample
-from mqt.data import easyvqa_examples, mosaic_examples
-from mqt.data.corpus import write_corpus
+from jobs.common import log
+from mqt.data.corpus import bundled_examples, write_corpus
+from mqt.load import ModelArgs, validate_model
 
 
 @dataclass
@@ -39,17 +38,10 @@ def validate(cfg: Config) -> None:
     validate_model(cfg)
 
 
-def corpus_examples(cfg: Config) -> list:
-    ev = easyvqa_examples("test", tasks=("vqa", "caption", "mc"))
-    out = sample([e for e in ev if e.task == "vqa"], cfg.easyvqa_questions, cfg.seed)
-    out += sample([e for e in ev if e.task == "caption"], cfg.captions, cfg.seed)
-    out += sample([e for e in ev if e.task == "mc"], cfg.mc_questions, cfg.seed + 1)
-    return out + mosaic_examples("test", cfg.mosaic_images, seed=cfg.seed)
-
-
 def main(cfg: Config) -> int:
     out = Path(cfg.output)
-    examples = corpus_examples(cfg)
+    examples = bundled_examples(cfg.easyvqa_questions, cfg.captions, cfg.mc_questions,
+                                cfg.mosaic_images, cfg.seed)
     manifest = write_corpus(out / "corpus", examples)
     log(f"== bundled corpus: {len(examples)} labelled rows in {manifest}")
     job = annotate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
@@ -69,7 +61,7 @@ def report(data: Path, manifest: Path, show: int) -> None:
 
     import pyarrow.parquet as pq
 
-    from pipeline.tasks import get_task
+    from mqt.tasks import get_task
 
     kinds = {r["id"]: r["kind"] for r in map(json.loads, manifest.read_text().splitlines())}
     rows = pq.read_table(data).to_pylist()

@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
+from jobs.common import log, save_config
 from jobs.trainloop import FeatureCache, task_question
 from mqt.cost import scored_flops, total_flops
 from mqt.data import easyvqa_examples, mosaic_examples
-from pipeline.tasks import get_task
+from mqt.data.corpus import sample
+from mqt.load import ModelArgs, load_model, model_config, validate_model
+from mqt.tasks import get_task
 
 
 @dataclass
@@ -68,13 +70,6 @@ def validate(cfg: Config) -> None:
 
 def default_ms(M: int) -> list[int]:
     return sorted({m for m in (1, 2, 4, 8, 16, 32) if m <= M} | {M})
-
-
-def sample(items: list, n: int, seed: int) -> list:
-    if n >= len(items):
-        return items
-    idx = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n]
-    return [items[i] for i in sorted(idx.tolist())]
 
 
 def eval_examples(cfg: Config) -> list:
@@ -207,9 +202,9 @@ def merge(cfg: Config) -> dict:
 
 def merged_rows(paths: list[str], ms: list[int], unseen: list[int]) -> tuple[list, list]:
     """Rows of the questions answered at every m of `ms`, each question from the first file
-    that has it (pipeline/cascade.py `rows_by_question`); the unseen m every such question
+    that has it (`mqt.evaluation.results.rows_by_question`); the unseen m every such question
     has. Returns (rows, unseen m kept)."""
-    from pipeline.cascade import rows_by_question
+    from mqt.evaluation.results import rows_by_question
 
     per = rows_by_question(paths, ms)
     kept = [m for m in sorted(set(unseen)) if all(m in by_m for by_m in per.values())]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from jobs.common import ModelArgs, load_model, log, save_config, validate_model
+from jobs.common import log, save_config
+from mqt.load import ModelArgs, load_model, validate_model
 
 
 @dataclass

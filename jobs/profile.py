@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.common import ModelArgs, log, model_args, save_config, validate_model
+from jobs.common import log, save_config
+from mqt.load import ModelArgs, model_args, validate_model
 
 DEFAULT_MS = [1, 4, 16, 64]
 
@@ -150,10 +151,9 @@ def main(cfg: Config) -> dict:
 
 
 def bundled_manifest(folder: Path, seed: int) -> Path:
-    from jobs import demo
-    from mqt.data.corpus import write_corpus
+    from mqt.data.corpus import bundled_examples, write_corpus
 
-    return write_corpus(folder, demo.corpus_examples(demo.Config(seed=seed)))
+    return write_corpus(folder, bundled_examples(seed=seed))
 
 
 def device_name(threads: int) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jobs.common import ModelArgs, load_model, log, model_config, save_config, validate_model
+from jobs.common import log, save_config
 from jobs.describe import mimic_loss
 from jobs.trainloop import (
     FeatureCache,
@@ -45,6 +45,7 @@ from jobs.trainloop import (
 from mqt.checkpoint import load_part, save_checkpoint
 from mqt.configtree import ConfigError
 from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.load import ModelArgs, load_model, model_config, validate_model
 from mqt.matryoshka import MSchedule
 from pipeline.storage import StorageArgs, scheme_of
 

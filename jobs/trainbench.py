@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs import train
-from jobs.common import ModelArgs, log, model_config, save_config, validate_model
+from jobs.common import log, save_config
 from mqt.configtree import merge, to_dict
+from mqt.load import ModelArgs, model_config, validate_model
 
 
 @dataclass

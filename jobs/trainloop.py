@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mqt.data import Example
 from mqt.model import VisionLanguageModel
+from mqt.tasks import get_task
 from mqt.text import IGNORE_INDEX, build_batch
-from pipeline.tasks import get_task
 
 
 def image_key(ex: Example) -> str:

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mqt.evaluation.results import rows_by_question
 from pipeline.ledger import Ledger
 from pipeline.policy import Cascade, Choice, check_choice, first_m
 from pipeline.quality import QualityCurve
@@ -81,24 +82,6 @@ def load_questions(paths: str | Path | Sequence[str | Path],
     per = rows_by_question(paths, keep)
     return [_question([r for m, r in by_m.items() if keep is None or m in keep])
             for by_m in per.values()]
-
-
-def rows_by_question(paths: str | Path | Sequence[str | Path],
-                     ms: Iterable[int] | None = None) -> dict[str, dict[int, dict]]:
-    """Per question id (sorted), per m: its `mqt eval` row, from the first of `paths` that
-    answers it at every m of `ms` (none given: at every m that file has)."""
-    import pyarrow.parquet as pq
-
-    per: dict[str, dict[int, dict]] = {}
-    for path in [paths] if isinstance(paths, str | Path) else paths:
-        seen: dict[str, dict[int, dict]] = defaultdict(dict)
-        for r in pq.read_table(path).to_pylist():
-            seen[r["id"]][r["m"]] = r
-        want = set(ms) if ms is not None else {m for by_m in seen.values() for m in by_m}
-        for i, by_m in seen.items():
-            if i not in per and set(by_m) >= want:
-                per[i] = by_m
-    return dict(sorted(per.items()))
 
 
 def _question(rows: list[dict]) -> Question:

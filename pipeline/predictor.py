@@ -43,10 +43,10 @@ import torch
 
 from mqt.cost import lm_visual_tokens, query_flops, scored_flops, total_flops, vision_flops
 from mqt.model import PromptPrefix
+from mqt.tasks import TASKS, Task
 from pipeline.budget import REFUSED
 from pipeline.decode import pixels_to_image
 from pipeline.policy import Cascade, first_m, top_m
-from pipeline.tasks import TASKS, Task
 
 OUTPUT_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
@@ -76,8 +76,8 @@ class Predictor:
                  reuse_prefix: bool = True):
         from transformers.utils import logging as hf_logging
 
-        from jobs.common import ModelArgs, load_model
         from mqt.configtree import from_dict
+        from mqt.load import ModelArgs, load_model
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise
         if threads:

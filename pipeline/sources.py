@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mqt.tasks import TASKS, Task
 from pipeline.storage import Location, StorageArgs, list_files, locate, read_bytes
-from pipeline.tasks import TASKS, Task
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff")
 MANIFEST_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}

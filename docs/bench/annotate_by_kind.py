@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from jobs import annotate, evaluate  # noqa: E402
 from mqt.data.corpus import write_corpus  # noqa: E402
+from mqt.tasks import TASKS  # noqa: E402
 from pipeline.budget import QuotaArgs  # noqa: E402
 from pipeline.quality import shipped_calibration  # noqa: E402
-from pipeline.tasks import TASKS  # noqa: E402
 
 OUT = ROOT / "runs" / "annotate-by-kind"
 

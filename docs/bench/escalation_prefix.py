@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.annotate import Config as AnnotateConfig  # noqa: E402
 from jobs.annotate import job_tasks  # noqa: E402
-from jobs.common import ModelArgs, model_args  # noqa: E402
 from jobs.profile import bundled_manifest, decoded_batches, sample_lines  # noqa: E402
+from mqt.load import ModelArgs, model_args  # noqa: E402
 from pipeline.cascade import CascadePolicy  # noqa: E402
 from pipeline.policy import Cascade  # noqa: E402
 from pipeline.predictor import Predictor  # noqa: E402

@@ -35,9 +35,9 @@ from annotate_by_kind import corpus  # noqa: E402
 
 from jobs import annotate  # noqa: E402
 from jobs import profile as profile_job  # noqa: E402
+from mqt.tasks import TASKS  # noqa: E402
 from pipeline.budget import QuotaArgs  # noqa: E402
 from pipeline.quality import from_calibration, shipped_calibration  # noqa: E402
-from pipeline.tasks import TASKS  # noqa: E402
 from pipeline.timing import TimeModel  # noqa: E402
 
 OUT = ROOT / "runs" / "measured-quota"

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from jobs.bench_scheduler import trained_ms
 from mqt.config import preset
-from pipeline.cascade import rows_by_question, shared_flops
+from mqt.evaluation.results import rows_by_question
+from pipeline.cascade import shared_flops
 
 ROOT = Path(__file__).parents[2]
 

@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, test_cache  # noqa: E402
 from pilot import multi  # noqa: E402
 
-from jobs.common import ModelArgs, load_model  # noqa: E402
 from jobs.describe import DescriptionVocab, description_loss, mimic_loss, targets  # noqa: E402
 from jobs.trainloop import (  # noqa: E402
     FeatureCache,
@@ -42,7 +41,8 @@ from jobs.trainloop import (  # noqa: E402
 )
 from mqt.checkpoint import load_part, save_checkpoint  # noqa: E402
 from mqt.data import easyvqa_examples, mosaic_examples  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from mqt.load import ModelArgs, load_model  # noqa: E402
+from mqt.tasks import get_task  # noqa: E402
 
 
 def opts(argv):

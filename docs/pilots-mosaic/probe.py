@@ -19,7 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cell_labels, mosaics, query_outputs, test_cache, train_feats  # noqa: E402
 
-from jobs.common import ModelArgs, load_model  # noqa: E402
+from mqt.load import ModelArgs, load_model  # noqa: E402
 
 K = {"color": 9, "shape": 4, "digit": 11}
 LAMS = (1e-3, 1e-2, 1e-1, 1.0)  # times the kernel's mean diagonal

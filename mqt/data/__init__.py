@@ -3,7 +3,7 @@
 Everything here is plain Python, numpy and Pillow over images that ship inside packages
 (easy-vqa, scikit-learn's digits); nothing is downloaded. Every dataset yields the same
 record, `Example` (image, task, question, answer, options, meta), with `task` one of
-"caption", "vqa", "mc", the names of the task registry in `pipeline.tasks`.
+"caption", "vqa", "mc", the names of the task registry in `mqt.tasks`.
 
 - `easyvqa_examples(split, tasks, limit)`: easy-vqa VQA, captions and multiple choice.
 - `mosaic_examples(split, n_images, grid_sizes, seed, image_px, tasks)`: 2x2 / 3x3 mosaics

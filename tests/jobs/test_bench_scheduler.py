@@ -202,7 +202,8 @@ def test_picking_among_several_m_by_confidence_or_vote():
         return
     ms = [1, 2, 4, 8, 16, 32, 48, 64]
     from mqt.config import preset
-    from pipeline.cascade import rows_by_question, shared_flops
+    from mqt.evaluation.results import rows_by_question
+    from pipeline.cascade import shared_flops
     per = rows_by_question([RESULTS, RESULTS], ms)
     assert len(per) == 830
     for r in pick.measure(per, ms, shared_flops(preset("mqt-smol"), ms)):

@@ -3,11 +3,11 @@
 import pytest
 
 from jobs.cli import resolve
-from jobs.common import load_model
 from jobs.train import main as train
 from jobs.trainloop import FeatureCache, accuracy
 from mqt.checkpoint import shipped_checkpoint
 from mqt.data import easyvqa_examples
+from mqt.load import load_model
 
 pytestmark = pytest.mark.bundled
 

@@ -63,8 +63,8 @@ def test_a_tokenizer_that_cannot_write_one_token_per_word_is_refused():
 
 def test_targets_pad_with_filler_and_the_query_learns_them(tok):
     from jobs.cli import resolve
-    from jobs.common import load_model
     from jobs.trainloop import FeatureCache
+    from mqt.load import load_model
 
     _, args = resolve("generate", None, ["preset=mqt-smol", "checkpoint=none", "images=[x]",
                                          "model.query.depth=2"], None, check=False)

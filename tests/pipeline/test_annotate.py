@@ -163,7 +163,7 @@ def test_bad_config_fails_before_any_work(monkeypatch, tmp_path, overrides, fiel
         raise AssertionError("Ray or the model was started before validation")
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr("jobs.common.load_model", forbidden)
+    monkeypatch.setattr("mqt.load.load_model", forbidden)
     args = [f"source={tmp_path}", f"output={tmp_path / 'out'}", *overrides]
     with pytest.raises(ValueError, match=field):
         cli.resolve("annotate", None, [*TINY, *args], "tiny")
@@ -213,8 +213,8 @@ def test_predictor_keeps_order_and_matches_the_model_row_by_row():
 def test_checkpoint_config_not_the_preset_sets_M_and_image_size(ray_local, folder, tmp_path):
     """A checkpoint with M = 8 and 48 px images under the default preset (tiny: M = 16,
     32 px): the checks and the decode size follow the checkpoint."""
-    from jobs.common import ModelArgs, model_config
     from mqt.checkpoint import save_checkpoint
+    from mqt.load import ModelArgs, model_config
     from mqt.model import build_model
 
     over = {"query": {"num_queries": 8}, "vision": {"image_size": 48}}

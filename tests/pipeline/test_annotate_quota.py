@@ -11,12 +11,12 @@ import pytest
 from test_annotate import TINY, image_bytes
 
 from jobs import annotate, cli
-from jobs.common import ModelArgs, model_config
 from mqt.cost import total_flops
+from mqt.load import ModelArgs, model_config
+from mqt.tasks import get_task
 from mqt.text import encode_prompt
 from pipeline.budget import REFUSED, LedgerClient
 from pipeline.ledger import Ledger
-from pipeline.tasks import get_task
 
 MS = (1, 4, 16)
 

@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import demo
-from mqt.data.corpus import write_corpus
+from mqt.data.corpus import bundled_examples, write_corpus
 from pipeline.sources import open_source
 
 
 def test_bundled_corpus_is_a_valid_manifest(tmp_path):
-    cfg = demo.Config(easyvqa_questions=5, captions=2, mc_questions=2, mosaic_images=2)
-    examples = demo.corpus_examples(cfg)
+    examples = bundled_examples(easyvqa_questions=5, captions=2, mc_questions=2,
+                                mosaic_images=2)
     manifest = write_corpus(tmp_path, examples)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert [r["id"] for r in rows] == [e.id for e in examples] and len(rows) == 5 + 2 + 2 + 8

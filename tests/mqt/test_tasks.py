@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline import tasks
-from pipeline.tasks import (
+from mqt import tasks
+from mqt.tasks import (
     TASKS,
     Task,
     UnknownTaskError,

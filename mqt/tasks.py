@@ -5,7 +5,7 @@ normaliser and a scoring rule: "exact" compares the normalised generated text wi
 normalised reference; "loglik" (multiple choice) has the predictor score each option's
 log-likelihood after the prompt and take the best, so no free text is parsed. The batch
 pipeline, evaluation and serving all read tasks from `TASKS` through `get_task`; users add
-their own with `register_task`. No Ray here: this module is plain Python.
+their own with `register_task`. Plain Python, no Ray.
 """
 
 from __future__ import annotations
