@@ -10,14 +10,18 @@ per question kind, a few answers, and where the Parquet rows are. Nothing is tra
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs import annotate
-from jobs.common import log
+import pyarrow.parquet as pq
+
+from mqt.console import log
 from mqt.data.corpus import bundled_examples, write_corpus
 from mqt.load import ModelArgs, validate_model
+from mqt.tasks import get_task
+from pipeline.annotate import AnnotateConfig, PolicyArgs, annotate
 
 
 @dataclass
@@ -44,25 +48,19 @@ def main(cfg: Config) -> int:
                                 cfg.mosaic_images, cfg.seed)
     manifest = write_corpus(out / "corpus", examples)
     log(f"== bundled corpus: {len(examples)} labelled rows in {manifest}")
-    job = annotate.Config(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
-                          llava=cfg.llava, seed=cfg.seed, source=str(manifest),
-                          output=str(out / "annotate"), overwrite=True,
-                          policy=annotate.PolicyArgs(m=dict(cfg.m)), actors=cfg.actors,
-                          batch_size=cfg.batch_size, block_rows=cfg.batch_size)
+    job = AnnotateConfig(preset=cfg.preset, model=cfg.model, checkpoint=cfg.checkpoint,
+                         llava=cfg.llava, seed=cfg.seed, source=str(manifest),
+                         output=str(out / "annotate"), overwrite=True,
+                         policy=PolicyArgs(m=dict(cfg.m)), actors=cfg.actors,
+                         batch_size=cfg.batch_size, block_rows=cfg.batch_size)
     log(f"== mqt annotate source={manifest} output={job.output} policy.m={cfg.m}")
-    annotate.main(job)
+    annotate(job)
     report(Path(job.output) / "data", manifest, cfg.show)
     return 0
 
 
 def report(data: Path, manifest: Path, show: int) -> None:
     """Accuracy per question kind (easy-vqa colour, mosaic cell digit, ...) and some answers."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from mqt.tasks import get_task
-
     kinds = {r["id"]: r["kind"] for r in map(json.loads, manifest.read_text().splitlines())}
     rows = pq.read_table(data).to_pylist()
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])

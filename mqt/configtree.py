@@ -152,3 +152,10 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def save_config(cfg: Any, output_dir: str | Path) -> Path:
+    """The resolved job config, written as `config.yaml` next to the job's output."""
+    path = Path(output_dir) / "config.yaml"
+    save_yaml(cfg, path)
+    return path

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from mqt.config import LMConfig, QueryConfig, VisionConfig, VLMConfig
 from mqt.model import VisionLanguageModel, llama_kwargs
@@ -48,8 +49,6 @@ def weight_files(folder: Path) -> list[Path]:
 
 def read_query_state(folder: Path) -> dict[str, torch.Tensor]:
     """Only the query-transformer tensors, without reading the LM into memory twice."""
-    from safetensors import safe_open
-
     state = {}
     for f in weight_files(folder):
         if f.suffix == ".safetensors":
@@ -101,6 +100,7 @@ def clip_vision_config(path: Path, select_layer: int) -> VisionConfig:
 
 def load_lm(folder: Path, cfg: LMConfig, dtype: torch.dtype) -> torch.nn.Module:
     """The Llama part through transformers (sharding, meta init), checked strictly."""
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 

@@ -19,6 +19,7 @@ from torch import nn
 from mqt.config import LMConfig, VLMConfig
 from mqt.lora import add_lora
 from mqt.query import QueryTransformer, check_num_tokens
+from mqt.smollm import FOLDER, smollm2_path
 from mqt.text import (
     IMAGE_TOKEN,
     build_batch,
@@ -74,6 +75,7 @@ class PromptPrefix:
 
     def cache(self):
         """A fresh transformers cache holding a copy of the prefix (the LM appends to it)."""
+        # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -388,8 +390,6 @@ class VisionLanguageModel(nn.Module):
 def lm_folder(cfg: LMConfig) -> str:
     """The transformers folder of a pretrained LM; a bundled one is converted on first use."""
     if cfg.kind == "bundled":
-        from mqt.smollm import FOLDER, smollm2_path
-
         if cfg.path != FOLDER:
             raise ValueError(f"lm.path={cfg.path!r}: the bundled language model is {FOLDER!r}")
         return str(smollm2_path())
@@ -399,6 +399,7 @@ def lm_folder(cfg: LMConfig) -> str:
 
 
 def build_lm(cfg: LMConfig) -> nn.Module:
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if cfg.kind in ("pretrained", "bundled"):

@@ -120,6 +120,7 @@ def _remove_leftovers(target: Path) -> None:
 
 def _rebuild(gguf_dir: Path):
     """The GGUF's dequantised tensors in a plain LlamaForCausalLM, which save_pretrained takes."""
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     gguf_lm = AutoModelForCausalLM.from_pretrained(
@@ -145,6 +146,7 @@ def _check_same_logits(reference, rebuilt) -> None:
 
 def _load_tokenizer(gguf_dir: Path):
     """The GGUF's tokenizer; the chat template and its markers are what the VLM relies on."""
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
@@ -163,6 +165,7 @@ def _make_readable(folder: Path) -> None:
 
 
 def _write_source(folder: Path) -> None:
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     import transformers
 
     source = {"package": PACKAGE, "version": importlib.metadata.version(PACKAGE),

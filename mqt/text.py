@@ -46,6 +46,7 @@ def get_template(name: str) -> Template:
 
 def byte_tokenizer():
     """A byte-level tokenizer with no merges (vocab 260), built on the spot: no files needed."""
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -63,6 +64,7 @@ def byte_tokenizer():
 
 def load_tokenizer(path: str | Path):
     """A tokenizer folder; `<image>` is added as one special token if it is missing."""
+    # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from mqt.config import VisionConfig
+from mqt.mobilenet import MobileNetGridEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -29,6 +30,7 @@ class CLIPGridEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
+        # heavy (~1 s): configs, the cost model and the scheduler import mqt without it
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         if cfg.path:
@@ -65,8 +67,6 @@ def build_vision(cfg: VisionConfig) -> nn.Module:
     if cfg.kind == "clip":
         return CLIPGridEncoder(cfg)
     if cfg.kind == "mobilenet_v2":
-        from mqt.mobilenet import MobileNetGridEncoder
-
         return MobileNetGridEncoder(cfg)
     raise ValueError(f"vision.kind={cfg.kind!r} is not supported")
 

@@ -245,7 +245,7 @@ def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
     """A lazy `ray.data.Dataset` of SOURCE rows, without the rows in `done`; nothing is read
     until the job runs. `limit` counts source rows, before `done` is taken out, so a
     resumed job with the same limit sees the same rows."""
-    import ray.data
+    import ray.data  # heavy (~1 s): only a job that runs reads its source with it
 
     loc, scheme = src.loc, src.loc.scheme  # paths in rows: plain locally, URLs otherwise
     if src.kind == "folder":
@@ -270,3 +270,20 @@ def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
                             fn_kwargs={"done": pa.array(sorted(done), pa.string())})
     return ds
 
+
+def source_rows(src: Source, default_task: str, limit: int,
+                default_question: str | None = None) -> list[tuple]:
+    """(id, task) of every source row in source order (the first `limit` if limit > 0);
+    only these two small columns are read, and with `default_question` given (quota.by=kind)
+    a third, (id, task, question), the row's question or else that default. A bad JSONL
+    line (an error row, it costs nothing) counts under the default task."""
+    with_q = default_question is not None
+    if src.kind == "folder":
+        rows = [(relative_id(f, src.loc.path), default_task) + ((default_question,) * with_q)
+                for f in src.files]
+    else:
+        cols = ["id", "task", "question"] if with_q else ["id", "task"]
+        rows = [(str(r.get("id")) if r else "", r.get("task") or default_task)
+                + ((r.get("question") or default_question,) * with_q)
+                for r in manifest_records(src, cols)]
+    return rows[:limit] if limit else rows

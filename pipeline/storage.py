@@ -79,11 +79,10 @@ def locate(uri: str, storage: StorageArgs | None = None) -> Location:
 def _filesystem(scheme: str, endpoint_url: str, region: str) -> pafs.FileSystem:
     if scheme in ("s3", "s3a"):
         return _s3(endpoint_url, region)
-    import fsspec
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    import fsspec  # only for URLs other than s3:// and local paths
 
     try:
-        return PyFileSystem(FSSpecHandler(fsspec.filesystem(scheme)))
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
     except (ImportError, ValueError) as e:
         raise ValueError(f"no filesystem for {scheme}:// ({e})") from None
 

@@ -103,7 +103,7 @@ def _questions(split: str) -> tuple[tuple[str, str, int], ...]:
 @lru_cache(maxsize=2)
 def image_paths(split: str) -> dict[int, str]:
     """Image id -> PNG path of a split."""
-    import easy_vqa
+    import easy_vqa  # the data extra: optional
 
     getter = {"train": easy_vqa.get_train_image_paths, "test": easy_vqa.get_test_image_paths}
     return dict(sorted(getter[_check_split(split)]().items()))
@@ -123,7 +123,7 @@ def load_rgb(path: str) -> Image.Image:
 
 def easyvqa_answers() -> tuple[str, ...]:
     """The package's 13-answer vocabulary, in its own order."""
-    import easy_vqa
+    import easy_vqa  # the data extra: optional
 
     return tuple(easy_vqa.get_answers())
 

@@ -45,8 +45,8 @@ def assert_priced_as_the_predictor_charges(cfg, rows):
     from PIL import Image
 
     from pipeline.decode import decode_batch
-    from pipeline.policy import FixedPolicy
-    from pipeline.predictor import Predictor
+    from pipeline.engine import Engine
+    from pipeline.scheduler.policy import FixedPolicy
 
     def image_bytes(seed: int) -> bytes:  # the pixels do not change what a row costs
         buf = io.BytesIO()
@@ -63,7 +63,7 @@ def assert_priced_as_the_predictor_charges(cfg, rows):
         source = [{"id": r["id"], "task": r["task"], "question": examples[r["id"]].question,
                    "options": examples[r["id"]].options or None, "path": None,
                    "image": image_bytes(i), "error": None} for i, r in enumerate(mine)]
-        pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=m),
+        pred = Engine({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=m),
                          threads=1)
         out = pred(decode_batch(pa.Table.from_pylist(source), image_size=32)).to_pylist()
         by_id = {o["id"]: o for o in out}

@@ -9,8 +9,8 @@ import yaml
 
 from jobs.cli import main, resolve
 from jobs.plan import main as plan_main
-from pipeline.plan import PlanPolicy
-from pipeline.quality import from_calibration
+from pipeline.scheduler.plan import PlanPolicy
+from pipeline.scheduler.quality import from_calibration
 
 PRIOR_ROWS = ["rows.vqav2=40000", "rows.gqa=20000", "rows.pope=20000", "rows.mmbench=10000",
               "rows.scienceqa-img=10000"]
@@ -76,7 +76,7 @@ def test_plan_on_a_time_profile(tmp_path, capsys):
     """quota_seconds with time_profile: the plan's costs are the profile's microseconds
     per row (a x FLOPs + the task's time per call) and the report says so; an infeasible
     quota's minimum is in seconds on the profile, and re-planned at it, fits."""
-    from pipeline.timing import TimeModel
+    from pipeline.scheduler.timing import TimeModel
 
     profile = TimeModel(1e-11, {"vqa": 0.05, "mc": 0.08})
     profile.save(tmp_path / "p.json")
@@ -149,7 +149,7 @@ def manifest(tmp_path):
     calibration as a manifest (the images are not read to plan)."""
     import pyarrow.parquet as pq
 
-    from pipeline.quality import shipped_calibration
+    from pipeline.scheduler.quality import shipped_calibration
 
     rows = pq.read_table(shipped_calibration().with_name("results.parquet"),
                          columns=["id", "task", "kind", "question"]).to_pylist()
@@ -185,7 +185,7 @@ def test_plan_the_rows_of_a_manifest_per_task_and_per_kind(manifest, tmp_path, c
     (["rows.vqa=10", "quota=1e15", "by=kind"], "by: plans per question kind need"),
     (["rows.vqa=10", "quota=1e15", "source=M"], "rows: give rows.* or source="),
     (["prior=llava-7b", "quota=1e15", "source=M"], "source: plans a corpus on an `mqt eval`"),
-    (["quota=1e15", "source=M", "by=image"], "by must be 'task' or 'kind'"),
+    (["quota=1e15", "source=M", "by=image"], "by: must be 'task' or 'kind'"),
     (["quota=1e15", "source=M", "by=kind", "results=/no/such.parquet"],
      "results: no such file /no/such.parquet"),
     (["quota=1e9", "source=M"], "quota: a quota of 1e+09 FLOPs cannot pay"),

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from jobs import annotate, cli
-from pipeline.predictor import OUTPUT_SCHEMA
+from pipeline.annotate import AnnotateConfig, job_tasks, target_config
+from pipeline.engine import OUTPUT_SCHEMA
 
 TINY = ["checkpoint=none", "batch_size=4", "threads=1"]
 
@@ -163,7 +164,7 @@ def test_bad_config_fails_before_any_work(monkeypatch, tmp_path, overrides, fiel
         raise AssertionError("Ray or the model was started before validation")
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr("mqt.load.load_model", forbidden)
+    monkeypatch.setattr("pipeline.engine.load_model", forbidden)
     args = [f"source={tmp_path}", f"output={tmp_path / 'out'}", *overrides]
     with pytest.raises(ValueError, match=field):
         cli.resolve("annotate", None, [*TINY, *args], "tiny")
@@ -184,10 +185,10 @@ def test_predictor_keeps_order_and_matches_the_model_row_by_row():
     """Without Ray: one MQT pass at the largest m, sliced per row, grouped by (task, m), gives
     what the model gives one row at a time; rows come back in input order."""
     from pipeline.decode import decode_batch
-    from pipeline.policy import FixedPolicy
-    from pipeline.predictor import Predictor
+    from pipeline.engine import Engine
+    from pipeline.scheduler.policy import FixedPolicy
 
-    pred = Predictor({"preset": "tiny", "checkpoint": "none"},
+    pred = Engine({"preset": "tiny", "checkpoint": "none"},
                      FixedPolicy({"caption": 2, "vqa": 7}))
     specs = [("c0", "caption", "", None), ("v0", "vqa", "Colour?", None),
              ("bad", "caption", "", None), ("m0", "mc", "Which?", ["a", "b", "c"]),
@@ -223,7 +224,7 @@ def test_checkpoint_config_not_the_preset_sets_M_and_image_size(ray_local, folde
             "max_pixels=50000"]
     with pytest.raises(ValueError, match=r"policy.m.caption=12 is outside 1..8"):
         cli.resolve("annotate", None, [*args, "policy.m.caption=12"], "tiny")
-    assert annotate.target_config(config(*args)).vision.image_size == 48
+    assert target_config(config(*args)).vision.image_size == 48
     annotate.main(config(*args))
     rows = read_rows(tmp_path / "out")
     assert_answered(rows["a.png"], 8)  # the default m is this checkpoint's M
@@ -233,8 +234,8 @@ def test_per_task_prompt_and_max_new_tokens_from_config():
     """`tasks.<name>` overrides reach the predictor: a longer caption prompt costs more prompt
     tokens, and max_new_tokens caps every generated answer."""
     from pipeline.decode import decode_batch
-    from pipeline.policy import FixedPolicy
-    from pipeline.predictor import Predictor
+    from pipeline.engine import Engine
+    from pipeline.scheduler.policy import FixedPolicy
 
     src = [{"id": str(i), "path": None, "image": image_bytes(i), "task": "caption",
             "question": "", "options": None, "error": None} for i in range(3)]
@@ -243,8 +244,8 @@ def test_per_task_prompt_and_max_new_tokens_from_config():
     for name, over in {"default": {}, "short": {"max_new_tokens": 2},
                        "long": {"prompt": "Look closely and describe the image in a few words."}
                        }.items():
-        tasks = annotate.job_tasks(annotate.Config(tasks={"caption": over}))
-        pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy({"caption": 4}),
+        tasks = job_tasks(AnnotateConfig(tasks={"caption": over}))
+        pred = Engine({"preset": "tiny", "checkpoint": "none"}, FixedPolicy({"caption": 4}),
                          tasks=tasks)
         rows[name] = pred(batch).to_pylist()
     assert all(r["new_tokens"] <= 2 for r in rows["short"])

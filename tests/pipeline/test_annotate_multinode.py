@@ -24,7 +24,7 @@ BODY = """
     runs = [annotate.main(resolve("annotate", None, sys.argv[1:], "tiny")[1])
             for _ in range(2)]  # the second resumes: nothing left to do
     nodes = {a["Address"]["NodeID"] for a in actors().values()
-             if "Predictor" in a["ActorClassName"]}
+             if "Engine" in a["ActorClassName"]}
     alive = len([n for n in ray.nodes() if n["Alive"]])
     print("RESULT " + json.dumps({"runs": runs, "nodes": alive,
                                   "predictor_nodes": len(nodes)}), flush=True)

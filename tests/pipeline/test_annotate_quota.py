@@ -15,8 +15,8 @@ from mqt.cost import total_flops
 from mqt.load import ModelArgs, model_config
 from mqt.tasks import get_task
 from mqt.text import encode_prompt
-from pipeline.budget import REFUSED, LedgerClient
-from pipeline.ledger import Ledger
+from pipeline.annotate import check
+from pipeline.scheduler.ledger import REFUSED, Ledger, LedgerClient
 
 MS = (1, 4, 16)
 
@@ -81,7 +81,7 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}",
             f"quota.calibration={calibration}", f"quota.flops={quota}"]
     cfg = cli.resolve("annotate", None, args, "tiny")[1]
-    plan = annotate.budget_plan(cfg, annotate.validate(cfg)).plan
+    plan = check(cfg).budget.plan
     assert [(p.m, p.rows) for p in plan.task("caption").parts] == [(4, 10), (16, 2)]
     s = annotate.main(cfg)
     q = s["quota"]
@@ -148,9 +148,10 @@ def test_a_measured_quota_planned_on_a_time_profile(ray_local, folder, calibrati
     included), the ledger charges the rows' measured seconds and keeps, behind them, the
     profile's microseconds for each row (exactly its units at the row's FLOPs), and the
     summary says how the measured time compares with the profile's."""
-    from pipeline.plan import Quota, plan
-    from pipeline.quality import from_calibration
-    from pipeline.timing import TimeModel
+    from pipeline.scheduler.plan import plan
+    from pipeline.scheduler.quality import from_calibration
+    from pipeline.scheduler.quota import Quota
+    from pipeline.scheduler.timing import TimeModel
 
     profile = TimeModel(1e-9, {"caption": 0.5})  # 1 s per GFLOP, half a second per call
     profile.save(tmp_path / "profile.json")
@@ -210,12 +211,12 @@ def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
     never stops before its max new tokens, so the two spent their whole holds and nothing
     came back: refused again."""
     from pipeline.decode import decode_batch
-    from pipeline.policy import FixedPolicy
-    from pipeline.predictor import Predictor
+    from pipeline.engine import Engine
+    from pipeline.scheduler.policy import FixedPolicy
 
     bound = tiny_row_bound(4)
     ledger = Ledger(int(2.5 * bound))
-    pred = Predictor({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=4),
+    pred = Engine({"preset": "tiny", "checkpoint": "none"}, FixedPolicy(default=4),
                      ledger=LedgerClient(ledger))
     src = [{"id": str(i), "path": None, "image": image_bytes(i), "task": "caption",
             "question": "", "options": None, "error": None} for i in range(5)]
@@ -281,8 +282,8 @@ def test_quota_job_with_cascades_escalates_within_the_plan_and_the_quota(
     (mean log-probabilities of a random model) are far below the threshold, so every row
     escalates; escalations draw on the plan's escalation pot (Q less the planned first
     attempts) as well as the ledger. Spend <= Q, escalations <= their pot."""
-    from pipeline.budget import curves
-    from pipeline.policy import Cascade
+    from pipeline.scheduler.budget import curves
+    from pipeline.scheduler.policy import Cascade
 
     args = [*TINY, f"source={folder}", f"output={tmp_path / 'o'}", "quota.cascades=true",
             f"quota.calibration={cascade_calibration}"]
@@ -293,7 +294,7 @@ def test_quota_job_with_cascades_escalates_within_the_plan_and_the_quota(
     assert best[2] < fitted.flops[-1]  # cheaper than m = 16 on every row
     quota = 12 * best[2]  # the cascade on every row, at its fitted mean cost
     cfg = cli.resolve("annotate", None, [*args, f"quota.flops={quota}"], "tiny")[1]
-    budget = annotate.budget_plan(cfg, annotate.validate(cfg))
+    budget = check(cfg).budget
     (part,) = budget.plan.task("caption").parts
     assert isinstance(part.m, Cascade) and (part.m.m1, part.m.m2, part.rows) == (1, 16, 12)
     assert budget.escalations == quota - 12 * cal_flops(1)
@@ -390,16 +391,15 @@ def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tm
     def resolve(*more):
         return cli.resolve("annotate", None, [*base, *more], "tiny")[1]
 
-    by_task = annotate.budget_plan(cfg := resolve(f"output={tmp_path / 't'}"),
-                                   annotate.validate(cfg)).plan
+    by_task = check(resolve(f"output={tmp_path / 't'}")).budget.plan
     assert by_task.accuracy == pytest.approx(0.75, abs=0.02)  # ~half the rows at m = 16
     cfg = resolve(f"output={tmp_path / 'k'}", "quota.by=kind")
-    budget = annotate.budget_plan(cfg, annotate.validate(cfg))
+    budget = check(cfg).budget
     assert {t.task: [(p.m, p.rows) for p in t.parts] for t in budget.plan.tasks} == {
         "vqa:count": [(16, 6)], "vqa:yesno": [(1, 6)]}
     assert budget.plan.accuracy == pytest.approx(1.0) and budget.plan.spend <= quota
     # the same plan in measured seconds on a time profile: groups take their task's time
-    from pipeline.timing import TimeModel
+    from pipeline.scheduler.timing import TimeModel
 
     profile = TimeModel(1e-9, {"vqa": 0.5})
     profile.save(tmp_path / "profile.json")
@@ -408,7 +408,7 @@ def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tm
     timed = cli.resolve("annotate", None, [
         *base[:-1], f"output={tmp_path / 's'}", "quota.by=kind", f"quota.seconds={seconds}",
         "quota.measured=true", f"quota.time_profile={tmp_path / 'profile.json'}"], "tiny")[1]
-    in_time = annotate.budget_plan(timed, annotate.validate(timed)).plan
+    in_time = check(timed).budget.plan
     assert {t.task: [(p.m, p.rows) for p in t.parts] for t in in_time.tasks} == {
         "vqa:count": [(16, 6)], "vqa:yesno": [(1, 6)]}
     assert in_time.spend <= seconds * 1e6

@@ -9,7 +9,7 @@ import pytest
 from test_annotate import TINY, assert_answered, image_bytes
 
 from jobs import annotate, cli
-from pipeline.predictor import OUTPUT_SCHEMA
+from pipeline.engine import OUTPUT_SCHEMA
 
 
 def put(fs, key: str, data: bytes) -> None:
@@ -88,7 +88,7 @@ def test_unreachable_s3_fails_before_any_work(monkeypatch, s3_bucket, what):
         raise AssertionError("Ray or the model was started before validation")
 
     monkeypatch.setattr(ray, "init", forbidden)
-    monkeypatch.setattr("mqt.load.load_model", forbidden)
+    monkeypatch.setattr("pipeline.engine.load_model", forbidden)
     with pytest.raises(ValueError, match="source"):
         s3_config(endpoint, f"source=s3://{bucket}/imgs", "output=/tmp/unused-out",
                   "storage.region=us-east-1")

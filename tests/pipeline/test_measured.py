@@ -10,13 +10,12 @@ import pytest
 from test_annotate import image_bytes
 from test_annotate_quota import tiny_row_bound
 
-from pipeline.budget import REFUSED, LedgerClient, MeasuredRate, charge_us
-from pipeline.cascade import CascadePolicy
 from pipeline.decode import decode_batch
-from pipeline.ledger import Ledger
-from pipeline.pacing import measured_left
-from pipeline.policy import Cascade, FixedPolicy
-from pipeline.predictor import Predictor
+from pipeline.engine import Engine
+from pipeline.scheduler.cascade import CascadePolicy
+from pipeline.scheduler.ledger import REFUSED, Ledger, LedgerClient, MeasuredRate, charge_us
+from pipeline.scheduler.pacing import measured_left
+from pipeline.scheduler.policy import Cascade, FixedPolicy
 
 MODEL = {"preset": "tiny", "checkpoint": "none"}
 
@@ -94,7 +93,7 @@ def test_the_predictor_charges_each_row_the_seconds_it_took_and_refuses_past_the
     bound = tiny_row_bound(4)
     ledger = Ledger(2_500_000, unit="us")
     client = LedgerClient(ledger, MeasuredRate(prior=1 / bound, margin=1.0))
-    pred = Predictor(MODEL, FixedPolicy(default=4), threads=1, ledger=client)
+    pred = Engine(MODEL, FixedPolicy(default=4), threads=1, ledger=client)
     out = pred(caption_rows(5)).to_pylist()
     assert all(r["error"] is None for r in out)
     assert ledger.totals()["committed"] == 5
@@ -115,7 +114,7 @@ def test_escalations_are_charged_their_own_measured_time():
     ledger entries, and together they are the row's seconds (to a microsecond each)."""
     ledger = Ledger(10**12, unit="us")
     policy = CascadePolicy({"caption": Cascade(2, 8, math.inf)})
-    pred = Predictor(MODEL, policy, threads=1,
+    pred = Engine(MODEL, policy, threads=1,
                      ledger=LedgerClient(ledger, MeasuredRate(prior=1e-9)))
     out = pred(caption_rows(4)).to_pylist()
     assert all(r["error"] is None and r["m"] == 8 for r in out)

@@ -13,12 +13,11 @@ from test_annotate import image_bytes
 from mqt.config import preset
 from mqt.cost import prefill_flops, query_flops, vision_flops
 from mqt.model import prefix_text_tokens
-from pipeline.budget import LedgerClient
-from pipeline.cascade import CascadePolicy
 from pipeline.decode import decode_batch
-from pipeline.ledger import Ledger
-from pipeline.policy import Cascade, FixedPolicy
-from pipeline.predictor import Predictor
+from pipeline.engine import Engine
+from pipeline.scheduler.cascade import CascadePolicy
+from pipeline.scheduler.ledger import Ledger, LedgerClient
+from pipeline.scheduler.policy import Cascade, FixedPolicy
 
 M1, M2 = 2, 8
 MODEL = {"preset": "tiny", "checkpoint": "none"}
@@ -43,7 +42,7 @@ def batch(rows: list[dict]) -> pa.Table:
 
 
 def run(policy, rows, ledger=None, reuse_prefix=True) -> list[dict]:
-    pred = Predictor(MODEL, policy, threads=1, ledger=ledger, reuse_prefix=reuse_prefix)
+    pred = Engine(MODEL, policy, threads=1, ledger=ledger, reuse_prefix=reuse_prefix)
     return pred(batch(rows)).to_pylist()
 
 
@@ -68,7 +67,7 @@ def prefix_positions() -> int:
     return prefix_text_tokens(preset("tiny")) + M1
 
 
-def escalation_bound(probe: Predictor, row: dict) -> int:
+def escalation_bound(probe: Engine, row: dict) -> int:
     return probe._bound(row, M2, prefix_positions()) - shared()
 
 
@@ -118,7 +117,7 @@ def test_spend_within_a_ledger_quota_and_refused_escalations_keep_m1(plain, room
     """Room for every first attempt's bound plus `room` of the largest escalation bound: the
     escalations granted are exactly those whose bound fits, in row order, in what is left."""
     rows, at_m1, cut = plain
-    probe = Predictor(MODEL, FixedPolicy(default=M1), threads=1)
+    probe = Engine(MODEL, FixedPolicy(default=M1), threads=1)
     first = sum(probe._bound(r, M1) for r in rows)
     esc = {i: escalation_bound(probe, r) for i, r in enumerate(rows)}
     ledger = Ledger(first + room * max(esc.values()))
@@ -146,10 +145,10 @@ def test_spend_within_a_ledger_quota_and_refused_escalations_keep_m1(plain, room
 def test_an_escalation_ledger_caps_escalations_and_both_ledgers_agree(plain):
     """Escalations draw on a second ledger with room for one bound; the job's is roomy."""
     rows, at_m1, cut = plain
-    probe = Predictor(MODEL, FixedPolicy(default=M1), threads=1)
+    probe = Engine(MODEL, FixedPolicy(default=M1), threads=1)
     esc = [escalation_bound(probe, r) for r in rows]
     main, pot = Ledger(10**15), Ledger(max(esc))
-    pred = Predictor(MODEL, cascade_policy(cut), threads=1, ledger=LedgerClient(main),
+    pred = Engine(MODEL, cascade_policy(cut), threads=1, ledger=LedgerClient(main),
                      escalation_ledger=LedgerClient(pot))
     out = pred(batch(rows)).to_pylist()
     up = [i for i, o in enumerate(out) if o["m"] == M2]

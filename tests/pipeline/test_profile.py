@@ -1,5 +1,5 @@
 """`mqt profile`: times the predictor at several m on a sample of rows and writes the
-affine time model a measured quota plans on (pipeline/timing.py). Tiny random model on
+affine time model a measured quota plans on (pipeline/scheduler/timing.py). Tiny random model on
 the bundled corpus; the times themselves are this machine's, so only their shape is
 checked."""
 
@@ -7,7 +7,7 @@ import pytest
 
 from jobs import cli
 from jobs import profile as job
-from pipeline.timing import TimeModel
+from pipeline.scheduler.timing import TimeModel
 
 
 def test_profile_writes_a_time_model_of_every_task_at_every_m(tmp_path):

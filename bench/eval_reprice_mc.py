@@ -1,0 +1,115 @@
+"""Re-score and re-price the multiple-choice rows of stored `mqt eval` results as mqt eval
+now computes and prices them.
+
+`mqt eval` has priced a multiple-choice row four ways:
+
+1. until commit 10ffbf1, the vision encoder and the query transformer once per option:
+   `options x total_flops(m, T + 2, 1)`;
+2. then the image once and one full forward of prompt + option per option:
+   `vision + query + options x prefill_flops(m, T + 2)`;
+3. until 2026-12-07, the prompt prefilled once and its KV cache shared by the options,
+   each option charged 2 tokens over it whatever its length (its first token scored there
+   too, though the prefill's last logits already score it);
+4. now exactly as `VisionLanguageModel.option_logprobs` computes it: the prompt prefilled
+   once, its last logits scoring every option's first token, and an option of k >= 2
+   tokens running its first k - 1 tokens over the cache (`mqt.cost.scored_flops` with the
+   options' token counts; a one-token option costs nothing more).
+
+Each mc row is re-derived from its question (the same examples `mqt eval` drew, rebuilt
+from the eval's settings) and its stored price is checked to be what one of the formulas
+gives for that question. Its question is then scored again at the row's m with the current
+`option_logprobs` (through `mqt eval`'s own `run_m`, on the same fp16 grid features), and the
+row takes the new answer, confidence and correctness, and `scored_flops`; the script prints
+how many answers and how far the confidences moved. Then calibration.json, eval.md and the
+plots are rebuilt from the rows, as `mqt eval` writes them:
+
+    .venv/bin/python docs/eval/reprice_mc.py
+
+re-scores docs/eval (the shipped calibration, copied into mqt/weights/mqt-smol) and
+docs/eval-s1. Running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from jobs.evaluate import Config, eval_examples, run_m, write_outputs
+from jobs.trainloop import FeatureCache, task_question
+from mqt.cost import prefill_flops, query_flops, scored_flops, total_flops, vision_flops
+from mqt.load import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# each results file and the eval settings that drew its questions (docs/default-model.md)
+RUNS = {
+    "docs/eval": dict(easyvqa_questions=300, captions=50, mosaic_images=60, seed=0),
+    "docs/eval-s1": dict(easyvqa_questions=600, captions=0, mosaic_images=120, seed=1),
+}
+SHIPPED = ROOT / "mqt/weights/mqt-smol"  # a copy of docs/eval's calibration and results
+
+
+def prices(cfg, m: int, T: int, counts: list[int]) -> tuple[float, ...]:
+    """What formulas 1 to 4 of the module docstring charge (counts: the options' tokens)."""
+    options = len(counts)
+    per_option = float(options * total_flops(cfg, m, T + 2, 1).total)
+    image_once = float(vision_flops(cfg) + query_flops(cfg, m)
+                       + options * prefill_flops(cfg, m, T + 2))
+    # formula 3 ran 2 tokens per option over the cache: formula 4's price of 3-token options
+    two_each = float(scored_flops(cfg, m, T, [3] * options))
+    return per_option, image_once, two_each, float(scored_flops(cfg, m, T, counts))
+
+
+def rescore(folder: Path, settings: dict, model) -> dict:
+    """Counts of what changed in folder/results.parquet; the outputs rebuilt."""
+    cal = json.loads((folder / "calibration.json").read_text())
+    rows = pq.read_table(folder / "results.parquet").to_pylist()
+    examples = {e.id: e for e in eval_examples(Config(**settings)) if e.task == "mc"}
+    mc = [r for r in rows if r["task"] == "mc"]
+    for r in mc:
+        ex = examples[r["id"]]
+        assert ex.question == r["question"] and ex.answer == r["answer"], r["id"]
+        T = model.prompt_text_tokens(task_question(ex))
+        tokens = model.option_token_counts(ex.options)
+        assert r["flops"] in prices(model.cfg, r["m"], T, tokens), (r["id"], r["m"])
+    todo = list(examples.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(model, Path(tmp) / "features.pt")
+        cache.add(todo)
+        feats = cache.get(todo)
+    fresh = {}
+    for m in sorted({r["m"] for r in mc}):
+        with torch.no_grad():
+            fresh |= {(n["id"], m): n for n in run_m(model, todo, feats, m, 32)}
+    counts = dict(rows=len(mc), answer=0, correct=0, flops=0, confidence=0.0)
+    for r in mc:
+        n = fresh[r["id"], r["m"]]
+        counts["answer"] += n["output"] != r["output"]
+        counts["correct"] += n["correct"] != r["correct"]
+        counts["flops"] += n["flops"] != r["flops"]
+        counts["confidence"] = max(counts["confidence"], abs(n["confidence"] - r["confidence"]))
+        r.update(output=n["output"], correct=n["correct"], confidence=n["confidence"],
+                 flops=n["flops"])
+    write_outputs(Config(output=str(folder)), cal["model"], cal["checkpoint"], rows,
+                  cal["ms"], cal["unseen_ms"])
+    return counts
+
+
+def main() -> None:
+    model = load_model(Config()).eval()
+    for folder, settings in RUNS.items():
+        c = rescore(ROOT / folder, settings, model)
+        print(f"{folder}: {c['rows']} multiple-choice rows; {c['answer']} answers and "
+              f"{c['correct']} right/wrong changed, confidence moved at most "
+              f"{c['confidence']:.5f}; {c['flops']} re-priced")
+    for name in ("calibration.json", "results.parquet"):
+        shutil.copyfile(ROOT / "docs/eval" / name, SHIPPED / name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Research scripts whose results the docs quote; not part of the product."""

@@ -1,0 +1,351 @@
+"""Batch annotation on Ray Data: caption, answer or choose for every image of a corpus.
+
+Stages: source rows (pipeline/sources.py) -> decode + resize in Ray tasks
+(pipeline/decode.py) -> the model in an actor pool, one engine per actor
+(pipeline/engine.py) -> streamed back to the driver and written as whole Parquet part files
+in `output/data/` (pipeline/writer.py). Bad images become error rows. Re-running the same
+job into the same output resumes: ids already written are skipped at the source, so after
+any crash every id ends up exactly once. With a quota the scheduler's front door plans the
+rows left (`pipeline.scheduler.prepare`, in `check`) and runs the job's ledger and pacer
+(`pipeline.scheduler.runtime.start`). The summary (pipeline/summary.py) is computed by
+streaming the written Parquet back, never by collecting the dataset on the driver; it is
+printed and saved as `output/summary.json`, next to the resolved `output/config.yaml`.
+`mqt annotate` (jobs/annotate.py) and `mqt demo` run `annotate`. Schema and limits:
+docs/annotate.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import pyarrow as pa
+import yaml
+from tqdm import tqdm
+
+from mqt.config import VLMConfig
+from mqt.configtree import to_dict
+from mqt.console import log
+from mqt.load import ModelArgs, resolved_config, validate_model
+from mqt.tasks import TASKS, Task
+from pipeline.decode import DEFAULT_MAX_PIXELS, decode_batch
+from pipeline.engine import OUTPUT_SCHEMA, Engine, error_row
+from pipeline.scheduler import Budget, InfeasibleQuota, QuotaArgs, prepare
+from pipeline.scheduler.budget import SKIPPED
+from pipeline.scheduler.ledger import LedgerClient, clear_state
+from pipeline.scheduler.policy import FixedPolicy, TokenPolicy
+from pipeline.scheduler.report import caps_text, table
+from pipeline.scheduler.runtime import start
+from pipeline.sources import Defaults, Source, build_dataset, open_source, row_error, source_rows
+from pipeline.storage import StorageArgs, locate
+from pipeline.summary import print_summary, quota_summary, steady, summarize
+from pipeline.writer import OutputFolder, PartWriter
+
+LLAVA_IMAGE_SIZE = 336
+TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
+# Fields that make a job the same job: a resume into an output written with other values
+# would mix answers of two jobs. The policy, batch sizes and actors may change.
+JOB_IDENTITY = ("source", "task", "question", "tasks", "preset", "model", "checkpoint",
+                "llava", "seed")
+
+
+@dataclass
+class PolicyArgs:
+    """The token policy: a fixed m per task (`m: {caption: 4}`), else `default` (0 = M)."""
+
+    m: dict = field(default_factory=dict)
+    default: int = 0
+
+
+@dataclass
+class AnnotateConfig(ModelArgs):
+    source: str = ""  # a folder of images, or a manifest .jsonl / .parquet; local or s3://
+    task: str = "caption"  # for rows that do not name one (every row of a folder)
+    question: str = ""  # for rows that do not have one
+    tasks: dict = field(default_factory=dict)  # per task: {prompt: ..., max_new_tokens: N}
+    output: str = "runs/annotate"  # folder: data/*.parquet, summary.json, config.yaml
+    overwrite: bool = False  # drop earlier rows in output/data instead of resuming
+    storage: StorageArgs = field(default_factory=StorageArgs)  # for s3:// and other URLs
+    policy: PolicyArgs = field(default_factory=PolicyArgs)
+    quota: QuotaArgs = field(default_factory=QuotaArgs)  # with a quota, the plan picks m
+    batch_size: int = 16  # rows per model call
+    block_rows: int = 64  # rows per Ray block between stages: the unit of progress
+    actors: int = 1  # engine actors, one model each
+    cpus_per_actor: float = 0.5  # fractional: a whole CPU per actor starves the read tasks
+    gpus_per_actor: float = 0.0  # > 0 on a GPU cluster
+    threads: int = 1  # torch threads per actor; 0 = torch's default
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows (decompression bombs)
+    limit: int = 0  # only the first rows of the source; 0 = all
+    rows_per_part: int = 1000  # output rows per Parquet part file
+    flush_seconds: float = 30.0  # ... or a part at least this often: what a crash can lose
+    progress: bool = True  # a progress bar with rows/s and ETA on stderr
+
+
+
+
+class Prepared(NamedTuple):
+    """What `check` found: the job's source and, with a quota, its budget (planned once)."""
+
+    source: Source
+    budget: Budget | None
+
+
+def check(cfg: AnnotateConfig) -> Prepared:
+    """Everything that can be checked without Ray or a model (errors name the field), and
+    with a quota the plan for the rows left (an infeasible quota fails with the minimum it
+    needs)."""
+    validate_model(cfg)
+    _check_numbers(cfg)
+    tasks = job_tasks(cfg)
+    if cfg.task not in tasks:
+        raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+    src = open_source(cfg.source, cfg.storage)
+    if src.kind == "folder" and (why := row_error(cfg.task, cfg.question, None, tasks)):
+        raise ValueError(f"task/question: folder rows would all fail: {why}")
+    _check_policy(cfg)
+    _check_output(cfg)
+    if not cfg.quota.enabled and cfg.quota.by != "task":
+        raise ValueError("quota.by: plans per question kind need a quota (quota.flops or "
+                         "quota.seconds)")
+    return Prepared(src, budget_plan(cfg, src) if cfg.quota.enabled else None)
+
+
+def ledger_state(cfg: AnnotateConfig) -> str:
+    """Where the job's ledger keeps its spend: next to the output unless given."""
+    if cfg.quota.ledger_state:
+        return cfg.quota.ledger_state
+    out = output_folder(cfg).loc
+    if not out.is_local:
+        raise ValueError("quota.ledger_state: give a local file for the ledger of a job whose "
+                         f"output is remote ({cfg.output})")
+    return out.join("ledger.json").path
+
+
+def budget_plan(cfg: AnnotateConfig, src: Source) -> Budget:
+    """The job's budget for the rows still to do (plan, earlier spend, declared-skipped
+    rows); errors name the field, an infeasible quota gives its minimum."""
+    if cfg.policy.m or cfg.policy.default:
+        raise ValueError("policy: a job with a quota takes m from its plan; drop policy.*")
+    done = output_folder(cfg).done_ids() if not cfg.overwrite else set()
+    by_kind = cfg.quota.by == "kind"
+    rows = source_rows(src, cfg.task, cfg.limit, (cfg.question or "") if by_kind else None)
+    todo = [r for r in rows if r[0] not in done]
+    state = ledger_state(cfg)  # (checked even with overwrite: a remote output needs one)
+    try:  # overwrite=true starts the job afresh: its earlier spend goes with its rows
+        return prepare(cfg.quota, todo, state, target_config(cfg), fresh=cfg.overwrite)
+    except InfeasibleQuota as e:
+        raise ValueError(f"quota: {e} (or quota.infeasible=subset to answer the rows it "
+                         "pays for and skip the others)") from None
+
+
+def job_tasks(cfg: AnnotateConfig) -> dict[str, Task]:
+    """The task registry with this job's `tasks.<name>` overrides (prompt, max_new_tokens)."""
+    tasks = dict(TASKS)
+    for name, over in cfg.tasks.items():
+        if name not in TASKS:
+            raise ValueError(f"tasks.{name}: unknown task; known: {sorted(TASKS)}")
+        if not isinstance(over, dict) or (bad := sorted(set(over) - set(TASK_FIELDS))):
+            what = bad[0] if isinstance(over, dict) else "(not a mapping)"
+            raise ValueError(f"tasks.{name}.{what}: a task may override only {TASK_FIELDS}")
+        if "max_new_tokens" in over and not (isinstance(over["max_new_tokens"], int)
+                                             and over["max_new_tokens"] >= 1):
+            raise ValueError(f"tasks.{name}.max_new_tokens must be an integer >= 1")
+        try:
+            tasks[name] = dataclasses.replace(TASKS[name], **over)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"tasks.{name}.prompt: {e}") from None
+    return tasks
+
+
+def _check_policy(cfg: AnnotateConfig) -> None:
+    unknown = sorted(set(cfg.policy.m) - set(TASKS))
+    if unknown:
+        raise ValueError(f"policy.m.{unknown[0]}: unknown task; known: {sorted(TASKS)}")
+    target = target_config(cfg)
+    if target is not None:  # else each actor checks when its model is loaded
+        fixed_policy(cfg).check(target.query.num_queries)
+
+
+def target_config(cfg: AnnotateConfig) -> VLMConfig | None:
+    """M and the image size come from the model that will load (mqt.load)."""
+    return resolved_config(cfg)
+
+
+def _check_numbers(cfg: AnnotateConfig) -> None:
+    for name in ("batch_size", "block_rows", "actors", "max_pixels", "rows_per_part"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 < cfg.cpus_per_actor or cfg.gpus_per_actor < 0 or cfg.limit < 0 or cfg.threads < 0:
+        raise ValueError("cpus_per_actor must be > 0; gpus_per_actor, limit, threads >= 0")
+    if cfg.flush_seconds <= 0:
+        raise ValueError(f"flush_seconds must be > 0, got {cfg.flush_seconds}")
+    if not cfg.output:
+        raise ValueError("output: give a folder for the Parquet rows")
+
+
+def _check_output(cfg: AnnotateConfig) -> None:
+    """The output is reachable, and rows already there come from this same job (resume)."""
+    out = output_folder(cfg)
+    try:
+        has_rows = bool(out.parts())
+        old = out.read_text("config.yaml") if has_rows and not cfg.overwrite else None
+    except OSError as e:
+        raise ValueError(f"output: cannot reach {cfg.output}: {e}") from None
+    if old is None:
+        return
+    before, now = yaml.safe_load(old) or {}, to_dict(cfg)
+    for name in JOB_IDENTITY:
+        if before.get(name) != now.get(name):
+            raise ValueError(
+                f"{name}: output={cfg.output!r} holds rows of a job with {name}="
+                f"{before.get(name)!r}, not {now.get(name)!r}; resuming would mix two jobs. "
+                "Use another output, or overwrite=true to drop the earlier rows")
+
+
+def output_folder(cfg: AnnotateConfig) -> OutputFolder:
+    return OutputFolder(locate(cfg.output, cfg.storage))
+
+
+def fixed_policy(cfg: AnnotateConfig) -> FixedPolicy:
+    return FixedPolicy(dict(cfg.policy.m), cfg.policy.default)
+
+
+def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
+          token_policy: TokenPolicy | None = None, ledger: LedgerClient | None = None,
+          escalation_ledger: LedgerClient | None = None):
+    """The lazy dataset of output rows: source -> decode (tasks) -> engine (actors)."""
+    import ray.data  # heavy (~1 s): only a job that runs imports it
+
+    target = target_config(cfg)
+    # LLaVA's CLIP-336 when unknown: the predictor resizes again if the guess is wrong
+    size = target.vision.image_size if target is not None else LLAVA_IMAGE_SIZE
+    tasks = job_tasks(cfg)
+    ds = build_dataset(src, Defaults(cfg.task, cfg.question, tasks), cfg.limit, done)
+    # Small blocks (streaming, no shuffle): a source file read as one big block would
+    # otherwise reach the actors, the progress bar and the part files whole.
+    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=cfg.block_rows,
+                        fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels,
+                                   "storage": cfg.storage})
+    model_args = {k: v for k, v in to_dict(cfg).items() if k in ModelArgs.__dataclass_fields__}
+    return ds.map_batches(
+        Engine, batch_format="pyarrow", batch_size=cfg.batch_size,
+        fn_constructor_kwargs={"model_args": model_args,
+                               "policy": token_policy or fixed_policy(cfg), "threads": cfg.threads,
+                               "tasks": tasks, "ledger": ledger,
+                               "escalation_ledger": escalation_ledger},
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
+
+
+def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
+    """Run the job: rows of `cfg.source` annotated into `cfg.output`, resuming what an
+    earlier run of the same job wrote; returns the summary. `prepared`: what `check`
+    returned for this config (checked again if not given)."""
+    src, budget = prepared or check(cfg)  # before Ray starts or any model loads
+    out = output_folder(cfg)
+    if cfg.overwrite:
+        out.clear()
+        if budget is not None:
+            clear_state(ledger_state(cfg))
+    out.drop_temporaries()
+    done = frozenset(out.done_ids())
+    todo = max(0, (min(src.rows, cfg.limit) if cfg.limit else src.rows) - len(done))
+    log(f"source {cfg.source}: {src.rows} rows ({src.kind}); "
+        + (f"resuming: {len(done)} already in {cfg.output}, {todo} to do" if done
+           else f"{todo} to do"))
+    out.write_text("config.yaml", _yaml(cfg))
+    if budget is not None:
+        _start_budget(cfg, budget, out)
+        done = done | frozenset(i for i, _ in budget.skipped)
+        todo = budget.rows
+    t0 = time.perf_counter()
+    written, first, ledger = _run(cfg, src, out, done, todo, budget)
+    t_end = time.perf_counter()
+    summary = summarize(out, job_tasks(cfg), t_end - t0, written)
+    summary["this_run"].update(steady(first, t0, t_end, written))
+    if budget is not None:
+        summary["quota"] = quota_summary(budget, summary, ledger, cfg.gpus_per_actor or 1.0)
+    out.write_text("summary.json", json.dumps(summary, indent=1))
+    print_summary(summary)
+    log(f"rows in {out.data.uri}/ (Parquet), summary in {out.loc.join('summary.json').uri}")
+    return summary
+
+
+def _start_budget(cfg: AnnotateConfig, budget: Budget, out: OutputFolder) -> None:
+    """Log the quota job's plan and write its declared-skipped rows as error rows."""
+    q = cfg.quota.quota()
+    if cfg.quota.measured:
+        planned_at = (f"the time profile {cfg.quota.time_profile}" if cfg.quota.time_profile
+                      else f"{q.flops_per_second:.4g} FLOP/s")
+        given = (f"{q.seconds:.4g} s of measured accelerator time (planned at {planned_at}), "
+                 f"{budget.spent / 1e6:.4g} s")
+    else:
+        given = f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}"
+    log(f"quota {given} spent by earlier runs"
+        + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
+           else ": nothing left to plan"))
+    if budget.caps is None or budget.caps_changed:
+        if (capped := caps_text(budget.caps, budget.uncapped, cfg.quota.cap_se)) is not None:
+            log(capped)
+    if cfg.quota.time_profile:
+        tm = cfg.quota.time_model()
+        log(f"time profile: {tm.device}, batches of {tm.batch_size} (this job: "
+            f"{cfg.batch_size}); measured time per modelled time is learned as the job runs")
+    if budget.groups is not None:
+        log(f"planned by (task, question kind): {len(budget.groups.groups)} groups from the "
+            f"calibration's questions, their curves shrunk toward the task's by "
+            f"{budget.shrinkage:g} pseudo-rows (cross-validated on the calibration)")
+    if budget.skipped:
+        why = SKIPPED.format(kept=budget.rows, rows=budget.rows + len(budget.skipped))
+        log(why)
+        writer = PartWriter(out, OUTPUT_SCHEMA, rows_per_part=len(budget.skipped) + 1)
+        writer.add(pa.Table.from_pylist([error_row({"id": i, "task": t, "question": None},
+                                                   why) for i, t in budget.skipped],
+                                        schema=OUTPUT_SCHEMA))
+        writer.flush()
+
+
+def _run(cfg: AnnotateConfig, src: Source, out: OutputFolder, done: frozenset[str], todo: int,
+         budget: Budget | None = None) -> tuple[int, tuple[float, int] | None, dict | None]:
+    """Stream the output rows to part files; returns the rows written by this run,
+    (time, rows) of the first batch that came back (None if none did), and the ledger's
+    totals at the end (None without a quota)."""
+    import ray  # heavy; only a job that runs imports it
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows rows/s, ETA
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
+    writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
+    first, runtime = None, None
+    if budget is not None:
+        runtime = start(budget, job_id(out), accelerators=cfg.gpus_per_actor or 1.0)
+    policy, client, esc_client = ((runtime.policy, runtime.ledger, runtime.escalation_ledger)
+                                  if runtime is not None else (None, None, None))
+    try:
+        with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
+                  desc="annotate") as bar:
+            for batch in build(cfg, src, done, policy, client, esc_client).iter_batches(
+                    batch_format="pyarrow", batch_size=None):
+                first = first or (time.perf_counter(), batch.num_rows)
+                writer.add(batch)
+                bar.update(batch.num_rows)
+            writer.flush()
+    finally:
+        totals = runtime.close() if runtime is not None else None
+    return writer.written, first, totals
+
+
+def job_id(out: OutputFolder) -> str:
+    """The job's name for its ledger and pacer actors: the same output, the same job."""
+    return hashlib.sha1(out.loc.uri.encode()).hexdigest()[:16]
+
+
+def _yaml(cfg: AnnotateConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
