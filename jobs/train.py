@@ -85,19 +85,14 @@ class StageArgs:
 
 @dataclass
 class AlignArgs:
-    """Stage 0, without the LM: the mean visual token, read through the LM's output
-    embeddings, must name the image's colours, shapes and digits (jobs.trainloop)."""
+    """Stage 0, without the LM: the query transformer learns to output the image's
+    description (`describe.align_weight`, jobs.describe)."""
 
     steps: int = 0
     lr: float = 3e-3
     batch_size: int = 64
+    # the m shown on the progress bar; the description target covers all M tokens
     schedule: MSchedule = field(default_factory=lambda: MSchedule(kind="log_uniform"))
-    # > 0: also each mosaic cell's words, read from the tokens by a per-position attention
-    # readout, with this weight (jobs.align_cells): the tokens keep where things are
-    cell_weight: float = 0.0
-    # the weight of the word targets above (mean token, cells); 0 with describe.align_weight
-    # > 0 trains the description target alone
-    word_weight: float = 1.0
 
 
 @dataclass
@@ -113,7 +108,7 @@ class DescribeArgs:
     lr: float = 2e-3
     batch_size: int = 16
     schedule: MSchedule = field(default_factory=lambda: MSchedule(kind="uniform_even"))
-    align_weight: float = 0.0  # > 0: the description target in the alignment stage
+    align_weight: float = 0.0  # the description target in the alignment stage; > 0 with it
     lm_weight: float = 0.0  # > 0: the description target beside the answer loss, stages 1-2
 
 
@@ -198,11 +193,9 @@ def validate_describe(cfg: Config, vlm) -> None:
     if d.steps < 0 or d.align_weight < 0 or d.lm_weight < 0 or d.batch_size < 1:
         raise ConfigError("describe.steps, describe.align_weight and describe.lm_weight must "
                           "be >= 0 and describe.batch_size >= 1")
-    if cfg.align.word_weight < 0:
-        raise ConfigError("align.word_weight must be >= 0")
-    if cfg.align.steps and not (cfg.align.word_weight or d.align_weight):
-        raise ConfigError("align.word_weight=0 and describe.align_weight=0: the alignment "
-                          "stage would train nothing")
+    if cfg.align.steps and not d.align_weight:
+        raise ConfigError(f"align.steps={cfg.align.steps} needs describe.align_weight > 0: the "
+                          "alignment stage trains the description target")
     if not (d.steps or d.align_weight or d.lm_weight):
         return
     d.schedule.validate(vlm.query.num_queries)
@@ -554,20 +547,16 @@ def prepare(cfg: Config, out: Path, main: bool) -> tuple:
 
 
 def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
-    """Stage 0 on the query transformer alone; deterministic, so a rerun repeats it. Every
+    """Stage 0 on the query transformer alone: its M outputs learn the description's
+    embeddings (jobs.describe.mimic_loss); deterministic, so a rerun repeats it. Every
     rank runs all of it (minutes against hours of LM steps); DDP then starts all ranks
     from rank 0's weights."""
-    from jobs.trainloop import WordTargets, align_loss
-    from mqt.data import easyvqa_answers, mosaic_answers
+    from jobs.describe import DescriptionVocab
 
-    words = WordTargets(model.tokenizer, [w for w in easyvqa_answers() + mosaic_answers()
-                                          if w not in ("yes", "no")])
     images = list({image_key(ex): ex for ex in train}.values())
     dev = model.query.proj.device
-    cells = cell_align(cfg, model, dev)
-    vocab = describe_vocab(cfg, model, "align_weight")
-    params = list(model.query.parameters()) + (list(cells.parameters()) if cells else [])
-    opt = torch.optim.AdamW(params, lr=cfg.align.lr, weight_decay=0.0)
+    vocab = DescriptionVocab(model.tokenizer)
+    opt = torch.optim.AdamW(model.query.parameters(), lr=cfg.align.lr, weight_decay=0.0)
     order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
     bar = tqdm(range(cfg.align.steps), desc="align", unit="step", disable=not main)
     for step in bar:
@@ -576,14 +565,7 @@ def run_align(cfg: Config, model, train, cache, main: bool = True) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
         feats = cache.get(chunk).to(dev)
-        loss = feats.new_zeros(())
-        if cfg.align.word_weight:
-            loss = cfg.align.word_weight * (
-                cells(model, feats, chunk, words, m) if cells else
-                align_loss(model, feats, words.distribution(chunk).to(dev),
-                           words.token_ids.to(dev), m))
-        if vocab:
-            loss = loss + cfg.describe.align_weight * mimic_loss(model, feats, chunk, vocab)
+        loss = cfg.describe.align_weight * mimic_loss(model, feats, chunk, vocab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -634,15 +616,6 @@ def run_describe(cfg: Config, model, train, main: bool = True) -> None:
     if main:
         append_csv(Path(cfg.output) / "describe.csv", {"steps": d.steps,
                                                         "final_loss": round(loss.item(), 4)})
-
-
-def cell_align(cfg: Config, model, dev):
-    """The per-cell alignment loss (jobs.align_cells) when align.cell_weight > 0, else None."""
-    if not cfg.align.cell_weight:
-        return None
-    from jobs.align_cells import CellAlign
-
-    return CellAlign(model.cfg.lm.hidden_size, cfg.align.cell_weight, cfg.data.seed).to(dev)
 
 
 def run_steps(cfg: Config, loop: Loop, start: int, total: int) -> dict:

@@ -1,5 +1,8 @@
 """One mosaic pilot: optional per-cell alignment of the MQT, LM steps, eval at several m.
 
+Runs at git e70726c or earlier: the word-target and per-cell alignment losses it imports
+(jobs.trainloop.WordTargets, jobs.align_cells) were removed after it.
+
 usage: python pilot.py NAME [key=value ...]
   init=mqt/weights/mqt-smol   checkpoint to start from (query + LoRA)
   cell_steps=0                per-cell alignment steps (no LM), batch 64 images

@@ -107,11 +107,11 @@ def test_mqt_train_runs_the_describe_stages(tmp_path):
 
     _, cfg = resolve("train", None, smol_train_args(
         tmp_path, "describe.steps=3", "describe.batch_size=4", "describe.align_weight=1.0",
-        "describe.lm_weight=0.5", "align.steps=3", "align.batch_size=8",
-        "align.word_weight=0"), None)
+        "describe.lm_weight=0.5", "align.steps=3", "align.batch_size=8"), None)
     train(cfg)
     assert (tmp_path / "describe.csv").read_text().splitlines()[1].startswith("3,")
-    assert (tmp_path / "align.csv").read_text().splitlines()[1].startswith("3,")
+    align = (tmp_path / "align.csv").read_text().splitlines()
+    assert align[0] == "steps,final_loss" and align[1].startswith("3,")
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
 
 
@@ -119,7 +119,7 @@ def test_mqt_train_runs_the_describe_stages(tmp_path):
     (["describe.align_weight=1.0"], "align.steps"),
     (["describe.lm_weight=1.0", "backend=deepspeed"], "describe.lm_weight"),
     (["describe.steps=-1"], "describe.steps"),
-    (["align.steps=2", "align.word_weight=0"], "align.word_weight"),
+    (["align.steps=2"], "describe.align_weight"),
 ])
 def test_bad_describe_settings_fail_before_any_work(tmp_path, extra, field):
     from jobs.cli import resolve

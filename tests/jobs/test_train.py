@@ -67,32 +67,6 @@ def test_schedules_are_a_function_of_seed_and_step():
         MSchedule("fixed", [65]).validate(M)
 
 
-def test_alignment_targets_name_what_the_image_shows():
-    from jobs.trainloop import WordTargets
-    from mqt.data import easyvqa_examples, mosaic_examples
-    from mqt.text import byte_tokenizer
-
-    words = WordTargets(byte_tokenizer(), ["red", "blue", "circle", "triangle", "rectangle",
-                                           "yellow", "gray", "green", "teal", "brown", "black"]
-                        + [str(d) for d in range(10)])
-    ex = easyvqa_examples("train", tasks=("caption",), limit=3)
-    for e in ex:
-        assert " ".join(words.of(e)) in e.answer  # "red triangle" in "a red triangle"
-    mosaic = mosaic_examples("train", 1)[0]
-    cells = mosaic.meta["cells"]
-    expected = {str(w) for c in cells for w in (c.color, c.shape, c.digit) if w is not None}
-    assert set(words.of(mosaic)) == expected
-    q = words.distribution(ex + [mosaic])
-    torch.testing.assert_close(q.sum(dim=1), torch.ones(len(ex) + 1))
-    assert (q[-1] > 0).sum() == len(expected)
-
-
-def test_alignment_stage_runs_and_is_recorded(tmp_path):
-    main(config(tmp_path / "al", "align.steps=20", "align.batch_size=8", "stage2.steps=2"))
-    rows = (tmp_path / "al" / "align.csv").read_text().splitlines()
-    assert rows[0] == "steps,final_loss" and rows[1].startswith("20,")
-
-
 def _yesno(i: int, negated: bool, answer: str):
     q = "is there not a circle?" if negated else "is there a circle?"
     return Example(f"q{i}", None, "vqa", q, answer, meta={"kind": "yesno"})
