@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from jobs.common import log, save_config
-from jobs.trainloop import FeatureCache, task_question
 from mqt.cost import scored_flops, total_flops
 from mqt.data import easyvqa_examples, mosaic_examples
 from mqt.data.corpus import sample
 from mqt.load import ModelArgs, load_model, model_config, validate_model
 from mqt.tasks import get_task
+from mqt.train.steps import FeatureCache, task_question
 
 
 @dataclass

@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from jobs.evaluate import Config, eval_examples, run_m, write_outputs  # noqa: E402
-from jobs.trainloop import FeatureCache, task_question  # noqa: E402
 from mqt.cost import prefill_flops, query_flops, scored_flops, total_flops, vision_flops  # noqa: E402
 from mqt.load import load_model  # noqa: E402
+from mqt.train.steps import FeatureCache, task_question  # noqa: E402
 
 # each results file and the eval settings that drew its questions (docs/default-model.md)
 RUNS = {

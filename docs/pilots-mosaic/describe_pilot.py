@@ -28,21 +28,25 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, test_cache  # noqa: E402
-from pilot import multi  # noqa: E402
+from common import HERE, multi, test_cache  # noqa: E402
 
-from jobs.describe import DescriptionVocab, description_loss, mimic_loss, targets  # noqa: E402
-from jobs.trainloop import (  # noqa: E402
-    FeatureCache,
-    image_key,
-    loss_on,
-    lr_at,
-    task_question,  # noqa: E402
-)
 from mqt.checkpoint import load_part, save_checkpoint  # noqa: E402
 from mqt.data import easyvqa_examples, mosaic_examples  # noqa: E402
 from mqt.load import ModelArgs, load_model  # noqa: E402
 from mqt.tasks import get_task  # noqa: E402
+from mqt.train.describe import (  # noqa: E402
+    DescriptionVocab,
+    description_loss,
+    mimic_loss,
+    targets,
+)
+from mqt.train.steps import (  # noqa: E402
+    FeatureCache,
+    image_key,
+    loss_on,
+    lr_at,
+    task_question,
+)
 
 
 def opts(argv):

@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, test_cache  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from jobs.trainloop import FeatureCache, WordTargets, accuracy, image_key, loss_on, lr_at  # noqa: E402
 from mqt.checkpoint import load_part, save_checkpoint  # noqa: E402
 from mqt.data import easyvqa_answers, easyvqa_examples, mosaic_answers, mosaic_examples  # noqa: E402
 from mqt.load import ModelArgs, load_model  # noqa: E402
@@ -41,6 +40,7 @@ from mqt.matryoshka import MSchedule  # noqa: E402
 
 sys.path.insert(0, ".")
 from jobs.align_cells import CellReadout, cell_align_loss  # noqa: E402
+from jobs.trainloop import FeatureCache, WordTargets, accuracy, image_key, loss_on, lr_at  # noqa: E402
 
 
 def opts(argv):

@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from text_bound import KINDS, describe, score  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from jobs.trainloop import lr_at  # noqa: E402
 from mqt.data import mosaic_examples  # noqa: E402
 from mqt.lora import add_lora  # noqa: E402
 from mqt.smollm import smollm2_path  # noqa: E402
+from mqt.train.steps import lr_at  # noqa: E402
 
 
 def prompt_ids(tok, ex) -> torch.Tensor:

@@ -4,13 +4,16 @@ Plain PyTorch: the single-process `mqt train` and the Ray Train workers use the 
 functions. The vision encoder is frozen, so its grid features are computed once per image
 and cached (`FeatureCache`); a training step then costs the MQT and the LM only. `Ranks`
 is a process's place among data-parallel ranks (torch.distributed); `Ranks()` is one
-process alone, and every collective is then skipped.
+process alone, and every collective is then skipped. `log` and `append_csv` are how the
+loop reports: a line on stderr, a row of a CSV file.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from mqt.data import Example
 from mqt.model import VisionLanguageModel
@@ -229,3 +233,20 @@ class Ranks:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, fixed)
         ids = [self.device] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
+
+
+# ----------------------------------------------------------------- reporting
+
+
+def log(msg: str) -> None:
+    """A line on stderr that leaves a progress bar intact."""
+    tqdm.write(msg, file=sys.stderr)
+
+
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
