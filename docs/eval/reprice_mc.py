@@ -43,8 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from jobs.evaluate import Config, eval_examples, run_m, write_outputs  # noqa: E402
 from mqt.cost import prefill_flops, query_flops, scored_flops, total_flops, vision_flops  # noqa: E402
+from mqt.evaluation.report import write_outputs  # noqa: E402
+from mqt.evaluation.run import EvalArgs as Config  # noqa: E402
+from mqt.evaluation.run import eval_examples, run_m  # noqa: E402
 from mqt.load import load_model  # noqa: E402
 from mqt.train.steps import FeatureCache, task_question  # noqa: E402
 
