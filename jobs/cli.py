@@ -23,7 +23,6 @@ JOBS = {
     "cost": ("jobs.cost", "FLOPs per number of visual tokens for a preset"),
     "eval": ("jobs.evaluate", "accuracy per task at many m, the oracle, calibration data"),
     "train": ("jobs.train", "two-stage Matryoshka training of the query transformer"),
-    "train-bench": ("jobs.trainbench", "training samples/s: one process, DDP and ZeRO-2 workers"),
     "bench-annotate": ("jobs.bench_annotate", "images/s of the annotate job vs a plain loop; RSS"),
     "annotate": ("jobs.annotate", "captions / answers for an image folder or manifest (Ray Data)"),
     "plan": ("jobs.plan", "per-task visual-token budgets that fit a compute quota"),

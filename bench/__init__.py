@@ -1,0 +1,1 @@
+"""Benchmarks and research scripts, run as `python -m bench.NAME` from the repository root."""
