@@ -27,6 +27,8 @@ class ScalingArgs:
 
 @dataclass
 class TrainConfig(TrainArgs):
+    """`mqt train`'s whole config: the loop's fields (TrainArgs), then Ray Train's."""
+
     scaling: ScalingArgs = field(default_factory=ScalingArgs)
     # Ray Train checkpoints: a folder all workers see, or s3://bucket/prefix; "" = <output>/ray
     storage_path: str = ""
