@@ -1,6 +1,6 @@
 """`mqt annotate` under one quota, planned per task and per (task, question kind), live.
 
-    .venv/bin/python docs/bench/annotate_by_kind.py [GFLOPS_PER_ROW ...]
+    .venv/bin/python -m bench.annotate_by_kind [GFLOPS_PER_ROW ...]
 
 The corpus: the questions of the second `mqt eval` run (docs/eval-s1: its config rebuilds
 the same examples, images included), less those in the shipped calibration, so every row is

@@ -1,6 +1,6 @@
 """What continuing an escalation from its m1 prompt prefix saves, live on `mqt-smol`.
 
-    .venv/bin/python docs/bench/escalation_prefix.py [ROWS_PER_TASK] [REPEATS]
+    .venv/bin/python -m bench.escalation_prefix [ROWS_PER_TASK] [REPEATS]
 
 A cascade row answered at m1 and escalated to m2 used to run its m2 answer over the whole
 prompt again; it now continues from the LM's KV cache of the prompt's first P + m1

@@ -1,7 +1,7 @@
 """Cell-colour accuracy of the shipped default per m, split by whether the mosaic's shapes
 share one colour (then position is not needed), from the eval's per-question rows:
 
-    .venv/bin/python docs/eval/flat_mosaic.py [results.parquet]
+    .venv/bin/python -m bench.eval_flat_mosaic [results.parquet]
 
 (default docs/eval/results.parquet; the previous weights' rows: `git show
 1a49ad2:docs/eval/results.parquet > /tmp/old.parquet`.)

@@ -23,7 +23,7 @@ row takes the new answer, confidence and correctness, and `scored_flops`; the sc
 how many answers and how far the confidences moved. Then calibration.json, eval.md and the
 plots are rebuilt from the rows, as `mqt eval` writes them:
 
-    .venv/bin/python docs/eval/reprice_mc.py
+    .venv/bin/python -m bench.eval_reprice_mc
 
 re-scores docs/eval (the shipped calibration, copied into mqt/weights/mqt-smol) and
 docs/eval-s1. Running it again changes nothing.
@@ -39,10 +39,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from jobs.evaluate import Config, eval_examples, run_m, write_outputs
-from jobs.trainloop import FeatureCache, task_question
 from mqt.cost import prefill_flops, query_flops, scored_flops, total_flops, vision_flops
+from mqt.evaluation.report import write_outputs
+from mqt.evaluation.run import EvalArgs as Config
+from mqt.evaluation.run import eval_examples, run_m
 from mqt.load import load_model
+from mqt.train.steps import FeatureCache, task_question
 
 ROOT = Path(__file__).resolve().parents[1]
 

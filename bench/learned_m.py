@@ -1,6 +1,6 @@
 """Per-image budgets from a learned predictor of the m a question needs (a measurement).
 
-    .venv/bin/python docs/bench/learned_m.py [--layout] [results.parquet ...]
+    .venv/bin/python -m bench.learned_m [--layout] [results.parquet ...]
 
 The scheduler benchmark's per-kind plan groups questions by their template. This script
 tries finer groups, learned: a multi-output regression tree from cheap question features

@@ -1,8 +1,8 @@
 """`mqt annotate` under a quota of measured accelerator-seconds (quota.measured=true), live.
 
-    .venv/bin/python docs/bench/measured_quota.py [EVERY]
+    .venv/bin/python -m bench.measured_quota [EVERY]
 
-The corpus: every EVERY-th row (default 5: 310 rows) of docs/bench/annotate_by_kind.py's
+The corpus: every EVERY-th row (default 5: 310 rows) of bench/annotate_by_kind.py's
 held-out corpus (the questions of docs/eval-s1 that are not in the shipped calibration),
 the shipped `mqt-smol`, a local Ray, one predictor actor. A first job with a quota far too
 large to bind measures the FLOP/s the model reaches here (F, the summary's

@@ -2,7 +2,7 @@
 memory benchmark (run `mqt bench-annotate repeats=0 rss_rows=200000
 output=runs/bench-annotate-mem` first). Prints (seconds, {process: MB}) every 20 s:
 
-    .venv/bin/python docs/bench/memprobe.py
+    .venv/bin/python -m bench.memprobe
 """
 
 import collections

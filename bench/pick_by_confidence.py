@@ -1,6 +1,6 @@
 """Can the answer's confidence find the questions a small m answers right and a larger m wrong?
 
-    .venv/bin/python docs/bench/pick_by_confidence.py [results.parquet ...]
+    .venv/bin/python -m bench.pick_by_confidence [results.parquet ...]
 
 A measurement behind the scheduler benchmark's oracle gap. Many of the oracle's right
 answers are a small m right where a dearer m is wrong. A policy could only keep them by

@@ -238,7 +238,7 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
     """The plan for the held-out rows within q x rows, replayed behind a ledger; None if
     it cannot pay for the cheapest m of the fitted curves (the planner refuses the quota)."""
     key, _, planner = POLICIES[name]
-    key = fold.get("keys", {}).get(name, key)  # another field (docs/bench/learned_m.py)
+    key = fold.get("keys", {}).get(name, key)  # another field (bench/learned_m.py)
     held, curves, groups = fold["held"], fold["curves"][name], fold.get("groups")
     alpha = shrinkage(name, fold, q, shared) if key == KIND else None
     if alpha is not None:

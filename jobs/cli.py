@@ -24,7 +24,6 @@ JOBS = {
     "cost": ("jobs.cost", "FLOPs per number of visual tokens for a preset"),
     "eval": ("jobs.evaluate", "accuracy per task at many m, the oracle, calibration data"),
     "train": ("jobs.train", "two-stage Matryoshka training of the query transformer"),
-    "train-bench": ("jobs.trainbench", "training samples/s: one process, DDP and ZeRO-2 workers"),
     "annotate": ("jobs.annotate", "captions / answers for an image folder or manifest (Ray Data)"),
     "plan": ("jobs.plan", "per-task visual-token budgets that fit a compute quota"),
     "profile": ("jobs.profile", "seconds per row at each m here: a time model for quotas"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.common import log, save_config
+from mqt.configtree import save_config
+from mqt.console import log
 from mqt.cost import PAPER_NEW_TOKENS, PAPER_PROMPT_TOKENS, cost_table, default_ms
 from mqt.load import ModelArgs, model_config, validate_model
 

@@ -1,165 +1,41 @@
 """`mqt eval`: accuracy per task at many m, the per-question oracle, calibration data.
 
 For every m (trained ones and, separately, m never drawn in training) each held-out
-question is answered greedily (caption, vqa: exact match after the task's normalisation)
-or scored by likelihood (multiple choice). Each row records whether it was right, its
-confidence and its FLOPs from the cost model. The oracle is, per question, the smallest m
-that answers it right: its accuracy and mean cost are the headroom a per-image scheduler
-can chase. Outputs: `results.parquet` (one row per question and m), `calibration.json`
-(what other jobs read), `eval.md` and two PNG plots. `merge=[...]` makes the same outputs
-from several runs' results.parquet without running the model (`merge`).
+question is answered and scored (mqt.evaluation.run); the oracle is, per question, the
+smallest m that answers it right: its accuracy and mean cost are the headroom a per-image
+scheduler can chase. Outputs (mqt.evaluation.report): `results.parquet` (one row per
+question and m), `calibration.json` (what other jobs read), `eval.md` and a PNG plot.
+`merge=[...]` makes the same outputs from several runs' results.parquet without running the
+model.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from jobs.common import log, save_config
-from jobs.trainloop import FeatureCache, task_question
-from mqt.cost import scored_flops, total_flops
-from mqt.data import easyvqa_examples, mosaic_examples
-from mqt.data.corpus import sample
-from mqt.load import ModelArgs, load_model, model_config, validate_model
-from mqt.tasks import get_task
+from mqt.configtree import save_config
+from mqt.console import log
+from mqt.evaluation.report import markdown, write_outputs
+from mqt.evaluation.run import (
+    EvalArgs,
+    answer_all,
+    calibration_beside,
+    default_ms,
+    eval_examples,
+    merged_rows,
+    validate_eval,
+)
+from mqt.load import load_model
+from mqt.train.steps import FeatureCache
 
-
-@dataclass
-class Config(ModelArgs):
-    preset: str = "mqt-smol"
-    ms: list[int] = field(default_factory=list)  # empty: 1, 2, 4, 8, 16, 32, M (those <= M)
-    unseen_ms: list[int] = field(default_factory=list)  # m never drawn in training
-    easyvqa_questions: int = 600  # from easy-vqa test, a seeded sample
-    captions: int = 100
-    mosaic_images: int = 150  # test mosaics; 4 questions each, plus their multiple choice
-    multiple_choice: bool = True
-    batch_size: int = 32
-    seed: int = 0
-    output: str = "runs/eval"
-    docs: str = ""  # also write eval.md and the plots here (e.g. docs/eval)
-    feature_cache: str = ""
-    threads: int = 0
-    # no model run: rebuild calibration.json, results.parquet, eval.md and the plots from
-    # these `mqt eval` results.parquet files of one model (a question in several files is
-    # taken from the first); ms / unseen_ms default to the first file's calibration.json
-    merge: list[str] = field(default_factory=list)
+Config = EvalArgs  # which model, which questions, which m (mqt.evaluation.run)
 
 
 def validate(cfg: Config) -> None:
-    if cfg.merge:
-        missing = [p for p in cfg.merge if not Path(p).is_file()]
-        if missing:
-            raise ValueError(f"merge: no such file {missing[0]!r}")
-        if not cfg.ms and not Path(cfg.merge[0]).with_name("calibration.json").is_file():
-            raise ValueError(f"merge: no calibration.json beside {cfg.merge[0]!r} to read "
-                             "the trained m from; give ms")
-        return
-    validate_model(cfg)
-    M = model_config(cfg).query.num_queries
-    bad = [m for m in cfg.ms + cfg.unseen_ms if not 1 <= m <= M]
-    if bad:
-        raise ValueError(f"ms/unseen_ms: {bad[0]} is outside 1..{M}")
-
-
-def default_ms(M: int) -> list[int]:
-    return sorted({m for m in (1, 2, 4, 8, 16, 32) if m <= M} | {M})
-
-
-def eval_examples(cfg: Config) -> list:
-    tasks = ("vqa", "caption", "mc") if cfg.multiple_choice else ("vqa", "caption")
-    ev = easyvqa_examples("test", tasks=tasks)
-    out = sample([e for e in ev if e.task == "vqa"], cfg.easyvqa_questions, cfg.seed)
-    out += sample([e for e in ev if e.task == "caption"], cfg.captions, cfg.seed)
-    if cfg.mosaic_images:
-        mtasks = ("vqa", "mc") if cfg.multiple_choice else ("vqa",)
-        out += mosaic_examples("test", cfg.mosaic_images, seed=cfg.seed, tasks=mtasks)
-    return out
-
-
-def kind_of(ex) -> str:
-    src = "mosaic" if ex.meta.get("source") == "mosaic" else "easy-vqa"
-    return f"{src}/{ex.meta.get('kind', ex.task)}"
-
-
-def run_m(model, examples, feats, m: int, batch_size: int) -> list[dict]:
-    """One row per example at m visual tokens."""
-    rows = []
-    for i in range(0, len(examples), batch_size):
-        chunk, f = examples[i: i + batch_size], feats[i: i + batch_size]
-        embeds = model.encode_features(f, m)  # (b, m, H)
-        rows += _generated(model, chunk, embeds, m) + _scored(model, chunk, embeds, m)
-    return rows
-
-
-def _generated(model, chunk, embeds, m: int) -> list[dict]:
-    idx = [j for j, ex in enumerate(chunk) if get_task(ex.task).scoring == "exact"]
-    if not idx:
-        return []
-    gens = model.generate([task_question(chunk[j]) for j in idx], m, image_embeds=embeds[idx],
-                          max_new_tokens=max(get_task(chunk[j].task).max_new_tokens for j in idx))
-    return [_row(model, chunk[j], m, get_task(chunk[j].task).is_correct(g.text, chunk[j].answer),
-                 g.mean_logprob, g.text, total_flops(model.cfg, m, g.prompt_tokens,
-                                                     max(1, g.new_tokens)).total)
-            for j, g in zip(idx, gens, strict=True)]
-
-
-def _scored(model, chunk, embeds, m: int) -> list[dict]:
-    idx = [j for j, ex in enumerate(chunk) if get_task(ex.task).scoring == "loglik"]
-    if not idx:
-        return []
-    qs = [task_question(chunk[j]) for j in idx]
-    scores = model.option_logprobs(qs, [chunk[j].options for j in idx], m,
-                                   image_embeds=embeds[idx])
-    rows = []
-    for j, q, s in zip(idx, qs, scores, strict=True):
-        ex, best = chunk[j], max(range(len(s)), key=s.__getitem__)
-        probs = torch.softmax(torch.tensor(s), 0)
-        rows.append(_row(model, ex, m, ex.options[best] == ex.answer,
-                         math.log(float(probs[best])), ex.options[best],
-                         scored_flops(model.cfg, m, model.prompt_text_tokens(q),
-                                      model.option_token_counts(ex.options))))
-        # ^ priced as the predictor charges
-    return rows
-
-
-def _row(model, ex, m, correct, confidence, output, flops) -> dict:
-    return {"id": ex.id, "task": ex.task, "kind": kind_of(ex), "m": m, "correct": bool(correct),
-            "confidence": round(float(confidence), 5), "output": output,
-            "answer": ex.answer, "flops": float(flops), "question": ex.question}
-
-
-def oracle(rows: list[dict], ms: list[int]) -> dict:
-    """Per question the smallest m that is right (else the smallest m): accuracy and cost."""
-    by_id = defaultdict(dict)
-    for r in rows:
-        if r["m"] in ms:
-            by_id[r["id"]][r["m"]] = r
-    picks = []
-    for per_m in by_id.values():
-        right = [m for m in sorted(per_m) if per_m[m]["correct"]]
-        picks.append(per_m[right[0]] if right else per_m[min(per_m)])
-    return summarize(picks)
-
-
-def summarize(rows: list[dict]) -> dict:
-    n = max(1, len(rows))
-    return {"accuracy": sum(r["correct"] for r in rows) / n,
-            "mean_flops": sum(r["flops"] for r in rows) / n, "n": len(rows)}
-
-
-def table(rows: list[dict], key: str) -> dict:
-    """{group: {m: summary}} for group = task or kind."""
-    groups = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        groups[r[key]][r["m"]].append(r)
-    return {g: {m: summarize(rs) for m, rs in sorted(per.items())} for g, per in groups.items()}
+    validate_eval(cfg)
 
 
 def main(cfg: Config) -> dict:
@@ -170,25 +46,20 @@ def main(cfg: Config) -> dict:
     out = Path(cfg.output)
     save_config(cfg, out)
     model = load_model(cfg).eval()
-    M = model.num_queries
-    ms, unseen = cfg.ms or default_ms(M), sorted(set(cfg.unseen_ms))
+    ms, unseen = cfg.ms or default_ms(model.num_queries), sorted(set(cfg.unseen_ms))
     examples = eval_examples(cfg)
     cache = FeatureCache(model, cfg.feature_cache or out / "features.pt")
     cache.add(examples)
-    feats = cache.get(examples)
-    rows, t0 = [], time.perf_counter()
-    for m in tqdm(sorted(set(ms) | set(unseen)), desc="eval m", unit="m"):
-        with torch.no_grad():
-            rows += run_m(model, examples, feats, m, cfg.batch_size)
-    log(f"evaluated {len(examples)} questions at {len(set(ms) | set(unseen))} m values "
+    t0, every_m = time.perf_counter(), sorted(set(ms) | set(unseen))
+    rows = answer_all(model, examples, cache.get(examples), every_m, cfg.batch_size)
+    log(f"evaluated {len(examples)} questions at {len(every_m)} m values "
         f"in {time.perf_counter() - t0:.0f} s")
-    return write_outputs(cfg, model.cfg.name, cfg.checkpoint, rows, ms, unseen)
+    return report(cfg, model.cfg.name, cfg.checkpoint, rows, ms, unseen)
 
 
 def merge(cfg: Config) -> dict:
     """The outputs of several `mqt eval` runs of one model as one: the questions of all."""
-    first = Path(cfg.merge[0]).with_name("calibration.json")
-    meta = json.loads(first.read_text()) if first.is_file() else {}
+    meta = calibration_beside(cfg.merge[0])
     ms = cfg.ms or [int(m) for m in meta["ms"]]
     unseen = cfg.unseen_ms or [int(m) for m in meta.get("unseen_ms", [])]
     rows, kept = merged_rows(cfg.merge, ms, unseen)
@@ -196,41 +67,13 @@ def merge(cfg: Config) -> dict:
         log(f"unseen m {dropped} left out: not every file answered its questions there")
     save_config(cfg, Path(cfg.output))
     log(f"merged {len({r['id'] for r in rows})} questions from {len(cfg.merge)} files")
-    return write_outputs(cfg, meta.get("model", cfg.preset), meta.get("checkpoint", ""),
-                         rows, ms, kept)
+    return report(cfg, meta.get("model", cfg.preset), meta.get("checkpoint", ""), rows, ms,
+                  kept)
 
 
-def merged_rows(paths: list[str], ms: list[int], unseen: list[int]) -> tuple[list, list]:
-    """Rows of the questions answered at every m of `ms`, each question from the first file
-    that has it (`mqt.evaluation.results.rows_by_question`); the unseen m every such question
-    has. Returns (rows, unseen m kept)."""
-    from mqt.evaluation.results import rows_by_question
-
-    per = rows_by_question(paths, ms)
-    kept = [m for m in sorted(set(unseen)) if all(m in by_m for by_m in per.values())]
-    want = set(ms) | set(kept)
-    return [by_m[m] for by_m in per.values() for m in sorted(by_m) if m in want], kept
-
-
-def write_outputs(cfg: Config, name: str, checkpoint: str, rows: list[dict], ms: list[int],
-                  unseen: list[int]):
-    from jobs.evalreport import markdown, plots, write_rows
-
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    cal = {"model": name, "checkpoint": checkpoint, "ms": ms, "unseen_ms": unseen,
-           "by_task": table(rows, "task"), "by_kind": table(rows, "kind"),
-           "oracle": {t: oracle([r for r in rows if r["task"] == t], ms)
-                      for t in sorted({r["task"] for r in rows})},
-           "oracle_all": oracle(rows, ms)}
-    (out / "calibration.json").write_text(json.dumps(cal, indent=1, default=str))
-    write_rows(rows, out / "results.parquet")
-    text = markdown(cal, cfg)
-    (out / "eval.md").write_text(text)
-    plots(cal, out)
-    if cfg.docs:
-        Path(cfg.docs).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.docs) / "eval.md").write_text(text)
-        plots(cal, Path(cfg.docs))
-    print(text)
+def report(cfg: Config, name: str, checkpoint: str, rows: list[dict], ms: list[int],
+           unseen: list[int]) -> dict:
+    """Every output file, and the Markdown table on stdout; returns the calibration."""
+    cal = write_outputs(cfg, name, checkpoint, rows, ms, unseen)
+    print(markdown(cal))
     return cal

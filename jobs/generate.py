@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from jobs.common import log, save_config
+from mqt.configtree import save_config
+from mqt.console import log
 from mqt.load import ModelArgs, load_model, validate_model
 
 

@@ -4,10 +4,10 @@ import pytest
 
 from jobs.cli import resolve
 from jobs.train import main as train
-from jobs.trainloop import FeatureCache, accuracy
 from mqt.checkpoint import shipped_checkpoint
 from mqt.data import easyvqa_examples
 from mqt.load import load_model
+from mqt.train.steps import FeatureCache, accuracy
 
 pytestmark = pytest.mark.bundled
 

@@ -5,7 +5,8 @@ import json
 import pyarrow.parquet as pq
 
 from jobs.cli import resolve
-from jobs.evaluate import eval_examples, main, oracle
+from jobs.evaluate import main
+from mqt.evaluation.run import eval_examples
 
 
 def test_eval_writes_calibration_consistent_with_rows(tmp_path):
@@ -72,17 +73,6 @@ def assert_priced_as_the_predictor_charges(cfg, rows):
             assert o["error"] is None and o["m"] == m
             if r["task"] == "mc":  # a generation's cost depends on what it generates
                 assert o["flops"] == int(r["flops"]), (r["id"], m, o["flops"], r["flops"])
-
-
-def test_oracle_takes_the_smallest_right_m():
-    rows = [{"id": "a", "m": 1, "correct": False, "flops": 1.0},
-            {"id": "a", "m": 4, "correct": True, "flops": 4.0},
-            {"id": "a", "m": 16, "correct": True, "flops": 16.0},
-            {"id": "b", "m": 1, "correct": False, "flops": 1.0},
-            {"id": "b", "m": 4, "correct": False, "flops": 4.0},
-            {"id": "b", "m": 16, "correct": False, "flops": 16.0}]
-    o = oracle(rows, [1, 4, 16])
-    assert o == {"accuracy": 0.5, "mean_flops": 2.5, "n": 2}
 
 
 def test_merge_joins_eval_runs_without_a_model(tmp_path):

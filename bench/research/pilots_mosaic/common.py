@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from jobs.trainloop import FeatureCache, image_key
 from mqt.data import mosaic_examples
 from mqt.data.easyvqa import COLORS, SHAPES
+from mqt.train.steps import FeatureCache, image_key
 
 HERE = Path("runs/pilots-mosaic")  # outputs; run from the repo root
 TRAIN_CACHE = Path("runs/train-mqt-smol/features.pt")
@@ -58,3 +58,8 @@ def query_outputs(query, feats: torch.Tensor, m: int, grid_hw=(14, 14), pre_proj
             x = query(f, m, grid_hw)
         out.append(x)
     return torch.cat(out)
+
+
+def multi(ex) -> bool:
+    """A mosaic with shapes of more than one colour (a cell colour question is no guess)."""
+    return len({c.color for c in ex.meta["cells"] if c.kind == "shape"}) > 1

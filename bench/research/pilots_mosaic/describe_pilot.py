@@ -26,20 +26,19 @@ from pathlib import Path
 
 import torch
 
-from bench.research.pilots_mosaic.common import HERE, test_cache
-from bench.research.pilots_mosaic.pilot import multi
-from jobs.describe import DescriptionVocab, description_loss, mimic_loss, targets
-from jobs.trainloop import (
+from bench.research.pilots_mosaic.common import HERE, multi, test_cache
+from mqt.checkpoint import load_part, save_checkpoint
+from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.load import ModelArgs, load_model
+from mqt.tasks import get_task
+from mqt.train.describe import DescriptionVocab, description_loss, mimic_loss, targets
+from mqt.train.steps import (
     FeatureCache,
     image_key,
     loss_on,
     lr_at,
     task_question,
 )
-from mqt.checkpoint import load_part, save_checkpoint
-from mqt.data import easyvqa_examples, mosaic_examples
-from mqt.load import ModelArgs, load_model
-from mqt.tasks import get_task
 
 
 def opts(argv):

@@ -1,6 +1,9 @@
 """One mosaic pilot: optional per-cell alignment of the MQT, LM steps, eval at several m.
 
-usage: python pilot.py NAME [key=value ...]
+The word-target and per-cell alignment losses it trains with left `mqt train` (the shipped
+recipe does not use them) for bench/research/pilots_mosaic/losses.py.
+
+usage: python -m bench.research.pilots_mosaic.pilot NAME [key=value ...]
   init=mqt/weights/mqt-smol   checkpoint to start from (query + LoRA)
   cell_steps=0                per-cell alignment steps (no LM), batch 64 images
   cell_weight=1.0             weight of the per-cell loss beside the mean-token loss
@@ -26,13 +29,17 @@ import torch
 from safetensors.torch import load_file
 
 from bench.research.pilots_mosaic.common import HERE, test_cache
-from jobs.align_cells import CellReadout, cell_align_loss
-from jobs.trainloop import FeatureCache, WordTargets, accuracy, image_key, loss_on, lr_at
+from bench.research.pilots_mosaic.losses import (
+    CellReadout,
+    WordTargets,
+    cell_align_loss,
+)
 from mqt.checkpoint import load_part, save_checkpoint
 from mqt.data import easyvqa_answers, easyvqa_examples, mosaic_answers, mosaic_examples
 from mqt.load import ModelArgs, load_model
 from mqt.lora import lora_state
 from mqt.matryoshka import MSchedule
+from mqt.train.steps import FeatureCache, accuracy, image_key, loss_on, lr_at
 
 
 def opts(argv):

@@ -22,10 +22,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.research.pilots_mosaic.text_bound import KINDS, describe, score
-from jobs.trainloop import lr_at
 from mqt.data import mosaic_examples
 from mqt.lora import add_lora
 from mqt.smollm import smollm2_path
+from mqt.train.steps import lr_at
 
 
 def prompt_ids(tok, ex) -> torch.Tensor:

@@ -1,11 +1,33 @@
-"""Reports of `mqt eval`: the Markdown table, the PNG plots and the Parquet of rows."""
+"""What `mqt eval` writes: calibration.json, the Parquet of rows, the Markdown table, plots."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mqt.evaluation.run import EvalArgs, calibration
+
+
+def write_outputs(cfg: EvalArgs, name: str, checkpoint: str, rows: list[dict], ms: list[int],
+                  unseen: list[int]) -> dict:
+    """calibration.json, results.parquet, eval.md and accuracy.png in `cfg.output` (eval.md
+    and the plot also in `cfg.docs` if set); returns the calibration."""
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    cal = calibration(name, checkpoint, rows, ms, unseen)
+    (out / "calibration.json").write_text(json.dumps(cal, indent=1, default=str))
+    write_rows(rows, out / "results.parquet")
+    text = markdown(cal)
+    (out / "eval.md").write_text(text)
+    plots(cal, out)
+    if cfg.docs:
+        Path(cfg.docs).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.docs) / "eval.md").write_text(text)
+        plots(cal, Path(cfg.docs))
+    return cal
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
@@ -44,7 +66,7 @@ def _at(cal: dict, task: str, m: int) -> dict:
             "mean_flops": sum(p["mean_flops"] * p["n"] for p in per) / n}
 
 
-def markdown(cal: dict, cfg) -> str:
+def markdown(cal: dict) -> str:
     ms, unseen = cal["ms"], cal["unseen_ms"]
     all_ms = sorted(set(ms) | set(unseen))
     lines = [f"# Evaluation of `{cal['model']}`", "",
@@ -58,10 +80,11 @@ def markdown(cal: dict, cfg) -> str:
 
 
 def plots(cal: dict, folder: Path) -> None:
-    import matplotlib
+    """accuracy.png: accuracy against m and against FLOPs, per task and per kind."""
+    import matplotlib  # optional and heavy: only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # with the backend chosen above
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, per in sorted({**cal["by_task"], **cal["by_kind"]}.items()):

@@ -12,12 +12,15 @@ their id.
 a text file beside it (`cat.jpg` + `cat.txt`, the usual layout of captioned image sets)
 becomes a `caption` row whose answer is that text. An image without its `.txt` (or with an
 empty one) is refused before any training, naming the first and how many.
+
+`manifest_loader` is how the rows reach mqt.train.fit, which reads no storage itself.
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Callable
 from functools import partial
 
 from PIL import Image
@@ -27,6 +30,13 @@ from pipeline.sources import manifest_records, open_source, relative_id
 from pipeline.storage import StorageArgs, locate, read_bytes
 
 TRAIN_TASKS = ("vqa", "caption")
+
+
+def manifest_loader(uri: str, storage: StorageArgs | None = None
+                    ) -> Callable[[], list[Example]] | None:
+    """What mqt.train.fit calls (on every rank) for the rows of `data.manifest`; None
+    without one."""
+    return partial(manifest_examples, uri, storage) if uri else None
 
 
 def manifest_examples(uri: str, storage: StorageArgs | None = None) -> list[Example]:

@@ -1,8 +1,9 @@
-"""`mqt train backend=deepspeed`: DeepSpeed ZeRO-2 / ZeRO-3 inside the Ray Train workers.
+"""`mqt train backend=deepspeed`: DeepSpeed ZeRO-2 / ZeRO-3 on each rank of a training job.
 
 The DeepSpeed config is generated from the train config (`ds_config`), never written by
 hand: the global batch, gradient accumulation 1, gradient clipping, the ZeRO stage, bf16
-on GPU. Each worker calls `deepspeed.initialize` on the process group Ray Train made.
+on GPU. Each rank calls `deepspeed.initialize` on the process group it was started in (Ray
+Train's, pipeline.train.ray_train). `deepspeed` is imported only when an engine is built.
 
 Only the trainable parameters go to DeepSpeed: the engine wraps `TrainableParts`, the
 smallest modules that hold every trainable parameter (the query transformer, an unfrozen
@@ -22,15 +23,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-STAGES = (2, 3)
-PRECISIONS = ("auto", "fp32", "bf16")
+from mqt.train.config import StageArgs, TrainArgs, zero_of
+from mqt.train.steps import Ranks
+
 # The first deepspeed.initialize compiles a C++ extension (80-100 s); a stable folder keeps it
 EXTENSIONS = Path.home() / ".cache" / "mqt" / "torch_extensions"
 
 
-def ds_config(cfg, world: int, gpu: bool, stage: int | None = None) -> dict:
-    """The DeepSpeed config of a train config (jobs.train.Config) on `world` ranks, under
-    ZeRO stage `stage` (default `deepspeed.stage`)."""
+def ds_config(cfg: TrainArgs, world: int, gpu: bool, stage: int | None = None) -> dict:
+    """The DeepSpeed config of a train config on `world` ranks, under ZeRO stage `stage`
+    (default `deepspeed.stage`)."""
     ds = cfg.deepspeed
     stage = stage or ds.stage
     zero: dict = {"stage": stage}
@@ -84,10 +86,10 @@ class DeepSpeedTraining:
 
     backend = "deepspeed"
 
-    def __init__(self, cfg, model: nn.Module, ranks, stage: int | None = None,
-                 lr: float | None = None):
+    def __init__(self, cfg: TrainArgs, model: nn.Module, ranks: Ranks,
+                 stage: int | None = None, lr: float | None = None):
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
-        import deepspeed
+        import deepspeed  # optional and heavy: only backend=deepspeed builds an engine
 
         self.stage = stage or cfg.deepspeed.stage
         config = ds_config(cfg, ranks.world, gpu=ranks.device.type == "cuda", stage=self.stage)
@@ -99,13 +101,11 @@ class DeepSpeedTraining:
         self.model, *_ = deepspeed.initialize(model=TrainableParts(model), optimizer=opt,
                                               config=config)
 
-    def restart(self, cfg, stage, rebuild) -> DeepSpeedTraining:
+    def restart(self, cfg: TrainArgs, stage: StageArgs, rebuild) -> DeepSpeedTraining:
         """The next training stage under its ZeRO stage with a fresh AdamW: the trainable
         weights are gathered whole (every rank), this engine is destroyed (its hooks and
         buffers released), and a new engine wraps a fresh model (`rebuild`) holding them.
         The optimizer state does not carry over: the paper's stages are separate runs."""
-        from jobs.train import zero_of
-
         with self.full_weights():
             weights = {n: p.detach().clone() for n, p in self.inner.named_parameters()
                        if p.requires_grad}
@@ -139,7 +139,7 @@ class DeepSpeedTraining:
             with own_storage(params):
                 yield
             return
-        import deepspeed
+        import deepspeed  # optional and heavy: only a ZeRO-3 engine gets here
 
         offload = self.model.optimizer.parameter_offload
         with deepspeed.zero.GatheredParameters(params), own_storage(params):

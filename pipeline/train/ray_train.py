@@ -1,9 +1,9 @@
-"""`mqt train backend=ddp|deepspeed`: the training loop of jobs.train in a Ray Train TorchTrainer.
+"""`mqt train backend=ddp|deepspeed`: the training loop of mqt.train in a Ray Train TorchTrainer.
 
-The driver (`run`) starts `scaling.workers` workers; each runs `jobs.train.fit`, the same
+The driver (`run`) starts `scaling.workers` workers; each runs `mqt.train.fit.fit`, the same
 function the single-process `mqt train` runs, with a `RaySession`: its rank from the Train
 context, the process group Ray made (gloo on CPU, NCCL on GPU) under DistributedDataParallel
-or DeepSpeed ZeRO (jobs.train_deepspeed), checkpoints through `ray.train.report` into
+or DeepSpeed ZeRO (mqt.train.deepspeed), checkpoints through `ray.train.report` into
 `<storage_path>/<name>`, a folder or `s3://bucket/prefix` (a pyarrow filesystem from
 `storage`). Running the same `name` again resumes from that run's last checkpoint; with
 `scaling.max_failures > 0` a failed worker is replaced and all ranks restart from it.
@@ -28,19 +28,23 @@ import ray.train
 import ray.train.torch
 import torch.distributed as dist
 
-from jobs.common import log, save_config
-from jobs.train import Config, fit, load_state, saved_step, write_state
-from jobs.trainloop import Ranks
 from mqt.checkpoint import PARTS
+from mqt.configtree import save_yaml
+from mqt.train.fit import fit
+from mqt.train.state import load_state, saved_step, write_state
+from mqt.train.steps import Ranks, log
 from pipeline.storage import locate, scheme_of
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import manifest_loader
 
 REPORTS = "reports.jsonl"  # ReportLog's file in the output folder
 
 
-def run(cfg: Config) -> dict:
-    """Train on Ray (RAY_ADDRESS picks a cluster; without it a local Ray is started)."""
+def run(cfg: TrainConfig) -> dict:
+    """Train on Ray (RAY_ADDRESS picks a cluster; without it a local Ray is started). The
+    resolved config (absolute paths, the run's name) goes to <output>/config.yaml."""
     cfg = on_shared_paths(cfg)
-    save_config(cfg, cfg.output)
+    save_yaml(cfg, Path(cfg.output) / "config.yaml")
     if not ray.is_initialized():
         ray.init(include_dashboard=False)  # a local Ray; RAY_ADDRESS connects to a cluster
     result = trainer(cfg).fit()
@@ -52,12 +56,12 @@ def run(cfg: Config) -> dict:
             "last": result.metrics, "checkpoint": where}
 
 
-def checkpoint_uri(cfg: Config, path: str) -> str:
+def checkpoint_uri(cfg: TrainConfig, path: str) -> str:
     """A checkpoint's path as the user writes it: s3://bucket/... for s3 storage."""
     return f"s3://{path}" if scheme_of(cfg.storage_path) == "s3" else path
 
 
-def on_shared_paths(cfg: Config) -> Config:
+def on_shared_paths(cfg: TrainConfig) -> TrainConfig:
     """Absolute paths and the defaults of name and storage_path: workers do not share the
     driver's working directory."""
     out = Path(cfg.output).resolve()
@@ -74,7 +78,7 @@ def shared_storage(path: str, out: Path) -> str:
     return locate(path).path if path else str(out / "ray")
 
 
-def trainer(cfg: Config) -> ray.train.torch.TorchTrainer:
+def trainer(cfg: TrainConfig) -> ray.train.torch.TorchTrainer:
     s = cfg.scaling
     scaling = ray.train.ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu,
                                       resources_per_worker={"CPU": s.cpus_per_worker})
@@ -153,7 +157,8 @@ def node_copy(checkpoint: ray.train.Checkpoint, ranks: Ranks) -> Iterator[Path]:
 
 def worker(config: dict) -> None:
     """One Ray Train worker process."""
-    fit(config["cfg"], RaySession(Path(config["cfg"].output)))
+    cfg = config["cfg"]
+    fit(cfg, RaySession(Path(cfg.output)), manifest_loader(cfg.data.manifest, cfg.storage))
 
 
 class RaySession:

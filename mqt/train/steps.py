@@ -4,13 +4,16 @@ Plain PyTorch: the single-process `mqt train` and the Ray Train workers use the 
 functions. The vision encoder is frozen, so its grid features are computed once per image
 and cached (`FeatureCache`); a training step then costs the MQT and the LM only. `Ranks`
 is a process's place among data-parallel ranks (torch.distributed); `Ranks()` is one
-process alone, and every collective is then skipped.
+process alone, and every collective is then skipped. `log` and `append_csv` are how the
+loop reports: a line on stderr, a row of a CSV file.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from mqt.data import Example
 from mqt.model import VisionLanguageModel
@@ -231,47 +235,18 @@ class Ranks:
         return DistributedDataParallel(model, device_ids=ids)
 
 
-# ----------------------------------------------------------------- alignment stage (no LM)
+# ----------------------------------------------------------------- reporting
 
 
-class WordTargets:
-    """What an image shows, as answer words: the targets of the alignment stage."""
-
-    def __init__(self, tokenizer, words: Sequence[str]):
-        self.words = sorted(set(words))
-        ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in self.words]
-        self.token_ids = torch.tensor(ids)  # first token of each word as the LM writes it
-        self._facts: dict[str, dict] = {}
-
-    def of(self, ex: Example) -> list[str]:
-        if ex.meta.get("source") == "manifest":
-            return []  # rows of a user's manifest: no known words, no alignment target
-        if ex.meta.get("source") == "mosaic":
-            return sorted({str(w) for c in ex.meta["cells"]
-                           for w in (c.color, c.shape, c.digit) if w is not None})
-        split, num = ex.meta["image_id"].split("/")
-        if split not in self._facts:
-            from mqt.data import caption_facts
-
-            self._facts[split] = caption_facts(split)
-        return [w for w in self._facts[split].get(int(num), ()) if w]
-
-    def distribution(self, examples: Sequence[Example]) -> torch.Tensor:
-        """(B, C): uniform over each image's words (rows without words stay zero)."""
-        q = torch.zeros(len(examples), len(self.words))
-        for b, ex in enumerate(examples):
-            for w in self.of(ex):
-                q[b, self.words.index(w)] = 1.0
-        return q / q.sum(dim=1, keepdim=True).clamp(min=1.0)
+def log(msg: str) -> None:
+    """A line on stderr that leaves a progress bar intact."""
+    tqdm.write(msg, file=sys.stderr)
 
 
-def align_loss(model: VisionLanguageModel, feats: torch.Tensor, targets: torch.Tensor,
-               token_ids: torch.Tensor, m: int) -> torch.Tensor:
-    """Cross-entropy of the mean visual token read through the LM's output embeddings
-    against the words that describe the image: grounds the visual tokens in the LM's
-    vocabulary without running the LM (LLaVA's caption pre-alignment, at 1% of its cost)."""
-    tokens = model.encode_features(feats, m).mean(dim=1)  # (B, H)
-    head = model.lm.get_output_embeddings().weight[token_ids]  # (C, H)
-    logp = torch.log_softmax(tokens @ head.T, dim=-1)  # (B, C)
-    keep = targets.sum(dim=1) > 0
-    return -(targets[keep] * logp[keep]).sum(dim=1).mean()
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)

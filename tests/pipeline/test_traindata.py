@@ -5,12 +5,15 @@ trains, and a bad row is refused before any work."""
 import json
 
 import pytest
-from test_train import ARGS
 
 from jobs.cli import resolve
 from jobs.train import main
-from jobs.traindata import manifest_examples
 from mqt.data.easyvqa import image_paths
+from pipeline.train.data import manifest_examples
+
+# the tiny run of tests/jobs/test_train.py
+ARGS = ["data.easyvqa_images=24", "data.eval_examples=8", "stage1.steps=6", "stage2.steps=8",
+        "batch_size=4", "checkpoint_every=5", "stage1.lr=3e-3", "stage2.lr=3e-3"]
 
 
 def rows(n: int) -> list[dict]:

@@ -3,26 +3,22 @@
 One 2-worker run (a module fixture, ~35 s: starting the workers dominates) serves two
 tests: its loss trajectory equals one process's at the same global batch, and running the
 same name again resumes it (on 1 worker, ~20 s) and exports a model that loads strictly.
-The rank checks run in two plain torch.distributed processes, without Ray. Failure
-recovery (a worker killed with a real signal, ~60 s) is marked slow.
+Failure recovery (a worker killed with a real signal, ~60 s) is marked slow. (The rank
+checks, without Ray, are in tests/mqt/train/test_ranks.py.)
 """
 
 import csv
 import os
 import signal
-import socket
 import threading
 import time
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from jobs.cli import resolve
 from jobs.train import main
-from jobs.trainloop import Ranks
 from mqt.checkpoint import load_checkpoint
 from mqt.configtree import ConfigError
 
@@ -74,7 +70,7 @@ def test_reports_reach_the_controller_every_report_every_steps_and_at_checkpoint
     """report_every=3 and checkpoint_every=5 over 14 steps: both ranks report at 3, 6, 9,
     12 (metrics only) and at the checkpoints 5, 10 and 14; the controller's callback writes
     each as a line with rank 0's row and how many ranks reported."""
-    from jobs.train_ray import read_reports
+    from pipeline.train.ray_train import read_reports
 
     out, _ = ddp_run
     lines = [x for x in read_reports(out) if x["step"] <= 14]
@@ -110,34 +106,6 @@ def test_bad_backends_fail_before_any_work(tmp_path):
         config(tmp_path, *DDP, "scaling.workers=3")
     with pytest.raises(ConfigError, match="a folder every worker sees"):
         config(tmp_path, *DDP, "storage_path=gs://bucket/runs")
-
-
-def _ranks_worker(rank: int, port: int, errors) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
-    ranks = Ranks(rank, 2, rank)
-    ranks.check_same("m", 8, step=0)  # agree: passes
-    assert ranks.shard(list(range(8))) == list(range(4 * rank, 4 * rank + 4))
-    n = torch.tensor(3 + 2 * rank)  # 3 and 5 answer tokens: the global mean divides by 8 / 2
-    assert float(ranks.denominator(n)) == 4.0
-    assert ranks.mean(torch.tensor(float(rank))) == 0.5
-    assert ranks.total(3 + rank) == 7.0  # e.g. the tokens of the global batch
-    try:
-        ranks.check_same("m", 4 + rank, step=7)
-    except RuntimeError as e:
-        errors.put(str(e))
-    dist.destroy_process_group()
-
-
-def test_ranks_that_draw_different_m_fail_loudly():
-    ctx = mp.get_context("spawn")
-    errors = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ranks_worker, args=(port, errors), nprocs=2)
-    got = sorted(errors.get(timeout=10) for _ in range(2))
-    assert got == ["step 7: ranks disagree on m: [4, 5] (by rank)"] * 2
 
 
 @pytest.mark.slow
@@ -188,26 +156,3 @@ def train_worker_pids() -> list[int]:
         except psutil.NoSuchProcess:
             continue
     return pids
-
-
-def test_benchmark_runs_are_fresh_fixed_m_train_configs(tmp_path):
-    from jobs import trainbench
-
-    cfg = resolve("train-bench", None, [f"output={tmp_path}", "m=4", "workers=[1,2]"], None)[1]
-    two = trainbench.run_config(cfg, "ddp", 2)
-    assert (two.backend, two.scaling.workers, two.name) == ("ddp", 2, "ddp-2")
-    assert two.stage1.schedule.values == [4] and two.stage2.steps == 0
-    assert two.output == str(tmp_path / "ddp-2") and two.batch_size == 16
-    zero = trainbench.run_config(cfg, "deepspeed", 1)
-    assert (zero.backend, zero.deepspeed.stage, zero.name) == ("deepspeed", 2, "zero2-1")
-    assert trainbench.runs(cfg)[0] == ("local", 1) and len(trainbench.runs(cfg)) == 5
-    assert two.report_every == 0
-    cfg = resolve("train-bench", None, [f"output={tmp_path}", "report=[2]"], None)[1]
-    assert trainbench.runs(cfg)[-1] == ("ddp+report", 2)
-    rep = trainbench.run_config(cfg, "ddp+report", 2)
-    assert (rep.backend, rep.report_every, rep.name) == ("ddp", 1, "ddp-2+report")
-    rows = [{"run": "local", "workers": 1, "per_worker": 16, "step_s": 0.5,
-             "samples_per_s": 32.0, "tokens_per_s": 2000},
-            {"run": "ddp-2", "workers": 2, "per_worker": 8, "step_s": 0.25,
-             "samples_per_s": 64.0, "tokens_per_s": 4000}]
-    assert trainbench.markdown(rows, cfg).splitlines()[-1].endswith("| 64.0 | 4000 | 2.00x |")

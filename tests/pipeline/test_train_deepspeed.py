@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from test_train_ray import config, metrics  # the same tiny run as the DDP tests
 
 from jobs.train import main
-from jobs.train_deepspeed import check_resumable, ds_config
 from mqt.checkpoint import load_checkpoint
 from mqt.configtree import ConfigError
+from mqt.train.deepspeed import check_resumable, ds_config
 
 ZERO2 = ["backend=deepspeed", "deepspeed.stage=2", "scaling.workers=2",
          "scaling.cpus_per_worker=1"]
@@ -93,7 +93,7 @@ def test_the_same_name_resumes_from_the_s3_checkpoint(zero2_run, s3_runs):
     steps = optim["optimizer_state_dict"]["base_optimizer_state"]["state"].values()
     assert {int(s["step"]) for s in steps} == {18}
     assert load_checkpoint(out / "model").num_queries == 16  # the export loads strictly
-    # the node's copy of the s3 checkpoint (jobs.train_ray.node_copy) is removed after
+    # the node's copy of the s3 checkpoint (pipeline.train.ray_train.node_copy) is removed after
     assert not list(Path(tempfile.gettempdir()).glob("mqt-restore-*"))
 
 

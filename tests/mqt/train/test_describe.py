@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from jobs.describe import (
+from mqt.data import easyvqa_examples, mosaic_examples
+from mqt.data.easyvqa import captioned_images
+from mqt.text import byte_tokenizer, load_tokenizer
+from mqt.train.describe import (
     CELL_TOKENS,
     NUMBER_WORDS,
     DescriptionVocab,
@@ -11,9 +14,6 @@ from jobs.describe import (
     mimic_loss,
     targets,
 )
-from mqt.data import easyvqa_examples, mosaic_examples
-from mqt.data.easyvqa import captioned_images
-from mqt.text import byte_tokenizer, load_tokenizer
 
 pytestmark = pytest.mark.bundled
 
@@ -63,8 +63,8 @@ def test_a_tokenizer_that_cannot_write_one_token_per_word_is_refused():
 
 def test_targets_pad_with_filler_and_the_query_learns_them(tok):
     from jobs.cli import resolve
-    from jobs.trainloop import FeatureCache
     from mqt.load import load_model
+    from mqt.train.steps import FeatureCache
 
     _, args = resolve("generate", None, ["preset=mqt-smol", "checkpoint=none", "images=[x]",
                                          "model.query.depth=2"], None, check=False)
@@ -91,48 +91,3 @@ def test_targets_pad_with_filler_and_the_query_learns_them(tok):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.grad is None for p in model.lm.parameters())  # the LM takes no part
-
-
-def smol_train_args(tmp_path, *extra):
-    return ["preset=mqt-smol", "data.easyvqa_images=4", "data.mosaic_images=4",
-            "data.tasks=[vqa,caption]", "data.eval_examples=4", "stage1.steps=0",
-            "stage2.steps=2", "batch_size=4", "model.query.proj_init_std=0.17",
-            "model.query.depth=2", "model.lm.lora_rank=4", "checkpoint_every=0",
-            "eval_ms=[2]", f"output={tmp_path}", *extra]
-
-
-def test_mqt_train_runs_the_describe_stages(tmp_path):
-    from jobs.cli import resolve
-    from jobs.train import main as train
-
-    _, cfg = resolve("train", None, smol_train_args(
-        tmp_path, "describe.steps=3", "describe.batch_size=4", "describe.align_weight=1.0",
-        "describe.lm_weight=0.5", "align.steps=3", "align.batch_size=8",
-        "align.word_weight=0"), None)
-    train(cfg)
-    assert (tmp_path / "describe.csv").read_text().splitlines()[1].startswith("3,")
-    assert (tmp_path / "align.csv").read_text().splitlines()[1].startswith("3,")
-    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
-
-
-@pytest.mark.parametrize("extra, field", [
-    (["describe.align_weight=1.0"], "align.steps"),
-    (["describe.lm_weight=1.0", "backend=deepspeed"], "describe.lm_weight"),
-    (["describe.steps=-1"], "describe.steps"),
-    (["align.steps=2", "align.word_weight=0"], "align.word_weight"),
-])
-def test_bad_describe_settings_fail_before_any_work(tmp_path, extra, field):
-    from jobs.cli import resolve
-    from mqt.configtree import ConfigError
-
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        resolve("train", None, smol_train_args(tmp_path, *extra), None)
-    assert not any(tmp_path.iterdir())
-
-
-def test_the_byte_tokenizer_is_refused_for_describe(tmp_path):
-    from jobs.cli import resolve
-    from mqt.configtree import ConfigError
-
-    with pytest.raises(ConfigError, match="byte tokenizer"):
-        resolve("train", None, ["preset=tiny", "describe.steps=2", f"output={tmp_path}"], None)

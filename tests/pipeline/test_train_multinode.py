@@ -26,7 +26,7 @@ def test_ddp_ranks_on_two_ray_nodes(tmp_path):
             "scaling.cpus_per_worker=1", "report_every=7"]
     result = on_two_nodes(BODY, args, cpus=1, timeout=400)
     assert result["nodes"] == 2 and result["last"]["step"] == 14
-    from jobs.train_ray import read_reports
+    from pipeline.train.ray_train import read_reports
 
     reports = read_reports(out)
     assert [r["step"] for r in reports] == [5, 7, 10, 14]

@@ -1,18 +1,11 @@
-"""Position-aware alignment: each mosaic cell's words, read from the visual tokens.
+"""The research-only alignment losses of the mosaic pilots (docs/pilots-mosaic.md).
 
-The alignment stage (`jobs.trainloop.align_loss`) trains the *mean* visual token to name
-what an image shows. On a mosaic that is the set of its colours, shapes and digits, with
-nothing about where they are, and the LM later cannot answer "what colour is the shape in
-row 2, column 3?" better than guessing among the colours present, at any m.
-
-This loss adds, per mosaic cell, an attention readout over the m visual tokens: a learned
-query per cell position (grid size, row, column) scores the tokens through a learned key
-map, and the attention-weighted mean of the tokens themselves, read through the LM's
-output embeddings restricted to the answer words, must name that cell's words (its colour
-and shape, or its digit). So the tokens must keep each cell apart, and where it is, in
-the LM's own word space. The readout is an auxiliary head: it is trained with the query
-transformer and thrown away. With few tokens the cells cannot all be kept apart, so the
-loss falls with m: what makes more tokens worth their cost.
+`mqt train` dropped them: the shipped recipe trains the description target alone
+(mqt/train/describe.py), and docs/training.md says what these showed. `WordTargets` and
+`align_loss`: the mean visual token, read through the LM's output embeddings, must name the
+image's colours, shapes and digits. `CellAlign` and its parts: per mosaic cell, an attention
+readout over the m visual tokens must name that cell's words, so the tokens keep where
+things are (`align.cell_weight` of the pilots' runs).
 """
 
 from __future__ import annotations
@@ -23,6 +16,50 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mqt.data import Example, caption_facts
+from mqt.model import VisionLanguageModel
+
+
+class WordTargets:
+    """What an image shows, as answer words: the targets of the alignment stage."""
+
+    def __init__(self, tokenizer, words: Sequence[str]):
+        self.words = sorted(set(words))
+        ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in self.words]
+        self.token_ids = torch.tensor(ids)  # first token of each word as the LM writes it
+        self._facts: dict[str, dict] = {}
+
+    def of(self, ex: Example) -> list[str]:
+        if ex.meta.get("source") == "manifest":
+            return []  # rows of a user's manifest: no known words, no alignment target
+        if ex.meta.get("source") == "mosaic":
+            return sorted({str(w) for c in ex.meta["cells"]
+                           for w in (c.color, c.shape, c.digit) if w is not None})
+        split, num = ex.meta["image_id"].split("/")
+        if split not in self._facts:
+            self._facts[split] = caption_facts(split)
+        return [w for w in self._facts[split].get(int(num), ()) if w]
+
+    def distribution(self, examples: Sequence[Example]) -> torch.Tensor:
+        """(B, C): uniform over each image's words (rows without words stay zero)."""
+        q = torch.zeros(len(examples), len(self.words))
+        for b, ex in enumerate(examples):
+            for w in self.of(ex):
+                q[b, self.words.index(w)] = 1.0
+        return q / q.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def align_loss(model: VisionLanguageModel, feats: torch.Tensor, targets: torch.Tensor,
+               token_ids: torch.Tensor, m: int) -> torch.Tensor:
+    """Cross-entropy of the mean visual token read through the LM's output embeddings
+    against the words that describe the image: grounds the visual tokens in the LM's
+    vocabulary without running the LM (LLaVA's caption pre-alignment, at 1% of its cost)."""
+    tokens = model.encode_features(feats, m).mean(dim=1)  # (B, H)
+    head = model.lm.get_output_embeddings().weight[token_ids]  # (C, H)
+    logp = torch.log_softmax(tokens @ head.T, dim=-1)  # (B, C)
+    keep = targets.sum(dim=1) > 0
+    return -(targets[keep] * logp[keep]).sum(dim=1).mean()
 
 
 def cell_slot(grid: int, row: int, col: int) -> int:

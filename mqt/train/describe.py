@@ -21,18 +21,25 @@ query transformer to produce the description (no LM pass); `description_loss` is
 answer loss with the description's own embeddings in place of the visual tokens, which
 teaches the adapters the lookup before they see an image. Images whose content is not
 known (easy-vqa images whose questions do not fix both colour and shape) get no target.
+
+`run_describe` and `run_align` are the two stages of `mqt train` before the LM steps that
+train these targets: the adapters on descriptions, then the query transformer towards them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from mqt.data import Example
 from mqt.data.easyvqa import COLORS, SHAPES, captioned_images
+from mqt.train.config import TrainArgs
+from mqt.train.steps import FeatureCache, append_csv, batches, image_key, loss_on, lr_at
 
 FILLER = " "
 CELL_TOKENS = 5
@@ -130,11 +137,77 @@ def description_loss(model, examples: Sequence[Example], vocab: DescriptionVocab
                      device: torch.device | str = "cpu") -> torch.Tensor:
     """The LM's answer loss with the first m tokens of each image's description in place of
     its visual tokens (rows without a description are dropped): the lookup, taught in text."""
-    from jobs.trainloop import loss_on
-
     want, known = targets(model, examples, vocab)
     rows = [ex for ex, k in zip(examples, known.tolist(), strict=True) if k]
     if not rows:
         return want.new_zeros(())
     anchor = torch.empty(0, device=device)
     return loss_on(model, rows, anchor, m, image_embeds=want[known, :m].to(device))[0]
+
+
+# ----------------------------------------------------------------- the stages
+
+
+def describe_vocab(cfg: TrainArgs, model, weight: str) -> DescriptionVocab | None:
+    """The description's token ids when describe.<weight> > 0 (else None)."""
+    return DescriptionVocab(model.tokenizer) if getattr(cfg.describe, weight) else None
+
+
+def run_describe(cfg: TrainArgs, model, train: Sequence[Example], main: bool = True) -> None:
+    """The LM's adapters (all its trainable parameters) learn to answer from the image's
+    description in place of its visual tokens; no image is read. Like the alignment stage,
+    every rank runs all of it, deterministically."""
+    d, vocab = cfg.describe, DescriptionVocab(model.tokenizer)
+    rows = [ex for ex in train if description(ex, vocab) is not None]
+    if not rows:
+        raise ValueError("describe.steps: no training example has a description "
+                         "(mosaics, or easy-vqa images whose colour and shape are known)")
+    params = [p for p in model.lm.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("describe.steps trains the LM's adapters: set model.lm.lora_rank")
+    opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=0.0)
+    order = batches(len(rows), d.batch_size, cfg.data.seed + 2, 0)
+    dev = model.query.proj.device
+    bar = tqdm(range(d.steps), desc="describe", unit="step", disable=not main)
+    for step in bar:
+        chunk = [rows[i] for i in next(order)]
+        m = d.schedule.sample(step, model.num_queries, cfg.data.seed + 2)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, d.steps, d.lr, 10)
+        loss = description_loss(model, chunk, vocab, m, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        bar.set_postfix(loss=round(loss.item(), 4), m=m)
+    if main:
+        append_csv(Path(cfg.output) / "describe.csv", {"steps": d.steps,
+                                                        "final_loss": round(loss.item(), 4)})
+
+
+def run_align(cfg: TrainArgs, model, train: Sequence[Example], cache: FeatureCache,
+              main: bool = True) -> None:
+    """Stage 0 on the query transformer alone: its M outputs learn the description's
+    embeddings (`mimic_loss`); deterministic, so a rerun repeats it. Every rank runs all of
+    it (minutes against hours of LM steps); DDP then starts all ranks from rank 0's
+    weights."""
+    images = list({image_key(ex): ex for ex in train}.values())
+    dev = model.query.proj.device
+    vocab = DescriptionVocab(model.tokenizer)
+    opt = torch.optim.AdamW(model.query.parameters(), lr=cfg.align.lr, weight_decay=0.0)
+    order = batches(len(images), cfg.align.batch_size, cfg.data.seed + 1, 0)
+    bar = tqdm(range(cfg.align.steps), desc="align", unit="step", disable=not main)
+    for step in bar:
+        chunk = [images[i] for i in next(order)]
+        m = cfg.align.schedule.sample(step, model.num_queries, cfg.data.seed + 1)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.align.steps, cfg.align.lr, 10)
+        feats = cache.get(chunk).to(dev)
+        loss = cfg.describe.align_weight * mimic_loss(model, feats, chunk, vocab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=round(loss.item(), 4), m=m)
+    if main:
+        append_csv(Path(cfg.output) / "align.csv", {"steps": cfg.align.steps,
+                                                     "final_loss": round(loss.item(), 4)})

@@ -1,26 +1,31 @@
-"""`mqt train-bench`: training throughput of one process against DDP and ZeRO-2 workers.
+"""Training throughput of one process against DDP and ZeRO-2 workers (`mqt train` runs).
 
-    mqt train-bench preset=tiny workers=[1,2] zero2=[1,2] steps=30
-    mqt train-bench preset=mqt-smol workers=[1,2] zero2=[] batch_size=8 steps=12
-    mqt train-bench preset=tiny local=false workers=[2] zero2=[] report=[2]   # report cost
+    python -m bench.train preset=tiny workers=[1,2] zero2=[1,2] steps=30
+    python -m bench.train preset=mqt-smol workers=[1,2] zero2=[] batch_size=8 steps=12
+    python -m bench.train preset=tiny local=false workers=[2] zero2=[] report=[2]   # report cost
 
 Each run is a short `mqt train` at a fixed m (stage 1 only, no alignment, one checkpoint at
 the end) on the same global batch; samples/s and tokens/s (visual + text tokens the LM
 read) are medians over the steps after `skip` (the first steps warm caches and
 allocators). Prints a table, writes `bench.md`, `bench.png` and the config into `output`.
+Options as for a job: `--config FILE.yaml`, `--preset NAME`, `--print-config`, `key=value`.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import shutil
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from jobs import train
-from jobs.common import log, save_config
-from mqt.configtree import merge, to_dict
+from mqt.configtree import ConfigError, load_yaml, merge, parse_overrides, save_config, to_dict
+from mqt.console import log
 from mqt.load import ModelArgs, model_config, validate_model
 
 
@@ -50,6 +55,19 @@ def validate(cfg: Config) -> None:
         raise ValueError("steps must exceed skip, and workers must be >= 1")
     for backend, w in runs(cfg):
         train.validate(run_config(cfg, backend, w))
+
+
+def resolve(overrides: list[str], config_file: str | None = None, preset: str | None = None,
+            check: bool = True) -> Config:
+    """The config from the defaults, a YAML file and `key=value` overrides, as `mqt` jobs
+    resolve theirs (jobs.cli.resolve); raises ConfigError naming a bad field."""
+    extra = parse_overrides(overrides)
+    if preset:
+        extra["preset"] = preset
+    cfg = merge(merge(Config(), load_yaml(config_file) if config_file else {}), extra)
+    if check:
+        validate(cfg)
+    return cfg
 
 
 def runs(cfg: Config) -> list[tuple[str, int]]:
@@ -116,10 +134,10 @@ def markdown(rows: list[dict], cfg: Config) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # optional and heavy: only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # with the backend chosen above
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar([r["run"] for r in rows], [r["samples_per_s"] for r in rows], color="tab:blue")
@@ -128,3 +146,28 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.train",
+                                description="training samples/s: one process, DDP and ZeRO-2")
+    p.add_argument("--config", help="YAML file with the benchmark config")
+    p.add_argument("--preset", help="shorthand for preset=NAME")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    try:
+        cfg = resolve(args.overrides, args.config, args.preset, check=not args.print_config)
+    except (ConfigError, ValueError) as e:
+        print(f"bench.train: bad config: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    main(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
