@@ -4,7 +4,7 @@
 
 The corpus: every EVERY-th row (default 5: 310 rows) of bench/annotate_by_kind.py's
 held-out corpus (the questions of docs/eval-s1 that are not in the shipped calibration),
-the shipped `mqt-smol`, a local Ray, one predictor actor. A first job with a quota far too
+the shipped `mqt-smol`, a local Ray, one engine actor. A first job with a quota far too
 large to bind measures the FLOP/s the model reaches here (F, the summary's
 `flops_per_second_measured`). `mqt profile` then times 16 rows per task of the same corpus
 at m = 1, 4, 16, 64 (one thread, batches of 16, as the jobs run), and the quota Q is the

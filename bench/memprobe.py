@@ -1,5 +1,5 @@
 """Resident memory per Ray process while `mqt annotate` streams the generated corpus of the
-memory benchmark (run `mqt bench-annotate repeats=0 rss_rows=200000
+memory benchmark (run `python -m bench.annotate repeats=0 rss_rows=200000
 output=runs/bench-annotate-mem` first). Prints (seconds, {process: MB}) every 20 s:
 
     .venv/bin/python -m bench.memprobe

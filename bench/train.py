@@ -13,7 +13,6 @@ Options as for a job: `--config FILE.yaml`, `--preset NAME`, `--print-config`, `
 
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import statistics
@@ -21,10 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from jobs import train
-from mqt.configtree import ConfigError, load_yaml, merge, parse_overrides, save_config, to_dict
+from jobs.cli import configure, run_module
+from mqt.configtree import merge, save_config, to_dict
 from mqt.console import log
 from mqt.load import ModelArgs, model_config, validate_model
 
@@ -57,16 +55,10 @@ def validate(cfg: Config) -> None:
         train.validate(run_config(cfg, backend, w))
 
 
-def resolve(overrides: list[str], config_file: str | None = None, preset: str | None = None,
-            check: bool = True) -> Config:
-    """The config from the defaults, a YAML file and `key=value` overrides, as `mqt` jobs
-    resolve theirs (jobs.cli.resolve); raises ConfigError naming a bad field."""
-    extra = parse_overrides(overrides)
-    if preset:
-        extra["preset"] = preset
-    cfg = merge(merge(Config(), load_yaml(config_file) if config_file else {}), extra)
-    if check:
-        validate(cfg)
+def resolve(overrides: list[str]) -> Config:
+    """The checked config of `python -m bench.train key=value ...` (what jobs.cli resolves)."""
+    cfg = configure(sys.modules[__name__], None, overrides, None)
+    validate(cfg)
     return cfg
 
 
@@ -148,26 +140,5 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train",
-                                description="training samples/s: one process, DDP and ZeRO-2")
-    p.add_argument("--config", help="YAML file with the benchmark config")
-    p.add_argument("--preset", help="shorthand for preset=NAME")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    try:
-        cfg = resolve(args.overrides, args.config, args.preset, check=not args.print_config)
-    except (ConfigError, ValueError) as e:
-        print(f"bench.train: bad config: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    main(cfg)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_module(sys.modules[__name__], "python -m bench.train"))

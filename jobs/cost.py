@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mqt.config import check_ms
 from mqt.configtree import save_config
 from mqt.console import log
 from mqt.cost import PAPER_NEW_TOKENS, PAPER_PROMPT_TOKENS, cost_table, default_ms
@@ -28,9 +29,7 @@ class Config(ModelArgs):
 def validate(cfg: Config) -> None:
     validate_model(cfg)
     M = model_config(cfg).query.num_queries
-    bad = [m for m in cfg.ms if not 1 <= m <= M]
-    if bad:
-        raise ValueError(f"ms: {bad[0]} is outside 1..{M}")
+    check_ms("ms", cfg.ms, M)
     if cfg.prompt_tokens < 0 or cfg.new_tokens < 1:
         raise ValueError("prompt_tokens must be >= 0 and new_tokens >= 1")
 

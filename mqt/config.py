@@ -8,6 +8,7 @@ model without building it.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 VISION_KINDS = ("clip", "mobilenet_v2")
@@ -113,6 +114,23 @@ class VLMConfig:
         if self.lm.hidden_size % self.lm.num_heads:
             raise ValueError("lm.num_heads must divide lm.hidden_size")
         return self
+
+
+def check_m(name: str, m, M: int) -> int:
+    """A number of visual tokens: an int in 1..M (M = query.num_queries), as an int; anything
+    else is an error naming `name`, never a silent clamp (the model, the cost model and the
+    token policies all check m here)."""
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= m <= M:
+        raise ValueError(f"{name}={m!r} is outside 1..{M} (M = query.num_queries)")
+    return int(m)
+
+
+def check_ms(name: str, ms, M: int) -> None:
+    """A list of m (a job's `ms`): each in 1..M, else an error naming the first bad one."""
+    bad = [m for m in ms if isinstance(m, bool) or not isinstance(m, numbers.Integral)
+           or not 1 <= m <= M]
+    if bad:
+        raise ValueError(f"{name}: {bad[0]} is outside 1..{M}")
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:

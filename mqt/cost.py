@@ -32,10 +32,11 @@ plot; the plotted 2.83 lies 6.6% below the authors' own fit (3.03) there, see do
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from mqt.config import VLMConfig
+from mqt.config import VLMConfig, check_m
 
 PAPER_PROMPT_TOKENS = 60
 PAPER_NEW_TOKENS = 1
@@ -69,18 +70,17 @@ def _attention(n_q: int, n_k: int, width: int) -> int:
 
 def lm_visual_tokens(cfg: VLMConfig, m: int) -> int:
     """Visual tokens that enter the LM: m for the MQT, all N grid tokens for the MLP."""
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be an int >= 1, got {m!r}")
-    if cfg.projector == "mlp2x_gelu":
-        return cfg.vision.num_patches
-    if m > cfg.query.num_queries:
-        raise ValueError(f"m={m} is outside 1..{cfg.query.num_queries} (M = num_queries)")
-    return m
+    mlp = cfg.projector == "mlp2x_gelu"  # every grid token enters the LM, whatever m asks
+    m = check_m("m", m, math.inf if mlp else cfg.query.num_queries)
+    return cfg.vision.num_patches if mlp else m
 
 
-# MobileNetV2 inverted-residual stages: expansion t, channels c, repeats n, stride s
+# MobileNetV2's inverted-residual stages (its paper's table 2): expansion t, channels c,
+# repeats n, stride of the first repeat s; then a 1x1 conv to 1280 channels. mqt/mobilenet.py
+# builds the network from the same facts.
 MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                 (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_LAST = 1280
 
 
 def _conv(h: int, w: int, c_in: int, c_out: int, k: int = 1, groups: int = 1) -> int:
@@ -102,7 +102,7 @@ def mobilenet_flops(image_size: int, stride: int) -> int:
             flops += _conv(out, out, hidden, hidden, k=3, groups=hidden)  # depthwise
             flops += _conv(out, out, hidden, c)  # project
             size, c_in = out, c
-    return flops + _conv(size, size, c_in, 1280)  # stride 32: the final 1x1 conv
+    return flops + _conv(size, size, c_in, MOBILENET_V2_LAST)  # stride 32: the final 1x1 conv
 
 
 def vision_flops(cfg: VLMConfig) -> int:

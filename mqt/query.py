@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mqt.config import QueryConfig
+from mqt.config import QueryConfig, check_m
 
 
 def sincos_2d(dim: int, grid: int) -> torch.Tensor:
@@ -125,9 +125,5 @@ class QueryTransformer(nn.Module):
 
 
 def check_num_tokens(m: int, M: int) -> int:
-    """m must be an int in 1..M; anything else is a clear error, never a silent clamp."""
-    if isinstance(m, bool) or not isinstance(m, int | np.integer):
-        raise TypeError(f"num_visual_tokens must be an int, got {type(m).__name__}")
-    if not 1 <= m <= M:
-        raise ValueError(f"num_visual_tokens={m} is outside 1..{M} (M = num_queries)")
-    return int(m)
+    """m must be an int in 1..M (mqt.config.check_m)."""
+    return check_m("num_visual_tokens", m, M)

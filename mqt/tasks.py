@@ -2,7 +2,7 @@
 
 A `Task` holds a short prompt template (the model is small), a generation length, an answer
 normaliser and a scoring rule: "exact" compares the normalised generated text with the
-normalised reference; "loglik" (multiple choice) has the predictor score each option's
+normalised reference; "loglik" (multiple choice) has the engine score each option's
 log-likelihood after the prompt and take the best, so no free text is parsed. The batch
 pipeline, evaluation and serving all read tasks from `TASKS` through `get_task`; users add
 their own with `register_task`. Plain Python, no Ray.

@@ -222,7 +222,7 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
     import ray.data  # heavy (~1 s): only a job that runs imports it
 
     target = target_config(cfg)
-    # LLaVA's CLIP-336 when unknown: the predictor resizes again if the guess is wrong
+    # LLaVA's CLIP-336 when unknown: the engine resizes again if the guess is wrong
     size = target.vision.image_size if target is not None else LLAVA_IMAGE_SIZE
     tasks = job_tasks(cfg)
     ds = build_dataset(src, Defaults(cfg.task, cfg.question, tasks), cfg.limit, done)

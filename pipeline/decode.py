@@ -1,7 +1,7 @@
 """The CPU decode stage: image bytes (or a path) -> RGB pixels sized for the vision encoder.
 
 `decode_image` turns encoded bytes into an (S, S, 3) uint8 array, resized and centre-cropped
-as `mqt.vision.preprocess` does, so the predictor's own preprocessing is then a no-op resize.
+as `mqt.vision.preprocess` does, so the engine's own preprocessing is then a no-op resize.
 Anything wrong with an image raises `DecodeError` with a short reason; `decode_batch` (the
 `map_batches` function) turns that into an error row, so one bad file never stops a job.
 Pixels travel as raw bytes (S * S * 3) in a binary column: fixed size, no tensor types.

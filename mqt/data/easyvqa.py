@@ -25,7 +25,13 @@ from functools import lru_cache, partial
 import numpy as np
 from PIL import Image
 
+from mqt.tasks import TASKS
+
+# The tasks of the registry (mqt/tasks.py) that easy-vqa builds examples for; a mosaic
+# builds "vqa" and "mc" of them. A task the registry lacks is an error at import.
 TASK_NAMES = ("caption", "vqa", "mc")
+if missing := sorted(set(TASK_NAMES) - set(TASKS)):
+    raise ImportError(f"mqt.data builds tasks the registry lacks: {missing}")
 SPLITS = ("train", "test")
 # The package's palette, exact RGB values (each shape is drawn in one flat colour).
 COLOR_RGB = {

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mqt.config import check_ms
 from mqt.cost import scored_flops, total_flops
 from mqt.data import Example, easyvqa_examples, mosaic_examples
 from mqt.data.corpus import sample
@@ -61,9 +62,7 @@ def validate_eval(cfg: EvalArgs) -> None:
         return
     validate_model(cfg)
     M = model_config(cfg).query.num_queries
-    bad = [m for m in cfg.ms + cfg.unseen_ms if not 1 <= m <= M]
-    if bad:
-        raise ValueError(f"ms/unseen_ms: {bad[0]} is outside 1..{M}")
+    check_ms("ms/unseen_ms", cfg.ms + cfg.unseen_ms, M)
 
 
 def default_ms(M: int) -> list[int]:
@@ -133,7 +132,7 @@ def _scored(model, chunk, embeds, m: int) -> list[dict]:
                          math.log(float(probs[best])), ex.options[best],
                          scored_flops(model.cfg, m, model.prompt_text_tokens(q),
                                       model.option_token_counts(ex.options))))
-        # ^ priced as the predictor charges
+        # ^ priced as the engine charges
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mqt.config import VLMConfig
+from mqt.config import VLMConfig, check_ms
 from mqt.configtree import ConfigError
 from mqt.load import ModelArgs, model_config, validate_model
 from mqt.matryoshka import MSchedule
@@ -132,9 +132,7 @@ def validate_train(cfg: TrainArgs) -> None:
         raise ConfigError("report_every, checkpoint_every and eval_every must be >= 0")
     if cfg.stage1.steps + cfg.stage2.steps < 1 or cfg.batch_size < 1:
         raise ValueError("stage1.steps + stage2.steps and batch_size must be >= 1")
-    bad = [m for m in cfg.eval_ms if not 1 <= m <= M]
-    if bad:
-        raise ValueError(f"eval_ms: {bad[0]} is outside 1..{M}")
+    check_ms("eval_ms", cfg.eval_ms, M)
     validate_backend(cfg)
 
 

@@ -1,18 +1,21 @@
 """The token-budget scheduler: m per task, per question kind or per row within a compute quota.
 
-The front door, for batch jobs, `mqt plan` and the Serve endpoint alike:
+The front door, for batch jobs, `mqt plan` and a Serve deployment alike:
 
     budget = prepare(QuotaArgs(...), rows, state_path, model_cfg)   # pure: plan before work
-    runtime = start(budget, job)    # Ray: the job's ledger (and pacer) actors
+    runtime = start(budget, job)    # on Ray: the job's ledger (and pacer) actors
     ... engines answer rows with runtime.policy, charging runtime.ledger ...
     totals = runtime.close()
 
-Pure modules (no Ray): quota (settings, units), quality (curves), plan (the planner),
-policy (token policies), cascade, kinds, timing, pacing, ledger (the ledger and its client),
-budget (`prepare`). Ray: runtime (`start`), imported only where a job runs.
+Pure modules: quota (settings, units), quality (curves), plan (the planner), policy (token
+policies), cascade, kinds, timing, pacing, ledger (the ledger and its client), budget
+(`prepare`), report (plans as text). runtime (`start`) holds the Ray actors; Ray itself is
+imported only when they start.
 """
 
 from pipeline.scheduler.budget import Budget, prepare
 from pipeline.scheduler.quota import FieldError, InfeasibleQuota, Quota, QuotaArgs
+from pipeline.scheduler.runtime import Runtime, start
 
-__all__ = ["Budget", "FieldError", "InfeasibleQuota", "Quota", "QuotaArgs", "prepare"]
+__all__ = ["Budget", "FieldError", "InfeasibleQuota", "Quota", "QuotaArgs", "Runtime",
+           "prepare", "start"]

@@ -17,13 +17,13 @@ task, t at quantiles of the m1 confidence, measures each on calibration question
 them to the task's `QualityCurve`; the planner's hull then picks per task between fixed m
 and cascades. Fit on one half of the questions and measure on the other (`split_halves`),
 or the gain is overfit. `replay` runs a policy over calibration questions behind a real
-`Ledger`, as the predictor does: a refused first attempt leaves the row unanswered, a
+`Ledger`, as the engine does: a refused first attempt leaves the row unanswered, a
 refused escalation keeps the m1 answer; optionally escalations also draw on their own pot
 (`escalation_budget`: the quota less the planned first attempts), so that more escalations
 than planned early on cannot starve later rows. `CascadePolicy` is a fixed choice per task.
 
-Prices: `mqt eval` prices each row as the predictor charges it (`total_flops`; for
-multiple choice `scored_flops`), and `shared` takes off an escalation what the predictor
+Prices: `mqt eval` prices each row as the engine charges it (`total_flops`; for
+multiple choice `scored_flops`), and `shared` takes off an escalation what the engine
 does not compute again: one vision + MQT at m1, and the LM's prompt prefix up to the m1
 visual tokens, whose KV cache the m2 answer continues from (`shared_flops`). Pure Python,
 no Ray.

@@ -20,7 +20,7 @@ row: the question text.
 - `shrunk` / `choose_shrinkage`: a group's curve is measured on fewer questions than its
   task's, and the plan takes each group's best-looking m, which on new rows is a little
   worse (a winner's curse: at generous quotas the per-kind plan fell 0.6 points below the
-  best fixed m in `mqt bench-scheduler`). Each group's accuracies are pulled toward its
+  best fixed m in `python -m bench.scheduler`). Each group's accuracies are pulled toward its
   task's by alpha pseudo-rows (its cascade options' toward the same cascades' accuracies on
   its task's questions), alpha chosen by two-fold cross-validation on the calibration
   at the job's own FLOPs per row: the alpha whose plans answer the most held-out calibration
@@ -277,7 +277,7 @@ def choose_shrinkage(folds: Sequence[tuple], per_row: float, shared: Mapping[int
     Except where per_row pays every row its task's best m in both folds (`saturated`):
     there the task curves (alpha = inf, no scores). The quota then buys nothing a task's
     best m does not, and a group's own best-looking m is mostly a noisy curve's winner's
-    curse: in `mqt bench-scheduler` the per-kind plans fell 0.2-0.5 points below m = 32 at
+    curse: in `python -m bench.scheduler` the per-kind plans fell 0.2-0.5 points below m = 32 at
     such quotas, and the rule moved them to 0.0-0.3 below without changing any tighter
     quota."""
     right: dict[float, int | None] = dict.fromkeys(alphas, 0)

@@ -1,6 +1,6 @@
 """The budget ledger: every FLOP a job spends is reserved first and committed after.
 
-Protocol for a predictor, per row (or per group of rows) with a stable key such as the row id:
+Protocol for an engine, per row (or per group of rows) with a stable key such as the row id:
 
     if ledger.reserve(key, upper_bound_flops):   # before spending
         ... run the model ...
@@ -263,7 +263,7 @@ def clear_state(state_path: str | os.PathLike) -> None:
 
 @dataclass
 class MeasuredRate:
-    """Seconds per FLOP of one predictor, learned from its own batches: what it reserves for
+    """Seconds per FLOP of one engine, learned from its own batches: what it reserves for
     a row in a measured-seconds ledger. Before its first batch it uses the job's estimate
     (1 / quota.flops_per_second); after, the slowest of its last `window` batches, so a
     slow batch (a cold start, a neighbour on the machine) keeps reservations high for a while.
@@ -298,7 +298,7 @@ def charge_us(seconds: float) -> int:
 
 
 class LedgerClient:
-    """What a predictor holds: the job's ledger actor behind plain calls (a plain `Ledger`
+    """What an engine holds: the job's ledger actor behind plain calls (a plain `Ledger`
     works the same in tests without Ray). Keys are row id + a fresh attempt id, so every
     attempt at a row is charged: a block retried after a crash pays again, never past Q.
 
@@ -307,11 +307,11 @@ class LedgerClient:
     commit charges the measured seconds and teaches the rate, and the ledger keeps the
     FLOPs behind both (its FLOP/s for the pacer). When the holds of a batch at the margin
     are not all granted, they are given back and the batch asks again for its bounds at
-    the rate alone: at the end of a quota, holds of a whole batch at 1.5x (a predictor
+    the rate alone: at the end of a quota, holds of a whole batch at 1.5x (an engine
     holds its batch before it runs) would refuse rows whose time still fits. With `time`
     (quota.time_profile) the work behind the time is the profile's microseconds for each
     row (its task's per-call time included), not its FLOPs, and the rate is seconds per
-    such microsecond. `accelerators`: what the predictor's actor holds (annotate's
+    such microsecond. `accelerators`: what the engine's actor holds (annotate's
     `gpus_per_actor`; 1 without accelerators): a measured second is charged as that many
     accelerator-seconds, so two actors sharing one card (0.5 each) are charged the card's
     seconds once, not twice, and an actor holding two cards twice."""

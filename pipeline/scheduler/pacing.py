@@ -25,7 +25,7 @@ central estimate, so a corpus up to (1 + e) times the estimate is answered to th
 (if Q pays the cheapest m on all of it), while upgrades are planned for the rows expected.
 The spare, one row at the dearest cheapest m, absorbs rows that cost more than their task's
 mean (longer prompts, more options): without it a plan that buys upgrades up to the last
-FLOP can leave the last row unpaid (measured in `mqt bench-scheduler`: 2 of 4,150 rows
+FLOP can leave the last row unpaid (measured in `python -m bench.scheduler`: 2 of 4,150 rows
 with the estimate 20% low).
 Past even the high estimate, `tail` plans as if that share of the rows seen were still to
 come; `tail = 0` where the estimate is a count (`mqt annotate` counts its rows before it

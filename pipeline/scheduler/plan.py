@@ -309,7 +309,7 @@ class PlanPolicy(TokenPolicy):
     (then the row gets that cascade). For a split task, the c-th row
     this copy sees (c = 0, 1, ...) gets m2 when floor((c + 1) n2 / N) > floor(c n2 / N),
     N = n1 + n2: m2 rows are spread evenly, and after c rows exactly floor(c n2 / N) got m2.
-    A predictor actor holds its own copy; over copies that see N rows in all, the m2 rows
+    A engine actor holds its own copy; over copies that see N rows in all, the m2 rows
     sum to at most n2 (floors of a partition) and to more than n2 - copies, so several
     copies never spend more than the plan. Questions do not matter to a per-task plan.
     """

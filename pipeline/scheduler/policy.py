@@ -1,18 +1,20 @@
 """Token policies: how many visual tokens m each row of a batch job gets.
 
-The predictor asks a `TokenPolicy` for one choice per row before it runs the vision encoder
+The engine asks a `TokenPolicy` for one choice per row before it runs the vision encoder
 and the MQT, so it can run them once at the largest m needed. A choice is an int m, or a
 `Cascade(m1, m2, threshold)`: answer at m1, and answer again at m2 (from the same MQT output,
 prefix property) when the m1 answer's confidence is below the threshold. `FixedPolicy` gives
 a fixed m per task; the planner's `PlanPolicy` (pipeline/scheduler/plan.py) and `CascadePolicy`
 (pipeline/scheduler/cascade.py) plug in at the same place. No Ray here: policies are plain picklable
-objects that every predictor actor holds a copy of.
+objects that every engine actor holds a copy of.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from mqt.config import check_m
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,9 @@ class FixedPolicy(TokenPolicy):
 
 
 def _check_m(name: str, m, num_queries: int) -> None:
-    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= num_queries:
+    if not isinstance(m, int):  # an m from a config or plan is an int (numpy ints are not)
         raise ValueError(f"{name}={m!r} is outside 1..{num_queries} (M = query.num_queries)")
+    check_m(name, m, num_queries)
 
 
 def check_choice(name: str, choice, num_queries: int) -> None:

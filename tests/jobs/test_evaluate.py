@@ -33,11 +33,11 @@ def test_eval_writes_calibration_consistent_with_rows(tmp_path):
     assert json.loads((tmp_path / "calibration.json").read_text())["unseen_ms"] == [3]
     assert (tmp_path / "docs" / "eval.md").exists()
     assert (tmp_path / "docs" / "accuracy.png").exists()
-    assert_priced_as_the_predictor_charges(cfg, rows)
+    assert_priced_as_the_engine_charges(cfg, rows)
 
 
-def assert_priced_as_the_predictor_charges(cfg, rows):
-    """A calibration row costs what mqt annotate's predictor charges for the same question:
+def assert_priced_as_the_engine_charges(cfg, rows):
+    """A calibration row costs what mqt annotate's engine charges for the same question:
     for multiple choice the image is encoded once, each option is one more prefill."""
     import io
 

@@ -181,7 +181,7 @@ def test_manifest_without_image_column_is_refused(tmp_path):
         config(f"source={manifest}", f"output={tmp_path / 'out'}")
 
 
-def test_predictor_keeps_order_and_matches_the_model_row_by_row():
+def test_engine_keeps_order_and_matches_the_model_row_by_row():
     """Without Ray: one MQT pass at the largest m, sliced per row, grouped by (task, m), gives
     what the model gives one row at a time; rows come back in input order."""
     from pipeline.decode import decode_batch
@@ -231,7 +231,7 @@ def test_checkpoint_config_not_the_preset_sets_M_and_image_size(ray_local, folde
 
 
 def test_per_task_prompt_and_max_new_tokens_from_config():
-    """`tasks.<name>` overrides reach the predictor: a longer caption prompt costs more prompt
+    """`tasks.<name>` overrides reach the engine: a longer caption prompt costs more prompt
     tokens, and max_new_tokens caps every generated answer."""
     from pipeline.decode import decode_batch
     from pipeline.engine import Engine

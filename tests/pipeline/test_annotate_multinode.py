@@ -1,6 +1,6 @@
 """`mqt annotate` under a quota on a real two-node Ray cluster on this machine.
 
-A head node and a second node of 3 CPUs each (tests/multinode.py). Two predictor actors
+A head node and a second node of 3 CPUs each (tests/multinode.py). Two engine actors
 of 2 CPUs each cannot share a node, so one runs on each; both charge the job's one ledger
 actor and ask its one pacer actor. The quota binds (the paced plan puts a mix of m on the
 rows): spend stays within Q, the ledger's spend is exactly the sum of the rows' FLOPs, every
@@ -27,7 +27,7 @@ BODY = """
              if "Engine" in a["ActorClassName"]}
     alive = len([n for n in ray.nodes() if n["Alive"]])
     print("RESULT " + json.dumps({"runs": runs, "nodes": alive,
-                                  "predictor_nodes": len(nodes)}), flush=True)
+                                  "engine_nodes": len(nodes)}), flush=True)
 """
 
 
@@ -43,7 +43,7 @@ def test_a_paced_quota_job_on_two_nodes_charges_one_ledger(tmp_path, calibration
             f"quota.flops={quota}", "quota.pacing=true", "actors=2", "cpus_per_actor=2",
             "batch_size=2", "block_rows=2", "progress=false"]
     result = on_two_nodes(BODY, args, cpus=3)
-    assert result["nodes"] == 2 and result["predictor_nodes"] == 2
+    assert result["nodes"] == 2 and result["engine_nodes"] == 2
     first, again = result["runs"]
     q = first["quota"]
     assert first["rows"] == ROWS and first["errors"] == 0  # nothing refused

@@ -22,7 +22,7 @@ MS = (1, 4, 16)
 
 
 def tiny_row_bound(m: int) -> int:
-    """FLOPs of a tiny-model caption row at the most new tokens (what the predictor reserves)."""
+    """FLOPs of a tiny-model caption row at the most new tokens (what the engine reserves)."""
     from mqt.model import make_tokenizer
 
     cfg = model_config(ModelArgs())
@@ -205,8 +205,8 @@ def test_a_measured_quota_needs_seconds_and_an_estimate(folder, calibration, tmp
                                        "quota.margin=0.5"], "tiny")
 
 
-def test_predictor_rows_past_the_quota_are_refused_and_spend_stays_within():
-    """Without Ray: a plain Ledger behind the predictor; a quota of ~2.5 rows answers 2.
+def test_engine_rows_past_the_quota_are_refused_and_spend_stays_within():
+    """Without Ray: a plain Ledger behind the engine; a quota of ~2.5 rows answers 2.
     The three refused ask once more after the two are charged, but the tiny random model
     never stops before its max new tokens, so the two spent their whole holds and nothing
     came back: refused again."""

@@ -1,4 +1,4 @@
-"""The cascade in the live predictor (tiny random model, no Ray): escalated rows answer what a
+"""The cascade in the live engine (tiny random model, no Ray): escalated rows answer what a
 plain m2 run answers (continuing from the LM's KV cache of the m1 prompt prefix), the others
 what a plain m1 run answers, an escalated row's FLOPs are cost(m1) + cost(m2) - vision -
 query(m1) - the LM's prefill of that prefix, and behind a ledger the spend stays within the

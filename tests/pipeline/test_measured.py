@@ -1,6 +1,6 @@
 """A quota in measured accelerator-seconds (`quota.measured=true`): the ledger counts the
 microseconds rows really take; a row reserves its FLOP bound at the seconds per FLOP its
-predictor last measured (`MeasuredRate`), and commits the seconds it took. Tiny random
+engine last measured (`MeasuredRate`), and commits the seconds it took. Tiny random
 model, plain `Ledger`, no Ray (the job end to end is in test_annotate_quota.py)."""
 
 import math
@@ -83,12 +83,12 @@ def test_an_actor_on_part_of_a_card_is_charged_its_share_of_each_second():
         LedgerClient(ledger, MeasuredRate(prior=1e-9), accelerators=0)
 
 
-def test_the_predictor_charges_each_row_the_seconds_it_took_and_refuses_past_the_quota():
+def test_the_engine_charges_each_row_the_seconds_it_took_and_refuses_past_the_quota():
     """The estimate says a caption row at m = 4 takes one second (its FLOP bound at the
     prior rate); a quota of 2.5 s pays the holds of two rows of the first batch and the
     ledger refuses the other three. The two are charged the seconds they took (far less on
     this tiny model); the three ask once more with the two charged, at the rate the
-    predictor has just measured, and fit. A quota below one hold at the estimate refuses a
+    engine has just measured, and fit. A quota below one hold at the estimate refuses a
     whole batch: nothing ran, so nothing came back for a second ask."""
     bound = tiny_row_bound(4)
     ledger = Ledger(2_500_000, unit="us")

@@ -1,4 +1,4 @@
-"""`mqt profile`: times the predictor at several m on a sample of rows and writes the
+"""`mqt profile`: times the engine at several m on a sample of rows and writes the
 affine time model a measured quota plans on (pipeline/scheduler/timing.py). Tiny random model on
 the bundled corpus; the times themselves are this machine's, so only their shape is
 checked."""

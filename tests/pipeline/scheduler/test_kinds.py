@@ -47,7 +47,7 @@ def test_classifier_tells_kinds_apart_and_knows_what_it_does_not_know():
     assert clf.predict("describe the weather outside today") is None  # no word seen
     scores = clf.scores("how many dots")
     assert scores["count"] > scores["yesno"]
-    again = pickle.loads(pickle.dumps(clf))  # shipped to predictor actors
+    again = pickle.loads(pickle.dumps(clf))  # shipped to engine actors
     assert [again.predict(q.text) for q in qs] == [q.kind for q in qs]
     with pytest.raises(ValueError, match="min_known"):
         KindClassifier.fit(["a"], ["k"], min_known=2)

@@ -121,7 +121,7 @@ def test_replans_follow_every_and_unknown_tasks_fail():
 
 def test_a_ledger_of_measured_time_is_paced_at_the_flop_rate_really_measured():
     """quota.measured: the ledger counts microseconds, rows reserve their FLOPs at the rate
-    their predictor last measured (x1.5), and the estimate of the FLOP/s that the plan was
+    their engine last measured (x1.5), and the estimate of the FLOP/s that the plan was
     made with is wrong. Rows 50% slower than estimated: the static plan runs out of time
     and the ledger refuses rows; the pacer re-plans on the time left at the FLOP/s it
     reads off the ledger and answers every row, using most of Q. Rows 30% faster: the
@@ -169,7 +169,7 @@ def timed(qs, policy, quota: float, prior: float, slower: float, ledger=None, ba
 
 
 def batched(qs, pacer, client, prior: float, batch: int):
-    """As a predictor does, through a `LedgerClient`: a batch reserves every row's hold
+    """As an engine does, through a `LedgerClient`: a batch reserves every row's hold
     first (its FLOPs at the rate measured so far x 1.5), then runs and commits; each row
     takes FLOPs x prior seconds. Returns (m, right) per row, None where refused."""
     out = []
@@ -187,7 +187,7 @@ def batched(qs, pacer, client, prior: float, batch: int):
 
 
 def test_the_last_batch_of_a_measured_quota_is_held_without_the_margin():
-    """A predictor holds a whole batch, each row at 1.5x its time, before it runs; a pacer
+    """An engine holds a whole batch, each row at 1.5x its time, before it runs; a pacer
     plans the quota to its end (one row spare). Holding only at the margin, the holds of
     the last batch do not fit and its last rows are refused, although their time does;
     asking again without the margin (what `LedgerClient` does), every row is answered,
