@@ -286,7 +286,7 @@ def _start_budget(cfg: AnnotateConfig, budget: Budget, out: OutputFolder) -> Non
         given = (f"{q.seconds:.4g} s of measured accelerator time (planned at {planned_at}), "
                  f"{budget.spent / 1e6:.4g} s")
     else:
-        given = f"{q.total_flops:.4g} FLOPs, {budget.spent:.4g}"
+        given = f"{q.total_cost:.4g} FLOPs, {budget.spent:.4g}"
     log(f"quota {given} spent by earlier runs"
         + (f"; plan for the rows left:\n{table(budget.plan)}" if budget.plan
            else ": nothing left to plan"))

@@ -124,16 +124,16 @@ def share_per_task(args: QuotaArgs, summary: dict, accelerators: float) -> dict[
     if args.measured:
         per = {t: x * accelerators for t, x in summary["seconds_per_task"].items()}
         return {t: round(x / max(q.seconds, 1e-9), 4) for t, x in per.items()}
-    return {t: round(f / max(q.total_flops, 1), 4) for t, f in summary["flops_per_task"].items()}
+    return {t: round(f / max(q.total_cost, 1), 4) for t, f in summary["flops_per_task"].items()}
 
 
 def flops_spend(args: QuotaArgs, summary: dict, totals: dict, budget: Budget) -> dict:
     q = args.quota()
-    return {"quota_flops": q.total_flops, "spent_flops": totals["spent"],
+    return {"quota_flops": q.total_cost, "spent_flops": totals["spent"],
             "this_run_flops": totals["spent"] - budget.spent,
             "escalation_budget_flops": budget.escalations,
             "escalation_flops": totals.get("escalation_spent", 0),
-            "share": round(totals["spent"] / max(q.total_flops, 1), 4),
+            "share": round(totals["spent"] / max(q.total_cost, 1), 4),
             "overrun_flops": totals["overrun"]}
 
 

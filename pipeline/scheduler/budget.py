@@ -263,7 +263,7 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None = None,
     caps = plan_caps(args, full, tasks)
     groups, alpha, time = None, None, args.time_model()
     if args.by == "kind":
-        per_row = left.total_flops / len(todo) if todo else math.inf
+        per_row = left.total_cost / len(todo) if todo else math.inf
         if time is not None and todo:  # the shrinkage is cross-validated on FLOPs
             per_row = time.flops_for(per_row / UNITS_PER_SECOND)
         groups, full, alpha = kind_groups(args, full, tasks, per_row, model_cfg)
@@ -286,7 +286,7 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None = None,
     except InfeasibleQuota:  # the caps keep every cheapest m: the same minimum
         if args.infeasible != "subset":
             raise
-    keep = affordable(keyed, cs, left.total_flops)
+    keep = affordable(keyed, cs, left.total_cost)
     skipped = [(r[0], r[1]) for r in todo[keep:]]
     kept = Counter(g for _, g in keyed[:keep])
     p = plan(kept, cs, left, weights) if kept else None

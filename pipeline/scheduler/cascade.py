@@ -226,8 +226,8 @@ def escalation_budget(plan, curves: Mapping[str, QualityCurve]) -> int:
     for t in plan.tasks:
         for part in t.parts:
             casc = isinstance(part.m, Cascade)
-            first += part.rows * (curves[t.task].at(part.m.m1)[1] if casc else part.flops)
-    return max(0, plan.quota_flops - first)
+            first += part.rows * (curves[t.task].at(part.m.m1)[1] if casc else part.cost)
+    return max(0, plan.quota_cost - first)
 
 
 # ------------------------------------------------------------------ fitting

@@ -303,7 +303,7 @@ def saturated(held: Sequence, curves: Mapping, per_row: float) -> bool:
     for task, n in Counter(q.task for q in held).items():
         c = curves[task]
         top = max(c.accuracy)
-        need += n * min(f for a, f in zip(c.accuracy, c.flops, strict=True) if a == top)
+        need += n * min(f for a, f in zip(c.accuracy, c.cost, strict=True) if a == top)
     return need <= per_row * len(held)
 
 

@@ -48,13 +48,13 @@ from pipeline.scheduler.quota import InfeasibleQuota, Quota
 
 @dataclass(frozen=True)
 class Part:
-    """`rows` rows of a task answered at `m` (an int, or a Cascade): accuracy and FLOPs per
-    row (for a cascade, expected over its escalations)."""
+    """`rows` rows of a task answered at `m` (an int, or a Cascade): accuracy and cost per
+    row in the plan's cost unit (for a cascade, expected over its escalations)."""
 
     m: Choice
     rows: int
     accuracy: float
-    flops: int
+    cost: int
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class TaskPlan:
 
     @property
     def spend(self) -> int:
-        return sum(p.rows * p.flops for p in self.parts)
+        return sum(p.rows * p.cost for p in self.parts)
 
     @property
     def expected_correct(self) -> float:
@@ -92,8 +92,8 @@ class Plan:
     bound: float
 
     @property
-    def quota_flops(self) -> int:
-        return self.quota.total_flops
+    def quota_cost(self) -> int:
+        return self.quota.total_cost
 
     @property
     def spend(self) -> int:
@@ -113,7 +113,7 @@ class Plan:
         return sum(t.expected_correct for t in self.tasks) / max(1, self.rows)
 
     def share(self, flops: float) -> float:
-        return flops / self.quota_flops if self.quota_flops else 0.0
+        return flops / self.quota_cost if self.quota_cost else 0.0
 
     def task(self, name: str) -> TaskPlan:
         return next(t for t in self.tasks if t.task == name)
@@ -122,10 +122,12 @@ class Plan:
         return PlanPolicy({t.task: tuple((p.m, p.rows) for p in t.parts) for t in self.tasks})
 
     def to_dict(self) -> dict:
+        """plan.json: costs under their names of the FLOPs-only format ("total_flops",
+        "flops"); on a time profile they are its microseconds (quota "timed")."""
         q = self.quota
         return {"quota": {"flops": q.flops, "seconds": q.seconds,
                           "flops_per_second": q.flops_per_second,
-                          "total_flops": self.quota_flops, "timed": q.timed},
+                          "total_flops": self.quota_cost, "timed": q.timed},
                 "spend": self.spend, "share": self.share(self.spend), "value": self.value,
                 "bound": self.bound, "rows": self.rows, "accuracy": self.accuracy,
                 "tasks": [_task_dict(t, self) for t in self.tasks]}
@@ -135,7 +137,7 @@ def _task_dict(t: TaskPlan, plan: Plan) -> dict:
     return {"task": t.task, "rows": t.rows, "weight": t.weight, "accuracy": t.accuracy,
             "spend": t.spend, "share": plan.share(t.spend),
             "parts": [{"m": choice_to_json(p.m), "rows": p.rows, "accuracy": p.accuracy,
-                       "flops": p.flops}
+                       "flops": p.cost}
                       for p in t.parts]}
 
 
@@ -146,7 +148,7 @@ def _task_dict(t: TaskPlan, plan: Plan) -> dict:
 class _Point:
     m: Choice
     accuracy: float
-    flops: int
+    cost: int
     value: float  # weight x accuracy, per row
 
 
@@ -162,7 +164,7 @@ def hull(curve: QualityCurve, weight: float = 1.0) -> list[_Point]:
     """The upper concave hull of (flops, weight x accuracy), cheapest first. Each step costs
     more and gains more, and buys strictly less value per FLOP than the step before."""
     pts = sorted((_Point(m, a, f, weight * a) for m, a, f in curve.points()),
-                 key=lambda p: (p.flops, -p.value, choice_key(p.m)))
+                 key=lambda p: (p.cost, -p.value, choice_key(p.m)))
     frontier: list[_Point] = []
     for p in pts:  # drop dominated points: no more value than something as cheap
         if not frontier or p.value > frontier[-1].value:
@@ -182,7 +184,7 @@ def _concave(a: _Point, b: _Point, c: _Point) -> bool:
 
 
 def _slope(a: _Point, b: _Point) -> float:
-    return (b.value - a.value) / (b.flops - a.flops)
+    return (b.value - a.value) / (b.cost - a.cost)
 
 
 def _specs(rows: Mapping[str, int], curves: Mapping[str, QualityCurve],
@@ -202,7 +204,7 @@ def _specs(rows: Mapping[str, int], curves: Mapping[str, QualityCurve],
     return specs
 
 
-def minimum_flops(rows: Mapping[str, int], curves: Mapping[str, QualityCurve]) -> int:
+def minimum_cost(rows: Mapping[str, int], curves: Mapping[str, QualityCurve]) -> int:
     """FLOPs of every row at its task's cheapest m: the least any plan can spend."""
     return sum(n * curves[t].cheapest for t, n in rows.items())
 
@@ -211,8 +213,8 @@ def plan(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], quota: Quo
          weights: Mapping[str, float] | None = None) -> Plan:
     """The plan for `rows` per task within `quota`; raises InfeasibleQuota if none fits."""
     specs = _specs(rows, curves, weights)
-    Q = quota.total_flops
-    base = sum(s.rows * s.hull[0].flops for s in specs)
+    Q = quota.total_cost
+    base = sum(s.rows * s.hull[0].cost for s in specs)
     if base > Q:
         raise InfeasibleQuota(quota, base)
     level, split = [0] * len(specs), [0] * len(specs)  # hull index; rows one step above it
@@ -222,7 +224,7 @@ def plan(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], quota: Quo
         s = specs[i]
         if split[i] or level[i] != k:
             continue  # this task is split, or could not pay for an earlier step
-        dc, dv = s.hull[k + 1].flops - s.hull[k].flops, s.hull[k + 1].value - s.hull[k].value
+        dc, dv = s.hull[k + 1].cost - s.hull[k].cost, s.hull[k + 1].value - s.hull[k].value
         n = min(s.rows, left // dc)
         if lp_open:
             bound += dv * (s.rows if n == s.rows else left / dc)
@@ -246,7 +248,7 @@ def _steps_by_gain(specs: Sequence[_Spec]) -> list[tuple[int, int]]:
 
 def _task_plan(s: _Spec, k: int, up: int) -> TaskPlan:
     def part(p: _Point, n: int) -> Part:
-        return Part(p.m, n, p.accuracy, p.flops)
+        return Part(p.m, n, p.accuracy, p.cost)
 
     if up:
         parts = (part(s.hull[k], s.rows - up), part(s.hull[k + 1], up))
@@ -275,7 +277,7 @@ def best_fixed_plan(rows: Mapping[str, int], curves: Mapping[str, QualityCurve],
     """The best single m for all tasks that fits in the quota, or None if none does."""
     common = set.intersection(*(set(curves[t].ms) for t in rows)) if rows else set()
     fits = [p for p in (fixed_plan(rows, curves, m, quota, weights) for m in sorted(common))
-            if p.spend <= p.quota_flops]
+            if p.spend <= p.quota_cost]
     return max(fits, key=lambda p: (p.value, -p.spend), default=None)
 
 
@@ -286,7 +288,7 @@ def quota_to_match(rows: Mapping[str, int], curves: Mapping[str, QualityCurve], 
     def reaches(q: int) -> bool:
         return plan(rows, curves, Quota(flops=q), weights).value >= value * (1 - 1e-12)
 
-    lo = minimum_flops(rows, curves)
+    lo = minimum_cost(rows, curves)
     hi = sum(n * curves[t].dearest for t, n in rows.items())
     if not reaches(hi):
         return None

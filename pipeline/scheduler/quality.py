@@ -49,7 +49,9 @@ class QualityCurve:
     task: str
     ms: tuple[int, ...]
     accuracy: tuple[float, ...]
-    flops: tuple[int, ...]
+    # per m, the mean cost of a row in the plan's cost unit: FLOPs, or on a time profile its
+    # microseconds (pipeline/scheduler/timing.py prices a curve so)
+    cost: tuple[int, ...]
     cascades: tuple[tuple[Cascade, float, int], ...] = ()
     # per cascade option, the accuracy the same cascade has on more questions, which a
     # noisy curve's options are shrunk toward (a kind group's: its task's questions;
@@ -58,22 +60,22 @@ class QualityCurve:
 
     def __post_init__(self):
         n = len(self.ms)
-        if n == 0 or len(self.accuracy) != n or len(self.flops) != n:
-            raise ValueError(f"curve {self.task!r}: ms, accuracy and flops need one value "
+        if n == 0 or len(self.accuracy) != n or len(self.cost) != n:
+            raise ValueError(f"curve {self.task!r}: ms, accuracy and cost need one value "
                              f"per m, got {len(self.ms)}, {len(self.accuracy)}, "
-                             f"{len(self.flops)}")
+                             f"{len(self.cost)}")
         if any(b <= a for a, b in zip(self.ms, self.ms[1:], strict=False)) or self.ms[0] < 1:
             raise ValueError(f"curve {self.task!r}: ms must be >= 1 and increasing: {self.ms}")
         if not all(0.0 <= a <= 1.0 for a in self.accuracy):
             raise ValueError(f"curve {self.task!r}: accuracy must lie in [0, 1]")
-        if not all(isinstance(f, int) and f >= 0 for f in self.flops):
-            raise ValueError(f"curve {self.task!r}: flops must be ints >= 0")
+        if not all(isinstance(f, int) and f >= 0 for f in self.cost):
+            raise ValueError(f"curve {self.task!r}: cost must be ints >= 0")
         for c, a, f in self.cascades:
             if not isinstance(c, Cascade) or not 0.0 <= a <= 1.0:
                 raise ValueError(f"curve {self.task!r}: a cascade option needs a Cascade and "
                                  f"an accuracy in [0, 1], got {c!r}, {a!r}")
             if not isinstance(f, int) or f < 0:
-                raise ValueError(f"curve {self.task!r}: cascade flops must be ints >= 0")
+                raise ValueError(f"curve {self.task!r}: cascade cost must be ints >= 0")
         if self.cascade_prior and (len(self.cascade_prior) != len(self.cascades) or not all(
                 0.0 <= a <= 1.0 for a in self.cascade_prior)):
             raise ValueError(f"curve {self.task!r}: cascade_prior needs one accuracy in [0, 1] "
@@ -82,7 +84,7 @@ class QualityCurve:
 
     def points(self) -> list[tuple[Choice, float, int]]:
         """(m or Cascade, accuracy, flops per row): fixed m in m order, then the cascades."""
-        return list(zip(self.ms, self.accuracy, self.flops, strict=True)) + list(self.cascades)
+        return list(zip(self.ms, self.accuracy, self.cost, strict=True)) + list(self.cascades)
 
     @property
     def cheapest(self) -> int:
@@ -101,7 +103,7 @@ class QualityCurve:
         if k == len(self.ms) and all(c.m2 <= m for c, _, _ in self.cascades):
             return self
         keep = [i for i, o in enumerate(self.cascades) if o[0].m2 <= self.ms[k - 1]]
-        return replace(self, ms=self.ms[:k], accuracy=self.accuracy[:k], flops=self.flops[:k],
+        return replace(self, ms=self.ms[:k], accuracy=self.accuracy[:k], cost=self.cost[:k],
                        cascades=tuple(self.cascades[i] for i in keep),
                        cascade_prior=tuple(self.cascade_prior[i] for i in keep)
                        if self.cascade_prior else ())
@@ -111,7 +113,7 @@ class QualityCurve:
         if m not in self.ms:
             raise KeyError(f"curve {self.task!r} has no m={m}; it has {list(self.ms)}")
         i = self.ms.index(m)
-        return self.accuracy[i], self.flops[i]
+        return self.accuracy[i], self.cost[i]
 
 
 def from_calibration(path: str | Path = SHIPPED_CALIBRATION,

@@ -57,8 +57,9 @@ class Quota:
         return "profiled us" if self.timed else "FLOPs"
 
     @property
-    def total_flops(self) -> int:
-        """Whole FLOPs the quota pays for (rounded down: never more than given)."""
+    def total_cost(self) -> int:
+        """What the quota pays for in its cost unit (`cost_unit`: whole FLOPs, or a time
+        profile's microseconds), rounded down: never more than given."""
         if self.flops is not None:
             return math.floor(self.flops)
         return math.floor(self.seconds * self.flops_per_second)
@@ -68,7 +69,7 @@ class Quota:
         return flops if self.flops is not None else flops / self.flops_per_second
 
     def minimum_for(self, flops: int) -> float:
-        """The smallest quota, in this quota's unit, whose `total_flops` reaches `flops`."""
+        """The smallest quota, in this quota's unit, whose `total_cost` reaches `flops`."""
         fps = self.flops_per_second if self.flops is None else 1.0
         q = flops / fps
         while math.floor(q * fps) < flops:  # float rounding fell short
@@ -86,9 +87,9 @@ class Quota:
 class InfeasibleQuota(ValueError):
     """The quota cannot pay for the cheapest m on every row; `minimum` says what can."""
 
-    def __init__(self, quota: Quota, minimum_flops: int):
-        self.quota, self.minimum_flops = quota, minimum_flops
-        self.minimum = quota.minimum_for(minimum_flops)  # in the quota's unit
+    def __init__(self, quota: Quota, minimum_cost: int):
+        self.quota, self.minimum_cost = quota, minimum_cost  # in the quota's cost unit
+        self.minimum = quota.minimum_for(minimum_cost)  # in the quota's unit
         given = quota.flops if quota.flops is not None else quota.seconds
         super().__init__(f"a quota of {quota.describe(given)} cannot pay for the cheapest m "
                          f"on every row; the minimum quota is "
@@ -203,7 +204,7 @@ def ledger_quota(args: QuotaArgs) -> tuple[int, str]:
     """The job ledger's quota and unit: FLOPs, or microseconds of measured time."""
     if args.measured:
         return math.floor(args.quota().seconds * 1e6), "us"
-    return args.quota().total_flops, "flops"
+    return args.quota().total_cost, "flops"
 
 
 def in_ledger_units(args: QuotaArgs, flops: float) -> int:
@@ -221,7 +222,7 @@ def remaining(args: QuotaArgs, spent: int) -> Quota:
     if args.measured:
         return Quota(seconds=max(0.0, q.seconds - spent / 1e6),
                      flops_per_second=q.flops_per_second, timed=q.timed)
-    left = max(0, q.total_flops - spent)
+    left = max(0, q.total_cost - spent)
     return Quota(flops=left) if q.flops is not None else Quota(
         seconds=left / q.flops_per_second, flops_per_second=q.flops_per_second)
 

@@ -11,7 +11,7 @@ def report(p: Plan, source: str, best: Plan | None, match: dict | None,
     and with a match the quota at which the plan matches fixed m."""
     q, unit = p.quota, p.quota.cost_unit
     given = q.flops if q.flops is not None else q.seconds
-    flops = "" if q.flops is not None else f" = {p.quota_flops:.4g} {unit}"
+    flops = "" if q.flops is not None else f" = {p.quota_cost:.4g} {unit}"
     lines = [f"Plan for {p.rows} rows, quota {q.describe(given)}{flops} ({source})", "",
              table(p)]
     lines += ["", f"Value {p.value:.6g} (weighted expected correct rows); no plan can "

@@ -96,11 +96,11 @@ class TimeModel:
                 if shared is None:
                     raise ValueError("time model: pricing cascades needs what an escalation "
                                      "reuses (shared FLOPs per m1)")
-                f1 = c.flops[c.ms.index(casc.m1)]
-                extra = c.flops[c.ms.index(casc.m2)] - shared[casc.m1]
+                f1 = c.cost[c.ms.index(casc.m1)]
+                extra = c.cost[c.ms.index(casc.m2)] - shared[casc.m1]
                 p = min(1.0, max(0.0, (f - f1) / extra)) if extra > 0 else 0.0
                 cascades.append((casc, acc, self.units(group, f, 1 + p)))
-            out[group] = replace(c, flops=tuple(self.units(group, f) for f in c.flops),
+            out[group] = replace(c, cost=tuple(self.units(group, f) for f in c.cost),
                                  cascades=tuple(cascades))
         return out
 

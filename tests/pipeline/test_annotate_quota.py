@@ -291,7 +291,7 @@ def test_quota_job_with_cascades_escalates_within_the_plan_and_the_quota(
     fitted = curves(cfg.quota, {"caption"}, model_config(ModelArgs()))["caption"]
     best = max(fitted.cascades, key=lambda o: (o[1], -o[2]))  # (cascade, accuracy, FLOPs)
     assert best[0] == Cascade(1, 16, -0.001) and best[1] == 1.0
-    assert best[2] < fitted.flops[-1]  # cheaper than m = 16 on every row
+    assert best[2] < fitted.cost[-1]  # cheaper than m = 16 on every row
     quota = 12 * best[2]  # the cascade on every row, at its fitted mean cost
     cfg = cli.resolve("annotate", None, [*args, f"quota.flops={quota}"], "tiny")[1]
     budget = check(cfg).budget
@@ -353,7 +353,7 @@ def kind_calibration(tmp_path_factory):
     what a tiny vqa row costs, so the ledger refuses nothing), a counting question at m = 16
     EXTRA more (longer answers): shrunk to the task's accuracy, the two kinds would look
     alike and the cheaper yes/no upgrade would win, so cross-validation keeps them apart."""
-    from test_kinds import count, yesno
+    from tests.pipeline.scheduler.test_kinds import count, yesno
 
     folder = tmp_path_factory.mktemp("kindcal")
     rows = [{"id": f"{kind}{i}", "task": "vqa", "kind": kind, "m": m, "question": text(i),
@@ -376,7 +376,7 @@ def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tm
     source, expected accuracy 0.75); planned by kind, every counting question gets m = 16
     and every yes/no question m = 1 (expected 1.0), spend <= Q; with pacing too, the pacer
     counts rows per group."""
-    from test_kinds import count, yesno
+    from tests.pipeline.scheduler.test_kinds import count, yesno
 
     lines = [{"id": f"r{i:02d}", "image": f"{i:02d}.png", "task": "vqa",
               "question": count(i + 3) if i < 6 else yesno(i + 3)} for i in range(12)]

@@ -26,7 +26,7 @@ from pipeline.scheduler.cascade import (
     summary,
     with_cascades,
 )
-from pipeline.scheduler.plan import PlanPolicy, hull, minimum_flops, plan
+from pipeline.scheduler.plan import PlanPolicy, hull, minimum_cost, plan
 from pipeline.scheduler.policy import Cascade
 from pipeline.scheduler.quality import QualityCurve, from_calibration
 from pipeline.scheduler.quota import InfeasibleQuota, Quota
@@ -109,7 +109,7 @@ def test_planner_with_cascade_options_never_passes_the_quota(data):
     draw = data.draw
     curves = {t: curve_with_cascades(draw, t) for t in ("a", "b", "c")}
     rows = {t: draw(st.integers(0, 40)) for t in curves}
-    least = minimum_flops(rows, curves)
+    least = minimum_cost(rows, curves)
     assert least == sum(n * min(f for _, _, f in curves[t].points()) for t, n in rows.items())
     q = draw(st.integers(0, least + 40 * 3 * 900))
     if q < least:
@@ -209,4 +209,4 @@ def test_fixed_curves_of_the_shipped_rows_are_the_shipped_calibration():
     assert len(qs) == 830
     for task, c in fixed_curves(qs, shipped["vqa"].ms).items():
         assert c.accuracy == pytest.approx(shipped[task].accuracy, abs=1e-12)
-        assert all(abs(x - y) <= 1 for x, y in zip(c.flops, shipped[task].flops, strict=True))
+        assert all(abs(x - y) <= 1 for x, y in zip(c.cost, shipped[task].cost, strict=True))

@@ -72,7 +72,7 @@ def test_group_curves_are_measured_on_the_questions_classified_there():
     assert cs["vqa"] is task["vqa"]
     assert cs["vqa:yesno"].accuracy == (1.0, 1.0, 1.0)
     assert cs["vqa:count"].accuracy == (0.0, 0.0, 1.0)
-    assert cs["vqa:count"].flops == (10, 40, 165)
+    assert cs["vqa:count"].cost == (10, 40, 165)
 
 
 def test_grouped_policy_asks_the_plan_by_group():
@@ -98,7 +98,7 @@ def test_shrunk_pulls_group_accuracy_toward_the_task():
     assert shrunk(cs, {"vqa:count": 30}, 0)["vqa:count"] is group
     half = shrunk(cs, {"vqa:count": 30}, 30)
     assert half["vqa:count"].accuracy == (0.25, 0.25, 1.0)  # (30 x 0 + 30 x 0.5) / 60
-    assert half["vqa:count"].flops == group.flops and half["vqa"] is task
+    assert half["vqa:count"].cost == group.cost and half["vqa"] is task
     assert shrunk(cs, {"vqa:count": 30}, math.inf)["vqa:count"].accuracy == task.accuracy
 
 

@@ -29,7 +29,7 @@ def questions(rows: dict[str, int], seed: int = 0, scale: float = 1.0) -> list[Q
     qs = [Question(f"{t}{i}", t, t,
                    {m: rng.random() < a for m, a in zip(MS, c.accuracy, strict=True)},
                    {m: 0.0 for m in MS},
-                   {m: round(scale * f) for m, f in zip(MS, c.flops, strict=True)})
+                   {m: round(scale * f) for m, f in zip(MS, c.cost, strict=True)})
           for t, c in CURVES.items() for i in range(rows.get(t, 0))]
     rng.shuffle(qs)
     return qs

@@ -17,7 +17,7 @@ from pipeline.scheduler.plan import (
     best_fixed_plan,
     fixed_plan,
     hull,
-    minimum_flops,
+    minimum_cost,
     plan,
     quota_to_match,
 )
@@ -68,15 +68,15 @@ def test_llava_prior_has_the_published_points_and_the_cost_model_prices():
     for task, c in curves.items():
         assert [round(100 * c.at(m)[0], 1) for m in (2, 36, 256)] == list(exact[task])
         T, K = LLAVA_7B_TOKENS[task]
-        assert c.flops == tuple(total_flops(cfg, m, T, K).total for m in c.ms)
-        assert list(c.flops) == sorted(c.flops)
+        assert c.cost == tuple(total_flops(cfg, m, T, K).total for m in c.ms)
+        assert list(c.cost) == sorted(c.cost)
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(ms=(), accuracy=(), flops=()), "one value per m"),
-    (dict(ms=(4, 2), accuracy=(0.1, 0.2), flops=(1, 2)), "increasing"),
-    (dict(ms=(1,), accuracy=(1.5,), flops=(1,)), "accuracy"),
-    (dict(ms=(1,), accuracy=(0.5,), flops=(1.5,)), "flops"),
+    (dict(ms=(), accuracy=(), cost=()), "one value per m"),
+    (dict(ms=(4, 2), accuracy=(0.1, 0.2), cost=(1, 2)), "increasing"),
+    (dict(ms=(1,), accuracy=(1.5,), cost=(1,)), "accuracy"),
+    (dict(ms=(1,), accuracy=(0.5,), cost=(1.5,)), "cost"),
 ])
 def test_bad_curves_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -164,10 +164,10 @@ def test_bad_rows_and_weights_name_the_field(rows, weights, message):
 def test_infeasible_quota_names_the_exact_minimum_in_flops():
     curves = llava_7b_prior()
     rows = {t: 1000 for t in curves}
-    need = minimum_flops(rows, curves)
+    need = minimum_cost(rows, curves)
     with pytest.raises(InfeasibleQuota) as e:
         plan(rows, curves, Quota(flops=need - 1))
-    assert e.value.minimum_flops == need and e.value.minimum == need
+    assert e.value.minimum_cost == need and e.value.minimum == need
     assert "minimum quota is" in str(e.value) and repr(float(need)) in str(e.value)
     assert plan(rows, curves, Quota(flops=need)).spend == need  # every row at m = 2
 
@@ -208,7 +208,7 @@ def instances(draw, max_tasks=4, max_ms=5, max_rows=60):
         curves[t] = QualityCurve(t, tuple(range(1, k + 1)), tuple(acc), tuple(flops))
         rows[t] = draw(st.integers(0, max_rows))
         weights[t] = draw(st.sampled_from([0.0, 0.5, 1.0, 1.0, 3.0]))
-    top = sum(rows[t] * max(c.flops) for t, c in curves.items())
+    top = sum(rows[t] * max(c.cost) for t, c in curves.items())
     quota = draw(st.integers(0, int(1.2 * top) + 10))
     return curves, rows, weights, quota
 
@@ -223,11 +223,11 @@ def _step_gains(curves, rows, weights):
 @given(instances())
 def test_plan_never_exceeds_the_quota_and_leaves_no_affordable_step(inst):
     curves, rows, weights, Q = inst
-    need = minimum_flops(rows, curves)
+    need = minimum_cost(rows, curves)
     if Q < need:
         with pytest.raises(InfeasibleQuota) as e:
             plan(rows, curves, Quota(flops=Q), weights)
-        assert e.value.minimum_flops == need
+        assert e.value.minimum_cost == need
         return
     p = plan(rows, curves, Quota(flops=Q), weights)
     assert p.spend <= Q
@@ -239,7 +239,7 @@ def test_plan_never_exceeds_the_quota_and_leaves_no_affordable_step(inst):
         k = ms.index(t.parts[0].m)
         assert [x.m for x in t.parts] == ms[k: k + len(t.parts)]  # one or two adjacent
         if t.rows and k + 1 < len(h):  # the next one-row step does not fit what is left
-            assert h[k + 1].flops - h[k].flops > left
+            assert h[k + 1].cost - h[k].cost > left
     assert p.value <= p.bound + EPS * (1 + p.bound)
 
 
@@ -250,7 +250,7 @@ def test_greedy_against_brute_force(inst):
     feasible, so OPT >= plan; OPT <= the LP optimum = `bound`; and bound - plan is less than
     one row's gain on one hull step (rounding the one split task down, then refilling)."""
     curves, rows, weights, Q = inst
-    if Q < minimum_flops(rows, curves):
+    if Q < minimum_cost(rows, curves):
         return
     p = plan(rows, curves, Quota(flops=Q), weights)
     best = _brute_force(curves, rows, weights, Q)
@@ -265,7 +265,7 @@ def _brute_force(curves, rows, weights, Q) -> float:
     for t, c in curves.items():
         options = []
         for counts in _compositions(rows[t], len(c.ms)):
-            cost = sum(n * f for n, f in zip(counts, c.flops, strict=True))
+            cost = sum(n * f for n, f in zip(counts, c.cost, strict=True))
             value = weights[t] * sum(n * a for n, a in zip(counts, c.accuracy, strict=True))
             options.append((cost, value))
         per_task.append(options)
@@ -287,13 +287,13 @@ def test_bound_is_the_lp_optimum(inst):
     scipy's HiGHS, over every point of every curve, not only the hull."""
     linprog = pytest.importorskip("scipy.optimize").linprog
     curves, rows, weights, Q = inst
-    if Q < minimum_flops(rows, curves):
+    if Q < minimum_cost(rows, curves):
         return
     p = plan(rows, curves, Quota(flops=Q), weights)
     cost, value, eq, eq_rhs = [], [], [], []
     for t, c in curves.items():
         start = len(cost)
-        cost += list(c.flops)
+        cost += list(c.cost)
         value += [weights[t] * a for a in c.accuracy]
         eq_rhs.append(rows[t])
         eq.append((start, len(cost)))
@@ -308,7 +308,7 @@ def test_bound_is_the_lp_optimum(inst):
 @given(instances())
 def test_plan_is_at_least_the_best_fixed_m_less_one_row(inst):
     curves, rows, weights, Q = inst
-    if Q < minimum_flops(rows, curves):
+    if Q < minimum_cost(rows, curves):
         return
     p = plan(rows, curves, Quota(flops=Q), weights)
     fixed = best_fixed_plan(rows, curves, Quota(flops=Q), weights)
@@ -324,8 +324,8 @@ def test_on_the_llava_prior_the_plan_beats_every_fixed_m_that_fits():
     for tflops_per_row in (1.5, 2.0, 3.0, 4.0):
         q = Quota(flops=tflops_per_row * 1e12 * 10_000)
         p, fixed = plan(rows, curves, q), best_fixed_plan(rows, curves, q)
-        assert p.spend <= q.total_flops and p.value >= fixed.value
-        assert p.spend >= 0.99 * q.total_flops  # more spend would still help here
+        assert p.spend <= q.total_cost and p.value >= fixed.value
+        assert p.spend >= 0.99 * q.total_cost  # more spend would still help here
 
 
 def test_quota_to_match_a_fixed_m():

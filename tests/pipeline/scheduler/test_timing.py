@@ -93,7 +93,7 @@ def test_curves_are_priced_in_microseconds_cascades_with_their_expected_calls():
     curve = QualityCurve("vqa:easy-vqa/color", (2, 8), (0.5, 0.7), (f1, f8),
                          cascades=((Cascade(2, 8, -0.5), 0.66, casc),))
     out = tm.timed({"vqa:easy-vqa/color": curve}, shared)["vqa:easy-vqa/color"]
-    assert out.flops == (math.ceil((1e-11 * f1 + 0.05) * 1e6),
+    assert out.cost == (math.ceil((1e-11 * f1 + 0.05) * 1e6),
                          math.ceil((1e-11 * f8 + 0.05) * 1e6))
     assert out.cascades[0][2] == math.ceil((1e-11 * casc + 0.05 * (1 + p)) * 1e6)
     assert out.accuracy == curve.accuracy and out.ms == curve.ms
@@ -169,10 +169,10 @@ def test_a_plan_on_a_time_profile_prices_each_m_by_its_modelled_time(tmp_path):
                    Quota(flops=20 * UNITS_PER_SECOND))
     assert budget.plan.tasks == by_hand.tasks
     assert budget.plan.spend <= 20 * UNITS_PER_SECOND
-    assert budget.curves["vqa"].flops[0] == tm.units("vqa", cs["vqa"].flops[0])
+    assert budget.curves["vqa"].cost[0] == tm.units("vqa", cs["vqa"].cost[0])
     # the same 20 s as FLOPs at the profile's marginal FLOP/s, ignoring the time per call
     flops_plan = plan({"vqa": 60, "caption": 20, "mc": 20}, cs, Quota(flops=20 / 1e-11))
-    modelled = sum(tm.units(t.task, p.flops) * p.rows for t in flops_plan.tasks
+    modelled = sum(tm.units(t.task, p.cost) * p.rows for t in flops_plan.tasks
                    for p in t.parts)
     assert modelled > 20 * UNITS_PER_SECOND  # that plan would overrun the time
     missing = TimeModel(1e-11, {"vqa": 0.1})
