@@ -31,7 +31,7 @@ from tqdm import tqdm
 from mqt.config import VLMConfig
 from mqt.configtree import to_dict
 from mqt.console import log
-from mqt.load import ModelArgs, resolved_config, validate_model
+from mqt.load import ModelArgs, model_args, resolved_config, validate_model
 from mqt.tasks import TASKS, Task
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_batch
 from pipeline.engine import OUTPUT_SCHEMA, Engine, error_row
@@ -232,10 +232,9 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=cfg.block_rows,
                         fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels,
                                    "storage": cfg.storage})
-    model_args = {k: v for k, v in to_dict(cfg).items() if k in ModelArgs.__dataclass_fields__}
     return ds.map_batches(
         Engine, batch_format="pyarrow", batch_size=cfg.batch_size,
-        fn_constructor_kwargs={"model_args": model_args,
+        fn_constructor_kwargs={"model_args": model_args(cfg),
                                "policy": token_policy or fixed_policy(cfg), "threads": cfg.threads,
                                "tasks": tasks, "ledger": ledger,
                                "escalation_ledger": escalation_ledger},
