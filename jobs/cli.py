@@ -27,6 +27,7 @@ JOBS = {
     "annotate": ("jobs.annotate", "captions / answers for an image folder or manifest (Ray Data)"),
     "plan": ("jobs.plan", "per-task visual-token budgets that fit a compute quota"),
     "profile": ("jobs.profile", "seconds per row at each m here: a time model for quotas"),
+    "serve": ("jobs.serve", "an OpenAI-compatible endpoint on Ray Serve (m per request)"),
 }
 
 

@@ -8,7 +8,9 @@ encoder and the MQT once at the largest m of the batch, slices each row's first 
 tokens (prefix property), and answers rows in groups of (task, m): caption and VQA rows
 generate text, multiple-choice rows score their options by log-likelihood. Rows come out
 in input order as OUTPUT_SCHEMA; error rows pass through with only their error set, and a
-group the model fails on becomes error rows too.
+group the model fails on becomes error rows too. A row may carry its own `m` (an int in
+1..M: a serving request's `visual_tokens`) and `max_new_tokens`, which win over the policy
+and its task's answer length.
 
 Cascades (pipeline/scheduler/policy.py `Cascade(m1, m2, t)`): such a row is answered at m1 first; if
 its confidence is below t it is answered again at m2 from the same MQT output (the batch
@@ -44,6 +46,7 @@ import pyarrow as pa
 import torch
 from transformers.utils import logging as hf_logging
 
+from mqt.config import check_m
 from mqt.configtree import from_dict
 from mqt.cost import lm_visual_tokens, query_flops, scored_flops, total_flops, vision_flops
 from mqt.load import ModelArgs, load_model
@@ -95,7 +98,7 @@ class Engine:
         self.reuse_prefix = reuse_prefix
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        rows = [dict(r, error=r["error"] or self._bad_m(r)) for r in batch.to_pylist()]
         out = [error_row(r, r["error"]) for r in rows]
         ok = [i for i, r in enumerate(rows) if not r["error"]]
         if len(ok) < len(rows):  # a pacing policy stops expecting them
@@ -110,6 +113,8 @@ class Engine:
         escalate the low-confidence rows of cascades. With a ledger, rows whose holds are
         refused ask once more after the granted rows are charged (the module docstring)."""
         choices = self.policy.choose([r["task"] for r in rows], [r["question"] for r in rows])
+        # a row's own m (a serving request's, a manifest's `visual_tokens`) wins over the policy
+        choices = [c if r.get("m") is None else r["m"] for r, c in zip(rows, choices, strict=True)]
         todo = list(range(len(rows)))
         answered = []  # per ask: (row indices, their MQT output, their prompt prefixes)
         for _ in range(2 if self.ledger is not None else 1):
@@ -153,7 +158,7 @@ class Engine:
         kept: list[PromptPrefix | None] = [None] * len(rows)
         prefixes = prefixes or [None] * len(rows)
         starts = [p.m if p is not None else 0 for p in prefixes]
-        for (task, m, start), idx in _groups(rows, ms, starts).items():
+        for (task, m, start, _), idx in _groups(rows, ms, starts, self._new_tokens).items():
             want = keep is not None and any(keep[i] for i in idx)
             prefix = PromptPrefix.stack([prefixes[i] for i in idx]) if start else None
             t1 = time.perf_counter()
@@ -233,15 +238,31 @@ class Engine:
         return ([i for i, ok in zip(idx, granted, strict=True) if ok],
                 [k for k, ok in zip(keys, granted, strict=True) if ok])
 
+    def _bad_m(self, row: dict) -> str | None:
+        """The error of a row whose own m is outside 1..M (None: no own m, or a good one)."""
+        if row.get("m") is None:
+            return None
+        try:
+            check_m("m", row["m"], self.model.num_queries)
+        except ValueError as e:
+            return f"bad request: {e}"
+        return None
+
+    def _new_tokens(self, row: dict) -> int:
+        """The most tokens the row's answer may have: its own `max_new_tokens`, else its
+        task's."""
+        own = row.get("max_new_tokens")
+        return own if own is not None else self.tasks[row["task"]].max_new_tokens
+
     def _bound(self, row: dict, m: int, cached: int = 0) -> int:
-        """Most FLOPs the row can cost at m: the cost model at the task's max new tokens
+        """Most FLOPs the row can cost at m: the cost model at its most new tokens
         (`cached`: prompt positions its answer continues from)."""
         t = self.tasks[row["task"]]
         T = self.model.prompt_text_tokens(t.format(row["question"] or "", row["options"] or ()))
         if t.scoring == "loglik":  # exactly what `_pick` charges: the options are known
             return scored_flops(self.model.cfg, m, T,
                                 self.model.option_token_counts(row["options"]), cached)
-        return int(total_flops(self.model.cfg, m, T, t.max_new_tokens, cached).total)
+        return int(total_flops(self.model.cfg, m, T, self._new_tokens(row), cached).total)
 
     @torch.no_grad()
     def _encode(self, rows: list[dict], m: int) -> torch.Tensor:
@@ -263,8 +284,8 @@ class Engine:
                                                              prefix, keep)
             return [self._pick(q, opts, s, m, cached) for q, opts, s in zip(
                 questions, options, scores, strict=True)], kept
-        gens, kept = self.model.generate_cached(questions, m, embeds, t.max_new_tokens, prefix,
-                                                keep)
+        gens, kept = self.model.generate_cached(questions, m, embeds, self._new_tokens(rows[0]),
+                                                prefix, keep)  # one length per group
         return [Answer(g.text, g.prompt_tokens, g.new_tokens,
                        total_flops(self.model.cfg, m, g.prompt_tokens, max(1, g.new_tokens),
                                    cached).total, g.mean_logprob) for g in gens], kept
@@ -289,12 +310,13 @@ def _settle(ledger, keys: list[str], out: list[dict]) -> None:
     ledger.release([k for k, o in zip(keys, out, strict=True) if o["flops"] is None])
 
 
-def _groups(rows: list[dict], ms: list[int],
-            starts: list[int]) -> dict[tuple[str, int, int], list[int]]:
-    """Row indices per (task, m, the m of the prefix they continue from), first-seen order."""
-    groups: dict[tuple[str, int, int], list[int]] = {}
+def _groups(rows: list[dict], ms: list[int], starts: list[int],
+            new_tokens) -> dict[tuple[str, int, int, int], list[int]]:
+    """Row indices per (task, m, the m of the prefix they continue from, most new tokens),
+    in first-seen order."""
+    groups: dict[tuple[str, int, int, int], list[int]] = {}
     for i, (r, m, start) in enumerate(zip(rows, ms, starts, strict=True)):
-        groups.setdefault((r["task"], m, start), []).append(i)
+        groups.setdefault((r["task"], m, start, new_tokens(r)), []).append(i)
     return groups
 
 
