@@ -12,6 +12,7 @@ exactly this; the pure parts it runs are in the other modules of this package.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,7 +97,7 @@ def ledger_actor(job: str, quota: int, state_path: str | None = None,
     one with another quota is an error (two jobs with one name would share a budget)."""
     import ray  # heavy; only jobs that run on Ray start actors
 
-    actor = ray.remote(num_cpus=0)(_LedgerActor).options(
+    actor = _ledger_actor_class().options(
         name=ledger_name(job), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave
     ).remote(quota, state_path, unit=unit, work=work)
@@ -105,6 +106,14 @@ def ledger_actor(job: str, quota: int, state_path: str | None = None,
         raise ValueError(f"ledger {ledger_name(job)!r} is running with quota {running[0]} "
                          f"{running[1]}, not {quota} {unit}")
     return actor
+
+
+@functools.cache
+def _ledger_actor_class():
+    """`Ledger` as a Ray actor class, made once per process."""
+    import ray  # heavy; see ledger_actor
+
+    return ray.remote(num_cpus=0)(_LedgerActor)
 
 
 class _LedgerActor(Ledger):

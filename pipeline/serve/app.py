@@ -80,9 +80,9 @@ class ServeArgs(ModelArgs):
     api_keys_file: str = ""
 
 
-def check(args: ServeArgs) -> int:
-    """Everything checkable before a replica starts (errors name the field); returns M when
-    the model's config is known without loading it (0 for an MQT-LLaVA folder)."""
+def check(args: ServeArgs) -> TokenPolicy:
+    """Everything checkable before a replica starts (errors name the field); returns the
+    policy `detail=auto` answers with (planned here, once per process)."""
     validate_model(args)
     args.images.check()
     if args.max_tokens < 1 or args.max_batch_size < 1 or args.batch_wait_s < 0:
@@ -95,15 +95,16 @@ def check(args: ServeArgs) -> int:
     for name in ("low", "high", "auto"):
         if M and (name == "low" or getattr(args.detail, name)):
             check_m(f"detail.{name}", getattr(args.detail, name), M)
-    if not args.detail.auto:
-        try:  # planned on a calibration of another model, it may ask for m past this M
-            planned = auto_policy(args)
-            if M:
-                planned.check(M)
-        except ValueError as e:
-            raise ValueError(f"detail.auto: planned on the calibration: {e}; give "
-                             "detail.auto=m, or calibration= of this model") from None
-    return M
+    if args.detail.auto:
+        return auto_policy(args)
+    try:  # planned on a calibration of another model, it may ask for m past this M
+        planned = auto_policy(args)
+        if M:
+            planned.check(M)
+    except ValueError as e:
+        raise ValueError(f"detail.auto: planned on the calibration: {e}; give "
+                         "detail.auto=m, or calibration= of this model") from None
+    return planned
 
 
 def auto_policy(args: ServeArgs) -> TokenPolicy:
@@ -170,11 +171,11 @@ class MQTServer:
 
     def __init__(self, args: dict):
         self.args = from_dict(ServeArgs, args)
-        check(self.args)
+        auto = check(self.args)  # before the model loads: a bad setting fails fast
         self.engine = Engine(model_args(self.args), FixedPolicy(), threads=self.args.threads)
         cfg = self.engine.model.cfg
         self.M, self.size = self.engine.model.num_queries, cfg.vision.image_size
-        self.auto = auto_policy(self.args).bind(self.M)
+        self.auto = auto.bind(self.M)
         self.name = self.args.name or self.args.preset
         self.keys = api_keys(self.args)
         self.answer.set_max_batch_size(self.args.max_batch_size)
