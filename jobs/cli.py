@@ -1,6 +1,7 @@
 """The `mqt` command: one subcommand per job.
 
     mqt <job> [--config FILE.yaml] [--preset NAME] [key=value ...] [--print-config]
+    mqt submit [--address URL] <job> ...      mqt jobs list | status ID | logs ID | stop ID
 
 Each job module exposes a `Config` dataclass, `validate(cfg)` and `main(cfg)`. The config
 is the job's defaults, then the YAML file, then the overrides; a bad key or value fails
@@ -29,6 +30,11 @@ JOBS = {
     "profile": ("jobs.profile", "seconds per row at each m here: a time model for quotas"),
     "serve": ("jobs.serve", "an OpenAI-compatible endpoint on Ray Serve (m per request)"),
 }
+# commands with their own arguments: (module, function of argv, help)
+COMMANDS = {
+    "submit": ("jobs.submit", "submit", "run an mqt job on a Ray cluster (the Ray Jobs API)"),
+    "jobs": ("jobs.submit", "manage", "list, follow or stop the cluster's jobs"),
+}
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (_, help_) in JOBS.items():
         add_job_arguments(sub.add_parser(name, help=help_, description=help_))
+    for name, (*_, help_) in COMMANDS.items():  # listed in the help; main hands them argv
+        sub.add_parser(name, help=help_)
     return p
 
 
@@ -93,6 +101,10 @@ def execute(module, name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        module, function, _ = COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = parser().parse_args(argv)
     return execute(importlib.import_module(JOBS[args.job][0]), f"mqt {args.job}", args)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from mqt.configtree import save_config
 from mqt.train.config import validate_train
 from mqt.train.fit import LocalSession, fit
+from pipeline.connect import check_cluster
 from pipeline.train.config import TrainConfig, validate_cluster
 from pipeline.train.data import manifest_examples, manifest_loader
 from pipeline.train.ray_train import run
@@ -25,6 +26,8 @@ Config = TrainConfig  # mqt.train.config.TrainArgs plus Ray Train's workers and 
 def validate(cfg: Config) -> None:
     validate_train(cfg)
     validate_cluster(cfg)
+    if cfg.backend != "local":
+        check_cluster(cfg.address)
     if cfg.data.manifest:  # a bad manifest or row fails here, before any model work
         manifest_examples(cfg.data.manifest, cfg.storage)
 

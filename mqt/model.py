@@ -10,7 +10,7 @@ in input order.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -182,21 +182,24 @@ class VisionLanguageModel(nn.Module):
     @torch.no_grad()
     def generate_cached(self, questions: Sequence[str], m: int, image_embeds: torch.Tensor,
                         max_new_tokens: int = 16, prefix: PromptPrefix | None = None,
-                        keep_prefix: bool = False
+                        keep_prefix: bool = False, on_step: Callable | None = None
                         ) -> tuple[list[Generation], PromptPrefix | None]:
         """Greedy answers at m over (B, >= m, H) image embeddings. With `prefix` (an earlier
         pass's, at a smaller m, over the same rows and embeddings) the LM reads only what
         follows it; with `keep_prefix` (and no `prefix`) also returns the prompt prefix at
-        m, for a later answer at a larger m."""
+        m, for a later answer at a larger m. `on_step(tokens)`, if given, is called with
+        each step's new token of every row (a list of B ids, as they are made: streaming;
+        a row past its stop token gets the pad token)."""
         m = check_num_tokens(m, self.num_queries)
         prompts = self.format_prompts(questions)
         if prefix is None:
             return self._generate_group(prompts, image_embeds[:, :m], max_new_tokens,
-                                        keep_prefix)
+                                        keep_prefix, on_step)
         out, mask = self._continue(prompts, image_embeds, m, prefix)
-        return self._greedy(out, mask, m, max_new_tokens), None
+        return self._greedy(out, mask, m, max_new_tokens, on_step), None
 
-    def _greedy(self, out, mask: torch.Tensor, m: int, max_new_tokens: int) -> list[Generation]:
+    def _greedy(self, out, mask: torch.Tensor, m: int, max_new_tokens: int,
+                on_step: Callable | None = None) -> list[Generation]:
         """Greedy decoding from a prefilled LM output (as `generate` with do_sample=False):
         up to `max_new_tokens` tokens, a row ending at its first stop token."""
         stop_ids = self.stop_token_ids()
@@ -209,6 +212,9 @@ class VisionLanguageModel(nn.Module):
         for step in range(max_new_tokens):
             logp = torch.log_softmax(logits.float(), dim=-1)
             tok = logp.argmax(-1)
+            if on_step is not None:  # rows already done get the pad token, as generate does
+                pad = self.tokenizer.pad_token_id
+                on_step(torch.where(done, pad if pad is not None else tok, tok).tolist())
             tokens.append(tok)
             logps.append(logp.gather(1, tok[:, None])[:, 0])
             done |= torch.isin(tok, stops)
@@ -342,7 +348,8 @@ class VisionLanguageModel(nn.Module):
         return (logp.gather(-1, y.unsqueeze(-1)).squeeze(-1) * mask).sum(1).tolist()
 
     def _generate_group(self, prompts: list[str], image_embeds: torch.Tensor,
-                        max_new_tokens: int, keep_prefix: bool = False
+                        max_new_tokens: int, keep_prefix: bool = False,
+                        on_step: Callable | None = None
                         ) -> tuple[list[Generation], PromptPrefix | None]:
         m = image_embeds.shape[1]
         batch = build_batch(self.tokenizer, prompts, m, padding_side="left")
@@ -352,6 +359,7 @@ class VisionLanguageModel(nn.Module):
             max_new_tokens=max_new_tokens, do_sample=False, output_scores=True,
             return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.stop_token_ids(),
+            streamer=_StepStreamer(on_step) if on_step is not None else None,
         )
         text_len = batch["attention_mask"].sum(dim=1) - m
         kept = None
@@ -385,6 +393,23 @@ class VisionLanguageModel(nn.Module):
         if len(suffix["input_ids"]) == 1:
             stops.add(suffix["input_ids"][0])
         return sorted(s for s in stops if s is not None)
+
+
+class _StepStreamer:
+    """transformers' streamer protocol (`put` per step, `end`) calling `on_step` with each
+    step's token per row; the first `put` is the prompt, which is not passed on."""
+
+    def __init__(self, on_step: Callable):
+        self.on_step, self.prompt_seen = on_step, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_step(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
 
 
 def lm_folder(cfg: LMConfig) -> str:

@@ -33,6 +33,7 @@ from mqt.configtree import to_dict
 from mqt.console import log
 from mqt.load import ModelArgs, model_args, resolved_config, validate_model
 from mqt.tasks import TASKS, Task
+from pipeline.connect import check_cluster, connect
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_batch
 from pipeline.engine import OUTPUT_SCHEMA, Engine, error_row
 from pipeline.scheduler import Budget, InfeasibleQuota, QuotaArgs, prepare
@@ -69,6 +70,8 @@ class AnnotateConfig(ModelArgs):
     question: str = ""  # for rows that do not have one
     tasks: dict = field(default_factory=dict)  # per task: {prompt: ..., max_new_tokens: N}
     output: str = "runs/annotate"  # folder: data/*.parquet, summary.json, config.yaml
+    # the Ray cluster (host:port of its GCS, ray://..., auto); "" = RAY_ADDRESS, else a local Ray
+    address: str = ""
     overwrite: bool = False  # drop earlier rows in output/data instead of resuming
     storage: StorageArgs = field(default_factory=StorageArgs)  # for s3:// and other URLs
     policy: PolicyArgs = field(default_factory=PolicyArgs)
@@ -101,6 +104,7 @@ def check(cfg: AnnotateConfig) -> Prepared:
     needs)."""
     validate_model(cfg)
     _check_numbers(cfg)
+    check_cluster(cfg.address)
     tasks = job_tasks(cfg)
     if cfg.task not in tasks:
         raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
@@ -317,8 +321,7 @@ def _run(cfg: AnnotateConfig, src: Source, out: OutputFolder, done: frozenset[st
     totals at the end (None without a quota)."""
     import ray  # heavy; only a job that runs imports it
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    connect(cfg.address, include_dashboard=False)  # or the cluster of address=, RAY_ADDRESS
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows rows/s, ETA
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
     writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)

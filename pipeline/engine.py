@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -81,7 +82,8 @@ class Engine:
 
     def __init__(self, model_args: dict, policy: TokenPolicy, threads: int = 0,
                  tasks: dict[str, Task] | None = None, ledger: LedgerClient | None = None,
-                 escalation_ledger: LedgerClient | None = None, reuse_prefix: bool = True):
+                 escalation_ledger: LedgerClient | None = None, reuse_prefix: bool = True,
+                 on_tokens: Callable[[list[str], list[int]], None] | None = None):
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise
         if threads:
             torch.set_num_threads(threads)
@@ -96,6 +98,10 @@ class Engine:
         # an escalation continues from the LM's KV cache of its m1 prompt prefix (False: it
         # reads the whole prompt again, holding no cache between the two attempts)
         self.reuse_prefix = reuse_prefix
+        # streaming: called from the thread the engine runs in with (row ids, each row's new
+        # token) at every generation step of a first attempt (a row past its answer gets the
+        # pad token); the served endpoint sends them on as they come
+        self.on_tokens = on_tokens
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [dict(r, error=r["error"] or self._bad_m(r)) for r in batch.to_pylist()]
@@ -211,7 +217,7 @@ class Engine:
         """Reserve each escalation on its own (upper bound at m2 from its prompt prefix,
         less the shared part) in every ledger; a refused one keeps its m1 answer. Returns
         the granted indices and, per ledger, their keys."""
-        bounds = [self._bound(rows[i], choices[i].m2, _length(prefixes[i]))
+        bounds = [self.bound(rows[i], choices[i].m2, _length(prefixes[i]))
                   - self._shared(choices[i].m1) for i in idx]
         ids = [f"{rows[i]['id']}+m{choices[i].m2}" for i in idx]
         keep, keys = list(range(len(idx))), []
@@ -232,7 +238,7 @@ class Engine:
         """Ask the ledger for the upper bound of each row of `idx` at its first m. Returns the
         granted indices and their keys (the refused ones become error rows unless a second
         ask grants them)."""
-        bounds = [self._bound(rows[i], first_m(choices[i])) for i in idx]
+        bounds = [self.bound(rows[i], first_m(choices[i])) for i in idx]
         keys, granted = self.ledger.reserve([rows[i]["id"] for i in idx], bounds,
                                             [rows[i]["task"] for i in idx])
         return ([i for i, ok in zip(idx, granted, strict=True) if ok],
@@ -254,7 +260,7 @@ class Engine:
         own = row.get("max_new_tokens")
         return own if own is not None else self.tasks[row["task"]].max_new_tokens
 
-    def _bound(self, row: dict, m: int, cached: int = 0) -> int:
+    def bound(self, row: dict, m: int, cached: int = 0) -> int:
         """Most FLOPs the row can cost at m: the cost model at its most new tokens
         (`cached`: prompt positions its answer continues from)."""
         t = self.tasks[row["task"]]
@@ -284,8 +290,12 @@ class Engine:
                                                              prefix, keep)
             return [self._pick(q, opts, s, m, cached) for q, opts, s in zip(
                 questions, options, scores, strict=True)], kept
+        step = None
+        if self.on_tokens is not None and prefix is None:
+            ids = [r["id"] for r in rows]
+            step = lambda tokens: self.on_tokens(ids, tokens)  # noqa: E731
         gens, kept = self.model.generate_cached(questions, m, embeds, self._new_tokens(rows[0]),
-                                                prefix, keep)  # one length per group
+                                                prefix, keep, step)  # one length per group
         return [Answer(g.text, g.prompt_tokens, g.new_tokens,
                        total_flops(self.model.cfg, m, g.prompt_tokens, max(1, g.new_tokens),
                                    cached).total, g.mean_logprob) for g in gens], kept

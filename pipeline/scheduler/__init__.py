@@ -8,8 +8,9 @@ The front door, for batch jobs, `mqt plan` and a Serve deployment alike:
     totals = runtime.close()
 
 Pure modules: quota (settings, units), quality (curves), plan (the planner), policy (token
-policies), cascade, kinds, timing, pacing, ledger (the ledger and its client), budget
-(`prepare`), report (plans as text). runtime (`start`) holds the Ray actors; Ray itself is
+policies), cascade, kinds, timing, pacing, ledger (the ledger and its client), windows (an
+endpoint's quota per time window and caller, on ledgers), budget (`prepare`), report
+(plans as text). runtime (`start`) holds the Ray actors; Ray itself is
 imported only when they start.
 """
 

@@ -8,7 +8,8 @@ that generates text; default `vqa` with text, `caption` without). System message
 read past; earlier turns are refused (the model answers one image and one question).
 Decoding is greedy: `temperature` must be absent or 0, `n` absent or 1. Anything else is a
 `BadRequest` naming the field, which the endpoint sends as a 400 in OpenAI's error format.
-`completion`, `chunks` and `error` build what goes back. Pure Python.
+`completion`, `Stream` (with `Pieces`, the text of tokens as they come) and `error`
+build what goes back. Pure Python.
 """
 
 from __future__ import annotations
@@ -162,25 +163,67 @@ def completion(cid: str, model: str, row: dict, max_new_tokens: int) -> dict:
             "usage": usage(row)}
 
 
-def chunks(cid: str, model: str, row: dict, max_new_tokens: int, include_usage: bool):
-    """The answer as server-sent events: the role, the text, the finish reason (and with
-    `include_usage` a last chunk with the usage), then `data: [DONE]`."""
-    created = int(time.time())
+class Stream:
+    """The events of a streamed answer (OpenAI's `chat.completion.chunk`s as server-sent
+    events): `role()` first, `content(text)` per piece of the answer, then `end(...)`."""
 
-    def event(delta: dict, finish: str | None = None, **extra) -> str:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                 "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                              "finish_reason": finish}], **extra}
+    def __init__(self, cid: str, model: str):
+        self.cid, self.model, self.created = cid, model, int(time.time())
+
+    def _event(self, choices: list, **extra) -> str:
+        chunk = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created,
+                 "model": self.model, "choices": choices, **extra}
         return f"data: {json.dumps(chunk)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
-    yield event({"content": row["output"]})
-    yield event({}, finish_reason(row, max_new_tokens))
-    if include_usage:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                 "model": model, "choices": [], "usage": usage(row)}
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
+    def _delta(self, delta: dict, finish: str | None = None) -> str:
+        return self._event([{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}])
+
+    def role(self) -> str:
+        return self._delta({"role": "assistant", "content": ""})
+
+    def content(self, text: str) -> str:
+        return self._delta({"content": text})
+
+    def end(self, row: dict, max_new_tokens: int, include_usage: bool) -> list[str]:
+        """The finish reason (and with `include_usage` a last chunk with the usage), then
+        `data: [DONE]`."""
+        out = [self._delta({}, finish_reason(row, max_new_tokens))]
+        if include_usage:
+            out.append(self._event([], usage=usage(row)))
+        return [*out, "data: [DONE]\n\n"]
+
+    def failed(self, message: str) -> list[str]:
+        """An error after the stream began (its status was 200): OpenAI's error object as an
+        event, then `data: [DONE]`."""
+        return [f"data: {json.dumps(error(message, 'server_error'))}\n\n", "data: [DONE]\n\n"]
+
+
+class Pieces:
+    """An answer's text as its tokens arrive: `add(token)` returns the new settled text (""
+    while a piece may still change: trailing spaces, a character split across tokens),
+    ending at the first stop token; `rest(final)` what the final answer adds to what was
+    sent. The pieces join to the answer `mqt annotate` writes (decoded, stripped)."""
+
+    def __init__(self, tokenizer, stops: set[int]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.sent, self.stopped = "", False
+
+    def add(self, token: int) -> str:
+        if self.stopped or token in self.stops:
+            self.stopped = True
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        settled = text.rstrip("\ufffd").rstrip()
+        if len(settled) <= len(self.sent) or not settled.startswith(self.sent):
+            return ""
+        piece, self.sent = settled[len(self.sent):], settled
+        return piece
+
+    def rest(self, final: str) -> str:
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
 
 
 def error(e: BadRequest | str, kind: str = "invalid_request_error") -> dict:

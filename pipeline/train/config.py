@@ -34,6 +34,8 @@ class TrainConfig(TrainArgs):
     storage_path: str = ""
     storage: StorageArgs = field(default_factory=StorageArgs)  # how to reach s3:// storage
     name: str = ""  # the Ray Train run; the same name resumes it; "" = the output folder's name
+    # the Ray cluster (host:port of its GCS, ray://..., auto); "" = RAY_ADDRESS, else a local Ray
+    address: str = ""
 
 
 def validate_cluster(cfg: TrainConfig) -> None:

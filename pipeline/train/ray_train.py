@@ -33,6 +33,7 @@ from mqt.configtree import save_yaml
 from mqt.train.fit import fit
 from mqt.train.state import load_state, saved_step, write_state
 from mqt.train.steps import Ranks, log
+from pipeline.connect import connect
 from pipeline.storage import locate, scheme_of
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import manifest_loader
@@ -45,8 +46,7 @@ def run(cfg: TrainConfig) -> dict:
     resolved config (absolute paths, the run's name) goes to <output>/config.yaml."""
     cfg = on_shared_paths(cfg)
     save_yaml(cfg, Path(cfg.output) / "config.yaml")
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # a local Ray; RAY_ADDRESS connects to a cluster
+    connect(cfg.address, include_dashboard=False)  # or the cluster of address=, RAY_ADDRESS
     result = trainer(cfg).fit()
     with result.checkpoint.as_directory() as folder:  # downloaded first if on s3://
         export_model(Path(folder), Path(cfg.output) / "model")

@@ -12,6 +12,7 @@ from mqt.train.steps import FeatureCache, accuracy
 pytestmark = pytest.mark.bundled
 
 
+@pytest.mark.slow  # ~17 s
 def test_default_trains_a_few_steps_and_the_loss_falls(tmp_path):
     _, cfg = resolve("train", None, [
         "preset=mqt-smol", "data.easyvqa_images=6", "data.tasks=[vqa]", "data.eval_examples=4",

@@ -13,6 +13,7 @@ def smol_train_args(tmp_path, *extra):
             "eval_ms=[2]", f"output={tmp_path}", *extra]
 
 
+@pytest.mark.slow  # ~13 s
 def test_mqt_train_runs_the_describe_stages(tmp_path):
     from jobs.cli import resolve
     from jobs.train import main as train

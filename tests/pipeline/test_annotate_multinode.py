@@ -10,6 +10,7 @@ row is answered once, and a rerun into the same output spends nothing. ~30 s.
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from multinode import on_two_nodes
 from test_annotate import TINY, image_bytes
 from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
@@ -31,6 +32,7 @@ BODY = """
 """
 
 
+@pytest.mark.slow  # a second Ray cluster of two nodes, ~40 s
 def test_a_paced_quota_job_on_two_nodes_charges_one_ledger(tmp_path, calibration):  # noqa: F811
     root = tmp_path / "images"
     root.mkdir()

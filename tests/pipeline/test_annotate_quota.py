@@ -102,6 +102,7 @@ def test_quota_job_spends_within_quota_and_resume_spends_nothing_twice(ray_local
     assert json.loads((tmp_path / "o" / "ledger.json").read_text())["spent"] == q["spent_flops"]
 
 
+@pytest.mark.slow  # three runs of a quota job, ~25 s
 def test_a_measured_seconds_quota_charges_the_time_rows_took(ray_local, folder, calibration,
                                                             tmp_path):
     """quota.measured=true: planned at quota.flops_per_second like a converted quota (the
@@ -143,6 +144,7 @@ def test_a_measured_seconds_quota_charges_the_time_rows_took(ray_local, folder, 
     assert paced["quota"]["pacing"]["plans"] >= 2
 
 
+@pytest.mark.slow  # ~16 s
 def test_a_measured_quota_planned_on_a_time_profile(ray_local, folder, calibration, tmp_path):
     """quota.time_profile: the plan is made in the profile's seconds (its per-call time
     included), the ledger charges the rows' measured seconds and keeps, behind them, the
@@ -227,6 +229,7 @@ def test_engine_rows_past_the_quota_are_refused_and_spend_stays_within():
     assert ledger.reserved == 0  # every hold was committed or released
 
 
+@pytest.mark.slow  # ~16 s
 def test_infeasible_quota_with_subset_answers_the_first_rows_and_skips_the_rest(
         ray_local, folder, calibration, tmp_path):
     """quota.infeasible=subset: Q pays for 5 rows at the cheapest m; the first 5 ids in
@@ -315,6 +318,7 @@ def test_cascades_need_the_per_question_results(folder, calibration, tmp_path):
         cli.resolve("annotate", None, args, "tiny")
 
 
+@pytest.mark.slow  # ~19 s
 def test_pacing_spends_what_failed_rows_leave_on_the_others(ray_local, calibration, tmp_path):
     """12 rows, the first 4 corrupt (error rows, nothing spent), a quota for m = 4 on all 12.
     The static plan gives every row m = 4 and leaves a third of Q unused; with
@@ -370,6 +374,7 @@ def kind_calibration(tmp_path_factory):
     return folder / "calibration.json"
 
 
+@pytest.mark.slow  # ~17 s; mqt plan by=kind and the served auto per kind stay
 def test_quota_by_kind_plans_m_per_question_kind(ray_local, kind_calibration, tmp_path):
     """quota.by=kind: 6 counting then 6 yes/no questions, a quota for half the rows at m = 16.
     The per-task plan can only split the task (6 rows at m = 16 spread evenly over the

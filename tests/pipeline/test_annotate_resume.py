@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from test_annotate import TINY, image_bytes
 from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
 
@@ -66,6 +67,7 @@ def wait_for_parts(data: Path, proc: subprocess.Popen, at_least: int, timeout: f
     return []
 
 
+@pytest.mark.slow  # three runs of a quota job, ~35 s
 def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(
         ray_local, calibration, tmp_path):  # noqa: F811 (the fixture)
     """The same crash under a quota (`quota.pacing=true`): the killed run's commits are in

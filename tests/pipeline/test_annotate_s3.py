@@ -94,6 +94,7 @@ def test_unreachable_s3_fails_before_any_work(monkeypatch, s3_bucket, what):
                   "storage.region=us-east-1")
 
 
+@pytest.mark.slow  # ~8 s; the s3 folder and manifest tests stay
 def test_parquet_with_image_bytes_on_s3(ray_local, s3_bucket):
     import io
 

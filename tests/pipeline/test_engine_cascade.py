@@ -68,7 +68,7 @@ def prefix_positions() -> int:
 
 
 def escalation_bound(probe: Engine, row: dict) -> int:
-    return probe._bound(row, M2, prefix_positions()) - shared()
+    return probe.bound(row, M2, prefix_positions()) - shared()
 
 
 def cascade_policy(cut) -> CascadePolicy:
@@ -118,7 +118,7 @@ def test_spend_within_a_ledger_quota_and_refused_escalations_keep_m1(plain, room
     escalations granted are exactly those whose bound fits, in row order, in what is left."""
     rows, at_m1, cut = plain
     probe = Engine(MODEL, FixedPolicy(default=M1), threads=1)
-    first = sum(probe._bound(r, M1) for r in rows)
+    first = sum(probe.bound(r, M1) for r in rows)
     esc = {i: escalation_bound(probe, r) for i, r in enumerate(rows)}
     ledger = Ledger(first + room * max(esc.values()))
     out = run(cascade_policy(cut), rows, LedgerClient(ledger))

@@ -66,6 +66,7 @@ def assert_same_run(out, reference, atol: float = 1e-5) -> None:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol)
 
 
+@pytest.mark.slow  # with the next: the 2-worker ZeRO-2 run (~65 s of Ray Train and DeepSpeed)
 def test_zero2_on_two_workers_follows_the_one_process_loss_trajectory(zero2_run, one_process):
     """ZeRO-2 shards AdamW's state and the gradients over the 2 ranks; torch's AdamW and the
     same clipping make it the arithmetic of one process, reordered (measured: equal to the
@@ -77,6 +78,7 @@ def test_zero2_on_two_workers_follows_the_one_process_loss_trajectory(zero2_run,
     assert result["last"]["step"] == 14 and set(result["eval"]) == {"acc@1", "acc@4", "acc@16"}
 
 
+@pytest.mark.slow
 def test_the_same_name_resumes_from_the_s3_checkpoint(zero2_run, s3_runs):
     """4 more stage-2 steps: steps 15..18 follow, each rank's optimizer shard continues
     (Adam's t), the checkpoints live on s3 and the model lands in <output>/model."""
@@ -114,6 +116,7 @@ def test_zero3_shards_every_parameter_and_follows_the_same_trajectory(ray_local,
                      for r in (0, 1) for k in ("model", "optim")]
 
 
+@pytest.mark.slow  # two DeepSpeed runs, ~40 s
 def test_zero2_then_zero3_across_a_resume_at_the_stage_boundary(ray_local, tmp_path):
     """The paper's recipe in one job name: stage 1 under ZeRO-2 (`stage1.zero=2`), stage 2
     under ZeRO-3 (`stage2.zero=3`). The first run ends at the boundary (stage2.steps=0,

@@ -7,6 +7,7 @@ the feature cache (both save into the same output folder, as nodes on a shared m
 would). The child stops only the cluster it started. ~60 s.
 """
 
+import pytest
 from multinode import on_two_nodes
 from test_train_ray import ARGS, metrics
 
@@ -20,6 +21,7 @@ BODY = """
 """
 
 
+@pytest.mark.slow  # a second Ray cluster of two nodes, ~40 s
 def test_ddp_ranks_on_two_ray_nodes(tmp_path):
     out = tmp_path / "run"
     args = [*ARGS, f"output={out}", "backend=ddp", "scaling.workers=2",

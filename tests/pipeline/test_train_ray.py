@@ -83,6 +83,7 @@ def test_reports_reach_the_controller_every_report_every_steps_and_at_checkpoint
     assert "acc@1" in lines[-1]  # the final checkpoint carries the held-out accuracies
 
 
+@pytest.mark.slow  # a second run, ~18 s; the DeepSpeed s3 resume is slow too
 def test_the_same_name_resumes_from_the_last_checkpoint(ddp_run):
     """Run again with 4 more stage-2 steps, on 1 worker (the global batch, not the number
     of workers, defines the run): steps 15..18 follow and the optimizer continues."""

@@ -113,9 +113,9 @@ def test_the_answer_is_what_annotate_writes_for_the_same_row(endpoint, tmp_path)
         assert c["usage"]["completion_tokens"] == written["new_tokens"]
 
 
-def test_a_stream_sends_the_same_answer_then_done(endpoint):
+def test_a_stream_sends_the_answer_piece_by_piece_then_done(endpoint):
     base, _ = endpoint
-    body = ask(base, data_url(png(3)), visual_tokens=3, max_tokens=5)
+    body = ask(base, data_url(png(3)), visual_tokens=3, max_tokens=8)
     plain = post(base, body).json()
     with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=120,
                       json={**body, "stream": True,
@@ -125,8 +125,10 @@ def test_a_stream_sends_the_same_answer_then_done(endpoint):
         lines = [x for x in r.iter_lines() if x]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(x[len("data: "):]) for x in lines[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == plain["choices"][0]["message"]["content"]
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks
+              if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert "".join(pieces) == plain["choices"][0]["message"]["content"]
+    assert len(pieces) > 1  # token by token, not the whole answer at the end
     assert chunks[-1]["usage"] == plain["usage"]
 
 
@@ -196,27 +198,9 @@ def test_the_serve_config_file_parses_as_ray_serve_reads_it():
         build_app({**app.args, "detail": {"low": 999}})
 
 
-def test_api_keys_when_configured(endpoint, tmp_path):
-    """Keys from a file (never from the repo or the config): no key or a wrong one is a 401,
-    the health route stays open."""
-    from ray import serve
-
-    keys = tmp_path / "keys"
-    keys.write_text("# one per line\nsecret-1\nsecret-2\n")
-    base, _ = endpoint
-    cfg = configure(serve_job, None, [*TINY, f"api_keys_file={keys}"], None)
-    serve_job.validate(cfg)
-    serve.run(serve_job.application(cfg), name="keyed", route_prefix="/keyed")
-    try:
-        url, body = f"{base}/keyed", ask(base, data_url(png(6)), max_tokens=2)
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "secret-1"}):
-            r = post(url, body, headers=headers)
-            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        assert httpx.get(f"{url}/v1/models").status_code == 401
-        assert post(url, body, headers={"Authorization": "Bearer secret-2"}).status_code == 200
-        assert httpx.get(f"{url}/health").status_code == 200
-    finally:
-        serve.delete("keyed")
+def test_settings_of_keys_are_checked(tmp_path):
+    """Keys come from a file or an environment variable (never from the repo or the
+    config); set but empty or unreadable fails before the endpoint opens."""
     empty = tmp_path / "empty"
     empty.write_text("\n")
     with pytest.raises(ValueError, match="api_keys_file"):
@@ -224,3 +208,89 @@ def test_api_keys_when_configured(endpoint, tmp_path):
     with pytest.raises(ValueError, match="api_keys_env"):
         serve_job.validate(configure(serve_job, None, [*TINY, "api_keys_env=MQT_NO_SUCH_VAR"],
                                      None))
+
+
+def test_a_body_over_the_limit_is_a_413(endpoint):
+    base, _ = endpoint
+    big = ask(base, "data:image/png;base64," + "A" * (17 << 20))  # past the 16 MiB default
+    r = post(base, big)
+    assert r.status_code == 413 and "bytes" in r.json()["error"]["message"]
+    assert post(base, ask(base, data_url(png(4)), max_tokens=2)).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited(endpoint, tmp_path_factory):
+    """An application with two API keys, a compute quota per key and window, auto at m = 16,
+    one request at a time per replica and one waiting: (url, the FLOP bound of one request
+    per m, the quota)."""
+    from ray import serve
+
+    from mqt.load import model_args
+    from pipeline.engine import Engine
+    from pipeline.scheduler.policy import FixedPolicy
+
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text("key-a\nkey-b\nkey-c\n")
+    base, _ = endpoint
+    settings = [*TINY, f"api_keys_file={keys}", "detail.auto=16", "max_batch_size=1",
+                "max_ongoing_requests=1", "max_queued_requests=1"]
+    engine = Engine(model_args(configure(serve_job, None, settings, None)), FixedPolicy())
+    row = {"task": "vqa", "question": "What colour is it?", "options": None,
+           "max_new_tokens": 2}
+    bound = {m: engine.bound(row, m) for m in (1, 2, 4, 8, 16)}
+    quota = 16 * bound[16]
+    cfg = configure(serve_job, None, [*settings, f"quota.flops={quota}", "quota.headroom=3"],
+                    None)
+    serve_job.validate(cfg)
+    serve.run(serve_job.application(cfg), name="limited", route_prefix="/limited")
+    yield f"{base}/limited", bound, quota
+    serve.delete("limited")
+
+
+def key(name: str) -> dict:
+    return {"Authorization": f"Bearer key-{name}"}
+
+
+def test_with_api_keys_no_key_or_a_wrong_one_is_a_401(limited):
+    """The keys file holds key-a, key-b, key-c; the health route stays open."""
+    url, _, _ = limited
+    body = ask(url, data_url(png(6)), max_tokens=2, visual_tokens=1)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "key-c"}):
+        r = post(url, body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert post(url, body, headers=key("c")).status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_full_queue_sheds_load_at_once(limited):
+    url, _, _ = limited
+    body = ask(url, data_url(png(20)), visual_tokens=1, max_tokens=2)
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda _: post(url, body, headers=key("c")).status_code,
+                              range(10)))
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1
+
+
+def test_auto_steps_down_as_the_quota_runs_low_then_a_429_with_retry_after(limited):
+    url, bound, quota = limited
+    body = ask(url, data_url(png(21)), max_tokens=2)  # detail auto: planned m = 16
+    ms, spent = [], 0
+    for _ in range(60):
+        r = post(url, body, headers=key("a"))
+        if r.status_code != 200:
+            break
+        usage = r.json()["usage"]
+        ms.append(usage["visual_tokens"])
+        spent += usage["flops"]
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "quota_exceeded"
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600
+    assert ms[0] == 16 and ms == sorted(ms, reverse=True) and ms[-1] == 1
+    # never past the quota, and refused only once what is left cannot pay for m = 1
+    assert quota - bound[1] < spent <= quota
+    # a request with its own m is refused too; another key has its own budget
+    fixed = ask(url, data_url(png(21)), visual_tokens=16, max_tokens=2)
+    assert post(url, fixed, headers=key("a")).status_code == 429
+    r = post(url, body, headers=key("b"))
+    assert r.status_code == 200 and r.json()["usage"]["visual_tokens"] == 16

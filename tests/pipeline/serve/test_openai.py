@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.serve.openai import BadRequest, chunks, completion, error, parse
+from pipeline.serve.openai import BadRequest, Pieces, Stream, completion, error, parse
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
@@ -71,8 +71,13 @@ def test_a_completion_carries_the_answer_and_what_it_cost():
     assert completion("c", "m", ROW, max_new_tokens=3)["choices"][0]["finish_reason"] == "length"
 
 
+def chunks(cid, model, row, max_new_tokens, include_usage):
+    s = Stream(cid, model)
+    return [s.role(), s.content(row["output"]), *s.end(row, max_new_tokens, include_usage)]
+
+
 def test_a_stream_is_role_text_finish_usage_then_done():
-    events = list(chunks("chatcmpl-1", "mqt-smol", ROW, 8, include_usage=True))
+    events = chunks("chatcmpl-1", "mqt-smol", ROW, 8, include_usage=True)
     assert all(e.startswith("data: ") and e.endswith("\n\n") for e in events)
     assert events[-1] == "data: [DONE]\n\n"
     parsed = [json.loads(e[6:]) for e in events[:-1]]
@@ -80,4 +85,28 @@ def test_a_stream_is_role_text_finish_usage_then_done():
     text = "".join(p["choices"][0]["delta"].get("content", "") for p in parsed if p["choices"])
     assert text == "red circle" and parsed[2]["choices"][0]["finish_reason"] == "stop"
     assert parsed[3]["usage"]["visual_tokens"] == 4 and parsed[3]["choices"] == []
-    assert len(list(chunks("c", "m", ROW, 8, include_usage=False))) == 4
+    assert len(chunks("c", "m", ROW, 8, include_usage=False)) == 4
+    failed = Stream("c", "m").failed("model: boom")
+    assert json.loads(failed[0][6:])["error"]["message"] == "model: boom"
+    assert failed[-1] == "data: [DONE]\n\n"
+
+
+class Words:
+    """A tokenizer whose tokens are words and pieces of a two-token character."""
+
+    pieces = {1: " red", 2: " circle", 3: " ", 4: "\xe2", 5: "\x9c\x93", 9: "<stop>"}
+
+    def decode(self, ids, skip_special_tokens=True):
+        raw = "".join(self.pieces[i] for i in ids if not (skip_special_tokens and i == 9))
+        return raw.encode("latin-1").decode("utf-8", errors="replace")
+
+
+def test_pieces_send_settled_text_once_and_join_to_the_answer():
+    p = Pieces(Words(), stops={9})
+    sent = [p.add(t) for t in (1, 2, 3, 4, 5, 9, 1)]
+    # a trailing space and half a character wait; nothing after the stop token
+    assert sent == ["red", " circle", "", "", " \u2713", "", ""]
+    assert "".join(sent) + p.rest("red circle \u2713") == "red circle \u2713"
+    q = Pieces(Words(), stops={9})
+    q.add(1)
+    assert q.rest("red circle") == " circle"  # what the final answer adds

@@ -61,6 +61,7 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> int:
         raise AssertionError(f"the server did not stop within {timeout} s of Ctrl-C") from None
 
 
+@pytest.mark.slow  # its own Ray and Serve in a child process, ~30 s
 def test_mqt_serve_answers_then_stops_on_ctrl_c(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
@@ -79,6 +80,7 @@ def test_mqt_serve_answers_then_stops_on_ctrl_c(tmp_path):
 
 
 @pytest.mark.bundled
+@pytest.mark.slow  # its own Ray in a child process, ~30 s
 def test_serve_run_of_the_config_file(tmp_path):
     """cluster/serve/mqt-smol.yaml as it ships, on a free port: the shipped model answers."""
     config = yaml.safe_load((ROOT / "cluster" / "serve" / "mqt-smol.yaml").read_text())
