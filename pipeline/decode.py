@@ -2,6 +2,10 @@
 
 `decode_image` turns encoded bytes into an (S, S, 3) uint8 array, resized and centre-cropped
 as `mqt.vision.preprocess` does, so the engine's own preprocessing is then a no-op resize.
+A JPEG much larger than S is decoded at a reduced scale (`Image.draft`: libjpeg's 1/2,
+1/4 or 1/8 DCT scaling, never below S on the short side) before that resize: a
+12-megapixel photo costs a fraction of a full decode (python -m bench.decode), for pixels
+that differ from a full decode's by the resampling only.
 Anything wrong with an image raises `DecodeError` with a short reason; `decode_batch` (the
 `map_batches` function) turns that into an error row, so one bad file never stops a job.
 Pixels travel as raw bytes (S * S * 3) in a binary column: fixed size, no tensor types.
@@ -25,19 +29,26 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
     ("options", pa.list_(pa.string())), ("answer", pa.string()), ("pixels", pa.binary()),
-    ("error", pa.string()),
-])
+    ("error", pa.string()), ("m", pa.int32()), ("max_new_tokens", pa.int32()),
+])  # m and max_new_tokens: a row's own (None: the job's policy and the task's length)
 
 
 class DecodeError(ValueError):
     """An image that cannot be used; the message is the reason written to the error column."""
 
 
-def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB, or DecodeError with the reason."""
+def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: bool = True) -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, or DecodeError with the reason.
+    `draft`: a large JPEG is decoded at the smallest DCT scale that keeps its short side
+    >= size."""
     if not data:
         raise DecodeError("empty file (zero bytes)")
     img = _open(data, max_pixels)
+    if draft and img.format == "JPEG" and min(img.size) >= 2 * size:
+        short = min(img.size)
+        img.draft("RGB", (math.ceil(img.width * size / short),
+                          math.ceil(img.height * size / short)))
     try:
         img.load()  # decoding happens here: truncated data fails now, not later
     except (OSError, SyntaxError, ValueError) as e:
@@ -99,7 +110,8 @@ def decode_batch(batch: pa.Table, image_size: int, max_pixels: int = DEFAULT_MAX
         pixels, error = decode_row(row, image_size, max_pixels, storage)
         out.append({"id": row["id"], "task": row["task"], "question": row["question"],
                     "options": row.get("options"), "answer": row.get("answer"),
-                    "pixels": pixels, "error": error})
+                    "pixels": pixels, "error": error, "m": row.get("m"),
+                    "max_new_tokens": row.get("max_new_tokens")})
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
 
 

@@ -10,9 +10,12 @@ Three kinds, told apart by the path (a local path, `s3://…` or any fsspec URL;
 - a Parquet file (`.parquet`): the same columns; `image` holds paths or the image bytes.
 
 Every source becomes rows of SOURCE_SCHEMA: {id, path, image (bytes or null), task,
-question, options, answer, error}. Bytes are read lazily (in Ray read tasks for folders, in
-the decode stage for paths), so a bad file becomes an error row, never a crash. A row with an
-unknown task or missing options gets its error here. `open_source` runs on the driver before
+question, options, answer, error, m, max_new_tokens}. A manifest row may carry its own
+`visual_tokens` (its m, 1..M: it wins over the job's policy) and `max_new_tokens` (its
+answer length, 1..MAX_NEW_TOKENS); a bad value makes the row an error row. Bytes are read
+lazily (in Ray read tasks for folders, in the decode stage for paths), so a bad file
+becomes an error row, never a crash. A row with an unknown task or missing options gets its
+error here. `open_source` runs on the driver before
 any model work: it names what is wrong, and counts the rows for the progress bar. Rows whose
 ids a resumed job already wrote are dropped here, before any image is read.
 """
@@ -38,8 +41,9 @@ REQUIRED_COLUMNS = ("id", "image")
 SOURCE_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("image", pa.binary()), ("task", pa.string()),
     ("question", pa.string()), ("options", pa.list_(pa.string())), ("answer", pa.string()),
-    ("error", pa.string()),
+    ("error", pa.string()), ("m", pa.int32()), ("max_new_tokens", pa.int32()),
 ])
+MAX_NEW_TOKENS = 4096  # the most a row may ask for
 
 
 class SourceError(ValueError):
@@ -226,12 +230,27 @@ def _manifest_row(r: dict, base_dir: str, defaults: Defaults) -> dict:
     path = image if isinstance(image, str) else None
     if path and "://" not in path and not path.startswith("/"):
         path = posixpath.join(base_dir, path)  # relative paths are relative to the manifest
+    m, m_error = _own_int(r, "visual_tokens", 2**31 - 1)  # M is checked by the engine
+    n, n_error = _own_int(r, "max_new_tokens", MAX_NEW_TOKENS)
     error = r.get("_error") or (row_error(task, question, options, defaults.tasks)
-                                if image is not None else "no image in row")
+                                if image is not None else "no image in row") or m_error or n_error
     answer = r.get("answer")
     return {"id": str(r["id"]), "path": path, "image": image if isinstance(image, bytes) else None,
             "task": task, "question": question, "options": options,
-            "answer": None if answer is None else str(answer), "error": error}
+            "answer": None if answer is None else str(answer), "error": error, "m": m,
+            "max_new_tokens": n}
+
+
+def _own_int(r: dict, name: str, most: int) -> tuple[int | None, str | None]:
+    """A row's own setting (None: the job's), or the error that makes it an error row."""
+    value = r.get(name)
+    if value is None:
+        return None, None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON numbers and Parquet columns with nulls read as floats
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        return None, f"bad request: {name} must be an integer in 1..{most}, got {value!r}"
+    return value, None
 
 
 def skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:

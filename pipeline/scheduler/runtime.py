@@ -94,12 +94,17 @@ def ledger_name(job: str) -> str:
 def ledger_actor(job: str, quota: int, state_path: str | None = None,
                  namespace: str | None = None, unit: str = "flops", work: str = "flops"):
     """The job's ledger actor: the running one named after the job, or a new one. A running
-    one with another quota is an error (two jobs with one name would share a budget)."""
+    one with another quota is an error (two jobs with one name would share a budget). It is
+    placed on the driver's node (soft: elsewhere only if that node is gone), where the
+    job's state file is (`state_path`, beside a local output)."""
     import ray  # heavy; only jobs that run on Ray start actors
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # heavy: Ray
 
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     actor = _ledger_actor_class().options(
         name=ledger_name(job), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave
+        scheduling_strategy=here,
     ).remote(quota, state_path, unit=unit, work=work)
     running = tuple(ray.get([actor.get.remote("quota"), actor.get.remote("unit")]))
     if running != (int(quota), unit):

@@ -43,7 +43,7 @@ from mqt.config import check_m
 from mqt.configtree import from_dict, to_dict
 from mqt.load import ModelArgs, model_args, resolved_config, validate_model
 from mqt.tasks import TASKS
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pipeline.decode import DECODED_SCHEMA, DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from pipeline.engine import Engine
 from pipeline.scheduler import InfeasibleQuota, QuotaArgs, prepare
 from pipeline.scheduler.budget import counted_rows, results_path
@@ -61,12 +61,6 @@ from pipeline.serve.openai import (
     error,
     parse,
 )
-
-REQUEST_SCHEMA = pa.schema([
-    ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
-    ("options", pa.list_(pa.string())), ("answer", pa.string()), ("pixels", pa.binary()),
-    ("error", pa.string()), ("m", pa.int32()), ("max_new_tokens", pa.int32()),
-])  # pipeline.decode.DECODED_SCHEMA and a row's own m and answer length
 
 
 @dataclass
@@ -435,7 +429,7 @@ class MQTServer:
     async def answer(self, rows: list[dict]) -> list[dict]:  # one batch at a time
         """Answer a batch of requests' rows with the engine, off the event loop (so that the
         next batch gathers while this one runs)."""
-        table = pa.Table.from_pylist(rows, schema=REQUEST_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)  # with each row's m
         out = await asyncio.to_thread(self.engine, table)
         return out.to_pylist()
 

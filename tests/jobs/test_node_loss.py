@@ -1,9 +1,11 @@
 """A node lost in the middle of a submitted job, on a real two-node Ray cluster started with
-`ray start` on 127.0.0.1 (tests/raycluster.py, token authentication on): `mqt submit` of an
-annotate job over a generated corpus, one engine actor per node; once rows are being
-written, every process of the second node is SIGKILLed. The job still succeeds and every
-id is written exactly once. Slow (a cluster, a job of a few thousand rows)."""
+`ray start` on 127.0.0.1 (tests/raycluster.py, token authentication on). `mqt submit` of an
+annotate job over a generated corpus, one engine actor per node: once rows are being
+written, every process of the second node is SIGKILLed; the job still succeeds and every
+id is written exactly once. `mqt submit` of a 2-worker DDP job: the node is lost after a
+checkpoint and replaced; the job resumes from it and finishes. Slow (~1-2 minutes each)."""
 
+import csv
 import subprocess
 import sys
 import time
@@ -54,5 +56,45 @@ def test_an_annotate_job_survives_the_loss_of_a_node(tmp_path):
         written = pq.read_table(out / "data").column("id").to_pylist()
         assert len(written) == ROWS and len(set(written)) == ROWS
         assert sorted(Path(w).stem for w in written) == [f"{i:05d}" for i in range(ROWS)]
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_a_training_job_resumes_from_its_checkpoint_after_a_node_loss(tmp_path):
+    """`mqt submit` of a 2-worker DDP job with `scaling.max_failures`, one worker per node;
+    after its first registered checkpoint the second node is SIGKILLed and a new node joins
+    (as an autoscaler would replace it). Ray Train starts a new worker group from the last
+    checkpoint: the job succeeds, no step is lost, and no step before that checkpoint runs
+    twice."""
+    out, steps, every = tmp_path / "run", 300, 20
+    cluster = RayCluster(cpus=3)
+    try:
+        worker = cluster.add_node(cpus=3)
+        # 2 CPUs per worker: one worker per node
+        job = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "submit", "--address", cluster.dashboard,
+             "train", "data.easyvqa_images=24", "data.eval_examples=8", "stage1.steps=6",
+             f"stage2.steps={steps - 6}", "batch_size=8", f"checkpoint_every={every}",
+             "backend=ddp", "scaling.workers=2", "scaling.cpus_per_worker=2",
+             "scaling.max_failures=2", f"output={out}"],
+            cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 300
+        while not (snapshot.exists() and f"checkpoint_{every:06d}" in snapshot.read_text()):
+            assert job.poll() is None, job.stdout.read()[-4000:]
+            if time.monotonic() > deadline:
+                job.kill()
+                raise AssertionError("no checkpoint:\n" + job.communicate()[0][-4000:])
+            time.sleep(0.05)
+        cluster.kill_node(worker)
+        cluster.add_node(cpus=3)  # the replacement
+        text, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, text[-4000:]
+        with (out / "metrics.csv").open() as f:
+            done = [int(float(r["step"])) for r in csv.DictReader(f)]
+        assert set(done) == set(range(1, steps + 1))  # no step lost
+        assert done.count(1) == 1 and len(done) - steps <= 2 * every  # resumed, not restarted
     finally:
         cluster.stop()

@@ -96,6 +96,12 @@ def test_manifest_mixed_tasks(ray_local, tmp_path):
         {"id": "gone", "image": "imgs/missing.png", "task": "caption"},
         {"id": "odd", "image": "imgs/0.png", "task": "poetry"},
         {"id": "one", "image": "imgs/0.png", "task": "mc", "question": "?", "options": ["x"]},
+        # a row's own m and answer length win over the policy and the task's
+        {"id": "own", "image": "imgs/1.png", "task": "vqa", "question": "What colour?",
+         "visual_tokens": 7, "max_new_tokens": 1},
+        {"id": "own-m0", "image": "imgs/1.png", "task": "caption", "visual_tokens": 0},
+        {"id": "own-big", "image": "imgs/1.png", "task": "caption", "visual_tokens": 17},
+        {"id": "own-len", "image": "imgs/1.png", "task": "caption", "max_new_tokens": "8"},
     ]
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -114,6 +120,11 @@ def test_manifest_mixed_tasks(ray_local, tmp_path):
     assert rows["gone"]["error"].startswith("missing file")
     assert "unknown task 'poetry'" in rows["odd"]["error"]
     assert "needs >= 2 options" in rows["one"]["error"]
+    assert_answered(rows["own"], 7)
+    assert rows["own"]["new_tokens"] == 1 and rows["vqa"]["new_tokens"] > 1
+    assert "visual_tokens must be an integer in 1.." in rows["own-m0"]["error"]
+    assert "outside 1..16" in rows["own-big"]["error"]  # past M: the engine says so
+    assert "max_new_tokens must be an integer" in rows["own-len"]["error"]
 
 
 def test_parquet_with_image_bytes(ray_local, tmp_path):

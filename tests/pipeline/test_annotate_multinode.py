@@ -24,11 +24,13 @@ BODY = """
 
     runs = [annotate.main(resolve("annotate", None, sys.argv[1:], "tiny")[1])
             for _ in range(2)]  # the second resumes: nothing left to do
-    nodes = {a["Address"]["NodeID"] for a in actors().values()
-             if "Engine" in a["ActorClassName"]}
+    table = actors().values()
+    nodes = {a["Address"]["NodeID"] for a in table if "Engine" in a["ActorClassName"]}
+    ledgers = {a["Address"]["NodeID"] for a in table if a["Name"].startswith("mqt-ledger-")}
+    driver = ray.get_runtime_context().get_node_id()
     alive = len([n for n in ray.nodes() if n["Alive"]])
-    print("RESULT " + json.dumps({"runs": runs, "nodes": alive,
-                                  "engine_nodes": len(nodes)}), flush=True)
+    print("RESULT " + json.dumps({"runs": runs, "nodes": alive, "engine_nodes": len(nodes),
+                                  "ledger_on_driver": ledgers == {driver}}), flush=True)
 """
 
 
@@ -46,6 +48,7 @@ def test_a_paced_quota_job_on_two_nodes_charges_one_ledger(tmp_path, calibration
             "batch_size=2", "block_rows=2", "progress=false"]
     result = on_two_nodes(BODY, args, cpus=3)
     assert result["nodes"] == 2 and result["engine_nodes"] == 2
+    assert result["ledger_on_driver"]  # both runs' ledger actors, beside its state file
     first, again = result["runs"]
     q = first["quota"]
     assert first["rows"] == ROWS and first["errors"] == 0  # nothing refused

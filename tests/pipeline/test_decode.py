@@ -49,6 +49,29 @@ def test_decoded_pixels_match_the_models_preprocessing():
     assert torch.allclose(direct, via_stage)
 
 
+def photo(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A smooth JPEG (gradients and a little noise, as photos are) of width x height."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 255
+    rgb += np.random.default_rng(1).normal(0, 4, rgb.shape)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).convert(mode).save(buf, "JPEG",
+                                                                          quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_large_jpeg_decoded_at_a_reduced_scale_is_the_full_decode_resampled(mode):
+    data = photo(1600, 1000, mode)  # draft decodes it at 1/4 scale (400 x 250 >= 224)
+    fast, full = decode_image(data, 224), decode_image(data, 224, draft=False)
+    assert fast.shape == full.shape == (224, 224, 3)
+    diff = np.abs(fast.astype(int) - full.astype(int))
+    assert diff.max() > 0  # another path: libjpeg scaled the DCT
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4  # resampling, not content
+    small = photo(300, 200)  # under twice the target: decoded in full either way
+    assert np.array_equal(decode_image(small, 224), decode_image(small, 224, draft=False))
+
+
 @pytest.mark.parametrize("data,reason", [
     (b"", "empty file"),
     (b"this is a text file, not an image\n" * 4, "not an image"),

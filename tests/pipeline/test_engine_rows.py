@@ -7,18 +7,19 @@ from test_annotate import image_bytes
 
 from pipeline.decode import decode_batch
 from pipeline.engine import Engine
+from pipeline.scheduler.ledger import REFUSED, Ledger, LedgerClient
 from pipeline.scheduler.policy import FixedPolicy
+from pipeline.sources import SOURCE_SCHEMA
 
 MODEL = {"preset": "tiny", "checkpoint": "none"}
 
 
 def decoded(rows: list[dict]) -> pa.Table:
-    table = decode_batch(pa.Table.from_pylist(
+    """Source rows with their own m and answer length (`n`), through the decode stage."""
+    return decode_batch(pa.Table.from_pylist(
         [{"id": r["id"], "task": "vqa", "question": r["question"], "options": None,
-          "path": None, "image": image_bytes(r["seed"]), "error": None} for r in rows]),
-        image_size=32)
-    return table.append_column("m", pa.array([r.get("m") for r in rows], pa.int32())) \
-        .append_column("max_new_tokens", pa.array([r.get("n") for r in rows], pa.int32()))
+          "path": None, "image": image_bytes(r["seed"]), "error": None, "m": r.get("m"),
+          "max_new_tokens": r.get("n")} for r in rows], schema=SOURCE_SCHEMA), image_size=32)
 
 
 def test_a_rows_m_and_length_win_and_match_the_row_alone():
@@ -43,3 +44,22 @@ def test_a_rows_m_outside_1_to_M_is_an_error_row_naming_it():
                           {"id": "b", "seed": 1, "question": "What?"}])).to_pylist()
     assert out[0]["error"] == "bad request: m=17 is outside 1..16 (M = query.num_queries)"
     assert out[0]["output"] is None and out[1]["error"] is None and out[1]["m"] == 3
+
+
+def test_under_a_quota_a_rows_own_m_is_charged_at_that_m_and_refused_when_it_does_not_fit():
+    probe = Engine(MODEL, FixedPolicy(default=3), threads=1)
+    rows = [{"id": "a", "seed": 0, "question": "What colour?"},
+            {"id": "b", "seed": 1, "question": "What colour?", "m": 16}]
+    bound = {r["id"]: probe.bound({"task": "vqa", "question": r["question"], "options": None},
+                                  r.get("m", 3)) for r in rows}
+    assert bound["b"] > bound["a"]
+    ledger = Ledger(bound["a"] + bound["b"] - 1)  # pays for a and not b at its own m
+    engine = Engine(MODEL, FixedPolicy(default=3), threads=1, ledger=LedgerClient(ledger))
+    out = engine(decoded(rows)).to_pylist()
+    assert out[0]["error"] is None and out[0]["m"] == 3
+    assert out[1]["error"] == REFUSED
+    assert ledger.spent == out[0]["flops"] and ledger.reserved == 0
+    roomy = Ledger(bound["a"] + bound["b"])
+    out = Engine(MODEL, FixedPolicy(default=3), threads=1,
+                 ledger=LedgerClient(roomy))(decoded(rows)).to_pylist()
+    assert [o["m"] for o in out] == [3, 16] and roomy.spent == sum(o["flops"] for o in out)
