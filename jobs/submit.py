@@ -149,13 +149,30 @@ def submit(argv: list[str]) -> int:
         print(f"mqt submit: {e}", file=sys.stderr)
         return 2
     sid = a.submission_id or f"mqt-{a.job}-{uuid.uuid4().hex[:8]}"
-    sid = jobs.submit_job(entrypoint=command, submission_id=sid, runtime_env=env,
-                          metadata={"mqt_job": a.job})
+    try:
+        sid = send(jobs, entrypoint=command, submission_id=sid, runtime_env=env,
+                   metadata={"mqt_job": a.job})
+    except RuntimeError as e:  # the Jobs API's refusal: a duplicate id, a bad runtime env
+        print(f"mqt submit: {address}: {e}", file=sys.stderr)
+        return 1
     print(f"submitted {sid} to {address}: {command}", flush=True)
     if a.no_wait:
         print(sid)
         return 0
     return follow(jobs, sid)
+
+
+def send(jobs, timeout_s: float = 60.0, **job) -> str:
+    """`submit_job`, asked again while the cluster says it has no job agent yet (a head
+    that has just started: "No available agent to submit job, please try again later")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return jobs.submit_job(**job)
+        except RuntimeError as e:
+            if "try again later" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def follow(jobs, sid: str) -> int:

@@ -95,12 +95,13 @@ def ledger_actor(job: str, quota: int, state_path: str | None = None,
                  namespace: str | None = None, unit: str = "flops", work: str = "flops"):
     """The job's ledger actor: the running one named after the job, or a new one. A running
     one with another quota is an error (two jobs with one name would share a budget). It is
-    placed on the driver's node (soft: elsewhere only if that node is gone), where the
-    job's state file is (`state_path`, beside a local output)."""
+    placed on the driver's node, where the job's state file is (`state_path`, beside a
+    local output): it needs no CPU, and the job ends with that node anyway (a soft
+    affinity was seen to put it on another node of an idle two-node cluster)."""
     import ray  # heavy; only jobs that run on Ray start actors
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # heavy: Ray
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = _ledger_actor_class().options(
         name=ledger_name(job), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave

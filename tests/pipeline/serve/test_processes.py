@@ -1,7 +1,7 @@
 """The endpoint as users start it, each in a process of its own with a Ray of its own:
-`mqt serve` (blocks, answers, stops cleanly on Ctrl-C) and `serve run` of the Serve config
-file in cluster/serve/ (the shipped model). Loopback only; each process is stopped by its
-own pid."""
+`mqt serve` (blocks, answers, stops cleanly on Ctrl-C), `serve run` of the Serve config
+file in cluster/serve/ (the shipped model), and `serve deploy` of that file to a running
+`ray start` cluster. Loopback only; each process is stopped by its own pid."""
 
 import base64
 import io
@@ -99,3 +99,40 @@ def test_serve_run_of_the_config_file(tmp_path):
         assert "red" in c["choices"][0]["message"]["content"].lower()
     finally:
         stop(proc)
+
+
+@pytest.mark.slow  # a `ray start` cluster and the shipped model, ~1 minute
+def test_serve_deploy_of_the_config_file_to_a_running_cluster(tmp_path):
+    """`serve deploy` of cluster/serve/mqt-smol.yaml (on a free port) to a cluster started
+    with `ray start` (tests/raycluster.py, token auth on): the application comes up on the
+    cluster, answers, and `serve shutdown` takes it down again."""
+    from raycluster import RayCluster
+
+    config = yaml.safe_load((ROOT / "cluster" / "serve" / "mqt-smol.yaml").read_text())
+    config["http_options"]["port"] = port = free_port()
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve = str(Path(sys.executable).with_name("serve"))
+    cluster = RayCluster(cpus=2)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        r = subprocess.run([serve, "deploy", str(path), "--address", cluster.dashboard],
+                           cwd=ROOT, env=cluster.env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        end = time.monotonic() + 240
+        while True:  # deploy returns at once; the replica loads the model meanwhile
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end, "the deployed application never came up"
+            time.sleep(1)
+        c = ask(base, max_tokens=8)
+        assert c["model"] == "mqt-smol" and c["usage"]["visual_tokens"] == 4  # detail.low
+        r = subprocess.run([serve, "shutdown", "--address", cluster.dashboard, "--yes"],
+                           env=cluster.env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        cluster.stop()
