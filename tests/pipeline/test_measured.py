@@ -88,8 +88,10 @@ def test_the_engine_charges_each_row_the_seconds_it_took_and_refuses_past_the_qu
     prior rate); a quota of 2.5 s pays the holds of two rows of the first batch and the
     ledger refuses the other three. The two are charged the seconds they took (far less on
     this tiny model); the three ask once more with the two charged, at the rate the
-    engine has just measured, and fit. A quota below one hold at the estimate refuses a
-    whole batch: nothing ran, so nothing came back for a second ask."""
+    engine has just measured, and fit. Every measured microsecond is counted: charged, or
+    (a row slower than the rate measured a moment before: timing noise, seen in CI) past
+    its hold as overrun. A quota below one hold at the estimate refuses a whole batch:
+    nothing ran, so nothing came back for a second ask."""
     bound = tiny_row_bound(4)
     ledger = Ledger(2_500_000, unit="us")
     client = LedgerClient(ledger, MeasuredRate(prior=1 / bound, margin=1.0))
@@ -98,7 +100,7 @@ def test_the_engine_charges_each_row_the_seconds_it_took_and_refuses_past_the_qu
     assert all(r["error"] is None for r in out)
     assert ledger.totals()["committed"] == 5
     charged = sum(charge_us(r["seconds"]) for r in out)
-    assert ledger.spent == charged and ledger.overrun == 0 and ledger.reserved == 0
+    assert ledger.spent + ledger.overrun == charged and ledger.reserved == 0
     assert client.rate.seen and client.rate.rate < 1 / bound  # measured, not the estimate
     assert ledger.spent <= ledger.quota
 
