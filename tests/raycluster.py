@@ -16,22 +16,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import psutil
+from conftest import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 CURRENT = Path("/tmp/ray/ray_current_cluster")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayCluster:
@@ -74,7 +68,12 @@ class RayCluster:
 
     def _start(self, args: list[str], cpus: int) -> None:
         before = set(self._pids())
-        subprocess.run([RAY, "start", *args, "--node-ip-address=127.0.0.1",
+        # the agents' ports of its own: Ray's defaults (52365, ...) may be held by another
+        # Ray on this machine (the session's), and the job agent would then never come up
+        agents = [f"--{name}={free_port()}" for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+            "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")]
+        subprocess.run([RAY, "start", *args, *agents, "--node-ip-address=127.0.0.1",
                         f"--num-cpus={cpus}", "--disable-usage-stats"], env=self.env,
                        check=True, capture_output=True, timeout=self.timeout_s)
         self.nodes.append(sorted(set(self._pids()) - before))

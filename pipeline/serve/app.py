@@ -142,11 +142,9 @@ def check(args: ServeArgs) -> TokenPolicy:
     for name in ("low", "high", "auto"):
         if M and (name == "low" or getattr(args.detail, name)):
             check_m(f"detail.{name}", getattr(args.detail, name), M)
-    if args.detail.auto:
-        return auto_policy(args)
     planned = auto_policy(args)
     try:  # planned on a calibration of another model, it may ask for m past this M
-        if M:
+        if M and not args.detail.auto:  # a fixed detail.auto was checked above
             planned.check(M)
     except ValueError as e:
         raise ValueError(f"detail.auto: planned on the calibration: {e}; give "
@@ -276,9 +274,6 @@ class QuotaLedger:
 
     async def release(self, key: str) -> None:
         self.windows.release(key)
-
-    async def totals(self, who: str | None = None) -> dict:
-        return self.windows.totals(who)
 
 
 @serve.deployment(max_ongoing_requests=16)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from raycluster import RayCluster, free_port
+from conftest import free_port
+from raycluster import RayCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
