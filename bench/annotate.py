@@ -124,7 +124,7 @@ def plain_loop(cfg: Config, manifest: Path, m: int, _out: Path) -> tuple[float, 
     n, first = 0, None
     for i in range(0, len(lines), cfg.batch_size):
         src = manifest_rows(pa.table({"text": lines[i: i + cfg.batch_size]}),
-                            str(manifest.parent), Defaults(), jsonl=True)
+                            str(manifest.parent), Defaults(), kind="jsonl")
         n += pred(decode_batch(src, size)).num_rows
         first = first or (time.perf_counter(), n)
     end = time.perf_counter()

@@ -57,7 +57,8 @@ class Config:
     match_m: int = 0  # also find the quota at which the plan matches fixed m on every row
     match_within: float = 0.0  # ... or comes within this many points of accuracy of it
     # the rows of a corpus instead of rows.*: a folder or manifest (as `mqt annotate` reads)
-    source: str = ""
+    source: str | list[str] = ""  # as annotate's: folder, manifest, glob or list of parts
+    columns: dict = field(default_factory=dict)  # our manifest column -> the file's name
     task: str = "caption"  # for source rows that do not name one (every row of a folder)
     question: str = ""  # for source rows that do not have one
     by: str = "task"  # with source: "kind" plans per (task, question kind) (scheduler/kinds.py)
@@ -121,7 +122,7 @@ def corpus(cfg: Config) -> list[tuple]:
         if bad:
             raise ValueError(f"rows.{bad[0]}: must be an int >= 0, got {cfg.rows[bad[0]]!r}")
         return counted_rows(cfg.rows)
-    src = open_source(cfg.source, cfg.storage)
+    src = open_source(cfg.source, cfg.storage, cfg.columns)
     return source_rows(src, cfg.task, 0, cfg.question if cfg.by == "kind" else None)
 
 

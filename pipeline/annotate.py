@@ -33,9 +33,11 @@ from mqt.configtree import to_dict
 from mqt.console import log
 from mqt.load import ModelArgs, model_args, resolved_config, validate_model
 from mqt.tasks import TASKS, Task
+from pipeline.batchfile import OUTPUT_FILES, write_output
 from pipeline.connect import check_cluster, connect
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_batch
 from pipeline.engine import OUTPUT_SCHEMA, Engine, error_row
+from pipeline.errors import retryable
 from pipeline.scheduler import Budget, InfeasibleQuota, QuotaArgs, prepare
 from pipeline.scheduler.budget import SKIPPED
 from pipeline.scheduler.ledger import LedgerClient, clear_state
@@ -51,8 +53,9 @@ LLAVA_IMAGE_SIZE = 336
 TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
 # Fields that make a job the same job: a resume into an output written with other values
 # would mix answers of two jobs. The policy, batch sizes and actors may change.
-JOB_IDENTITY = ("source", "task", "question", "tasks", "preset", "model", "checkpoint",
-                "llava", "seed")
+JOB_IDENTITY = ("source", "columns", "task", "question", "tasks", "preset", "model",
+                "checkpoint", "llava", "seed")
+OUTPUT_FORMATS = ("parquet", "openai")
 
 
 @dataclass
@@ -65,11 +68,17 @@ class PolicyArgs:
 
 @dataclass
 class AnnotateConfig(ModelArgs):
-    source: str = ""  # a folder of images, or a manifest .jsonl / .parquet; local or s3://
+    # a folder of images; a manifest .jsonl / .parquet / OpenAI Batch API .jsonl; a glob or a
+    # list of manifest parts; local or s3:// (docs/annotate.md "Inputs")
+    source: str | list[str] = ""
+    columns: dict = field(default_factory=dict)  # our manifest column -> the file's name
+    image_hosts: list[str] = field(default_factory=list)  # http(s) image hosts rows may use
     task: str = "caption"  # for rows that do not name one (every row of a folder)
     question: str = ""  # for rows that do not have one
     tasks: dict = field(default_factory=dict)  # per task: {prompt: ..., max_new_tokens: N}
     output: str = "runs/annotate"  # folder: data/*.parquet, summary.json, config.yaml
+    output_format: str = "parquet"  # "openai": also openai/{output,errors}.jsonl (Batch API)
+    retry_errors: bool = False  # on resume, ask the retryable error rows again
     # the Ray cluster (host:port of its GCS, ray://..., auto); "" = RAY_ADDRESS, else a local Ray
     address: str = ""
     overwrite: bool = False  # drop earlier rows in output/data instead of resuming
@@ -108,7 +117,7 @@ def check(cfg: AnnotateConfig) -> Prepared:
     tasks = job_tasks(cfg)
     if cfg.task not in tasks:
         raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
-    src = open_source(cfg.source, cfg.storage)
+    src = open_source(cfg.source, cfg.storage, cfg.columns)
     if src.kind == "folder" and (why := row_error(cfg.task, cfg.question, None, tasks)):
         raise ValueError(f"task/question: folder rows would all fail: {why}")
     _check_policy(cfg)
@@ -135,7 +144,7 @@ def budget_plan(cfg: AnnotateConfig, src: Source) -> Budget:
     rows); errors name the field, an infeasible quota gives its minimum."""
     if cfg.policy.m or cfg.policy.default:
         raise ValueError("policy: a job with a quota takes m from its plan; drop policy.*")
-    done = output_folder(cfg).done_ids() if not cfg.overwrite else set()
+    done = output_folder(cfg).done_ids(retry(cfg)) if not cfg.overwrite else set()
     by_kind = cfg.quota.by == "kind"
     rows = source_rows(src, cfg.task, cfg.limit, (cfg.question or "") if by_kind else None)
     todo = [r for r in rows if r[0] not in done]
@@ -190,6 +199,12 @@ def _check_numbers(cfg: AnnotateConfig) -> None:
         raise ValueError(f"flush_seconds must be > 0, got {cfg.flush_seconds}")
     if not cfg.output:
         raise ValueError("output: give a folder for the Parquet rows")
+    if cfg.output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got "
+                         f"{cfg.output_format!r}")
+    if bad := [h for h in cfg.image_hosts if not h or "/" in h or ":" in h]:
+        raise ValueError(f"image_hosts: give host names (no scheme, port or path), got "
+                         f"{bad[0]!r}")
 
 
 def _check_output(cfg: AnnotateConfig) -> None:
@@ -202,9 +217,9 @@ def _check_output(cfg: AnnotateConfig) -> None:
         raise ValueError(f"output: cannot reach {cfg.output}: {e}") from None
     if old is None:
         return
-    before, now = yaml.safe_load(old) or {}, to_dict(cfg)
-    for name in JOB_IDENTITY:
-        if before.get(name) != now.get(name):
+    before, now, default = yaml.safe_load(old) or {}, to_dict(cfg), to_dict(AnnotateConfig())
+    for name in JOB_IDENTITY:  # a field the earlier job did not have yet had its default
+        if before.get(name, default[name]) != now.get(name):
             raise ValueError(
                 f"{name}: output={cfg.output!r} holds rows of a job with {name}="
                 f"{before.get(name)!r}, not {now.get(name)!r}; resuming would mix two jobs. "
@@ -235,7 +250,7 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
     ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=cfg.block_rows,
                         fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels,
-                                   "storage": cfg.storage})
+                                   "storage": cfg.storage, "hosts": tuple(cfg.image_hosts)})
     return ds.map_batches(
         Engine, batch_format="pyarrow", batch_size=cfg.batch_size,
         fn_constructor_kwargs={"model_args": model_args(cfg),
@@ -257,6 +272,8 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         if budget is not None:
             clear_state(ledger_state(cfg))
     out.drop_temporaries()
+    if retry(cfg) is not None and (asked := out.drop_rows(retryable)):
+        log(f"retry_errors: {asked} retryable error rows of earlier runs are asked again")
     done = frozenset(out.done_ids())
     todo = max(0, (min(src.rows, cfg.limit) if cfg.limit else src.rows) - len(done))
     log(f"source {cfg.source}: {src.rows} rows ({src.kind}); "
@@ -277,7 +294,22 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
     out.write_text("summary.json", json.dumps(summary, indent=1))
     print_summary(summary)
     log(f"rows in {out.data.uri}/ (Parquet), summary in {out.loc.join('summary.json').uri}")
+    if cfg.output_format == "openai":
+        answered, failed = write_output(out, model_name(cfg), job_tasks(cfg))
+        log(f"OpenAI Batch API output: {answered} lines in {out.loc.join(OUTPUT_FILES[0]).uri}"
+            f", {failed} in {out.loc.join(OUTPUT_FILES[1]).uri}")
     return summary
+
+
+def retry(cfg: AnnotateConfig):
+    """What makes an error row not done: `retryable` with retry_errors=true, else None."""
+    return retryable if cfg.retry_errors and not cfg.overwrite else None
+
+
+def model_name(cfg: AnnotateConfig) -> str:
+    """The model the job's answers name: its checkpoint or published folder, else preset."""
+    path = cfg.llava or (cfg.checkpoint if cfg.checkpoint not in ("", "none") else "")
+    return path.rstrip("/").rsplit("/", 1)[-1] if path else cfg.preset
 
 
 def _start_budget(cfg: AnnotateConfig, budget: Budget, out: OutputFolder) -> None:

@@ -89,6 +89,12 @@ def check_cluster(address: str = "", timeout_s: float = 20.0) -> None:
         check_reachable(target, source, timeout_s)
 
 
+# Ray's notices that ask nothing of a job's user: token auth on (the default of Ray 2.60),
+# and Ray Data's own progress bars off (the jobs draw theirs)
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",
+                 "ray.data._internal.progress")
+
+
 def connect(address: str = "", timeout_s: float = 20.0, **local) -> str:
     """Initialise Ray for a job: the cluster at `address` or RAY_ADDRESS (checked first),
     else a local Ray started with `local` (ray.init's keyword arguments). Returns what it
@@ -97,6 +103,8 @@ def connect(address: str = "", timeout_s: float = 20.0, **local) -> str:
 
     if ray.is_initialized():
         return "initialised"
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     target, source = cluster_address(address)
     settings = {"logging_level": logging.WARNING, **local}
     if target:

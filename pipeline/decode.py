@@ -21,10 +21,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.serve.images import ImageError, ImageRules, fetch
 from pipeline.storage import StorageArgs, locate, read_bytes
 
 # Pillow's own default (~89 M pixels) only warns; this job sets its limit explicitly.
 DEFAULT_MAX_PIXELS = 50_000_000
+HTTP_MAX_BYTES = 50_000_000  # an image downloaded from an allowed host
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
@@ -83,16 +85,23 @@ def resize_for_encoder(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_row(row: dict, size: int, max_pixels: int,
-               storage: StorageArgs | None = None) -> tuple[bytes | None, str | None]:
-    """(pixels, error) for one source row; a row that already has an error keeps it."""
+def decode_row(row: dict, size: int, max_pixels: int, storage: StorageArgs | None = None,
+               hosts: tuple[str, ...] = ()) -> tuple[bytes | None, str | None]:
+    """(pixels, error) for one source row; a row that already has an error keeps it. An
+    http(s) image is fetched only from `hosts`, never from a private address
+    (pipeline.serve.images)."""
     if row.get("error"):
         return None, row["error"]
     try:
         data = row.get("image")
-        if data is None:
+        if data is None and row["path"].lower().startswith(("http://", "https://")):
+            data = fetch(row["path"], ImageRules(schemes=["http", "https"], hosts=list(hosts),
+                                                 max_bytes=HTTP_MAX_BYTES))
+        elif data is None:
             data = read_bytes(locate(row["path"], storage))
         return decode_image(data, size, max_pixels).tobytes(), None
+    except ImageError as e:
+        return None, f"{e}{'' if hosts else ' (image_hosts names the hosts allowed)'}"
     except FileNotFoundError:
         return None, f"missing file: {row.get('path')}"
     except DecodeError as e:
@@ -102,12 +111,12 @@ def decode_row(row: dict, size: int, max_pixels: int,
 
 
 def decode_batch(batch: pa.Table, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 storage: StorageArgs | None = None) -> pa.Table:
+                 storage: StorageArgs | None = None, hosts: tuple[str, ...] = ()) -> pa.Table:
     """`map_batches` function: source rows -> DECODED_SCHEMA rows (raw bytes dropped)."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # explicit, in every worker process
     out = []
     for row in batch.to_pylist():
-        pixels, error = decode_row(row, image_size, max_pixels, storage)
+        pixels, error = decode_row(row, image_size, max_pixels, storage, hosts)
         out.append({"id": row["id"], "task": row["task"], "question": row["question"],
                     "options": row.get("options"), "answer": row.get("answer"),
                     "pixels": pixels, "error": error, "m": row.get("m"),

@@ -63,6 +63,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("visual_tokens", pa.int32()),
     ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("flops", pa.int64()),
     ("seconds", pa.float64()), ("confidence", pa.float64()), ("error", pa.string()),
+    ("max_new_tokens", pa.int32()),  # the answer length the row was allowed
 ])
 
 
@@ -112,6 +113,8 @@ class Engine:
             self.policy.skipped([r["task"] for r in bad], [r["question"] for r in bad])
         if ok:
             self._answer([rows[i] for i in ok], [out[i] for i in ok])
+            for i in ok:
+                out[i]["max_new_tokens"] = self._new_tokens(rows[i])
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _answer(self, rows: list[dict], out: list[dict]) -> None:
@@ -340,7 +343,8 @@ def error_row(row: dict, error: str | None) -> dict:
     return {"id": row["id"], "task": row["task"], "question": row["question"], "output": None,
             "answer": row.get("answer"), "m": None, "visual_tokens": None, "prompt_tokens": None,
             "new_tokens": None,
-            "flops": None, "seconds": None, "confidence": None, "error": error}
+            "flops": None, "seconds": None, "confidence": None, "error": error,
+            "max_new_tokens": row.get("max_new_tokens")}
 
 
 def _answer_columns(cfg, m: int, a: Answer, seconds: float) -> dict:

@@ -50,7 +50,7 @@ def decoded_batches(lines: list[str], base: Path, size: int, batch_size: int,
     """The lines as the engine's input: parsed as manifest rows and decoded at `size`, in
     batches of `batch_size` (the job decodes in a stage of its own: not timed)."""
     return [decode_batch(manifest_rows(pa.table({"text": lines[i:i + batch_size]}), str(base),
-                                       Defaults(tasks=tasks), jsonl=True), size)
+                                       Defaults(tasks=tasks), kind="jsonl"), size)
             for i in range(0, len(lines), batch_size)]
 
 

@@ -1,13 +1,23 @@
 """Sources of a batch job: image folders and manifests, local or remote, as lazy Ray datasets.
 
-Three kinds, told apart by the path (a local path, `s3://…` or any fsspec URL; pipeline.storage):
-- a folder: every image file below it (recursive; IMAGE_EXTENSIONS, any case; names starting
-  with "." or "_" skipped), one row each with the job's default task and question; the id is
-  the path relative to the folder;
+`source=` is a path or URL (a local path, `s3://…` or any fsspec URL; pipeline.storage),
+a glob of manifests (`s3://bucket/shards/part-*.parquet`: `*`, `?` and `[...]` within one
+path segment), or a list of these. Kinds:
+- a folder of images: every image file below it (recursive; IMAGE_EXTENSIONS, any case;
+  names starting with "." or "_" skipped), one row each with the job's default task and
+  question; the id is the path relative to the folder. (A folder with no images but
+  manifests is a sharded manifest: every manifest below it is a part.)
 - a JSONL manifest (`.jsonl`/`.json`): one object per line {id, image, task?, question?,
-  options?, answer?}; `image` is a path or URL, relative paths are taken from the manifest's
-  folder;
-- a Parquet file (`.parquet`): the same columns; `image` holds paths or the image bytes.
+  options?, answer?, visual_tokens?, max_new_tokens?}; `image` is a path, a URL or a
+  `data:image/...;base64,` URL; relative paths are taken from the manifest's folder;
+- a Parquet manifest (`.parquet`): the same columns; `image` holds paths, the image bytes,
+  or the `{bytes, path}` struct of a Hugging Face `datasets` Image column;
+- an OpenAI Batch API input file (JSONL whose first line has `custom_id` and `body`):
+  one chat-completions request per line (pipeline.batchfile).
+A manifest may come in parts (a folder, glob or list): Ray reads them in parallel, and all
+parts must be of one kind. `columns` maps the manifest's column names to ours
+(`columns.question=query`: our `question` is the file's `query`), for corpora exported by
+other tools.
 
 Every source becomes rows of SOURCE_SCHEMA: {id, path, image (bytes or null), task,
 question, options, answer, error, m, max_new_tokens}. A manifest row may carry its own
@@ -22,8 +32,10 @@ ids a resumed job already wrote are dropped here, before any image is read.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -32,11 +44,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mqt.tasks import TASKS, Task
+from pipeline.batchfile import is_request, request_row
+from pipeline.serve.images import ImageError, data_url_bytes
 from pipeline.storage import Location, StorageArgs, list_files, locate, read_bytes
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff")
 MANIFEST_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 REQUIRED_COLUMNS = ("id", "image")
+# what `columns` may map: the manifest columns the job reads
+MANIFEST_COLUMNS = ("id", "image", "task", "question", "options", "answer", "visual_tokens",
+                    "max_new_tokens")
 
 SOURCE_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("image", pa.binary()), ("task", pa.string()),
@@ -44,6 +61,7 @@ SOURCE_SCHEMA = pa.schema([
     ("error", pa.string()), ("m", pa.int32()), ("max_new_tokens", pa.int32()),
 ])
 MAX_NEW_TOKENS = 4096  # the most a row may ask for
+MAX_DATA_URL_BYTES = 50_000_000  # an image inline in a manifest line
 
 
 class SourceError(ValueError):
@@ -62,51 +80,141 @@ class Defaults:
 
 @dataclass(frozen=True)
 class Source:
-    """A checked source: its kind, where it is, how many rows it has, and for a folder the
-    image files (listed once, on the driver)."""
+    """A checked source: its kind ("folder", "jsonl", "parquet" or "openai"), where it is (a
+    list's first entry), how many rows it has, and the files it reads (listed once, on the
+    driver): a folder's images, a manifest's parts (none: the one file at `loc`);
+    `columns`: the manifest's names of our columns."""
 
-    kind: str  # "folder", "jsonl" or "parquet"
+    kind: str
     loc: Location
     rows: int
     files: tuple[str, ...] = ()
+    columns: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The manifest files, in order (paths in `loc.fs`)."""
+        return self.files or (self.loc.path,)
+
+    def part_dir(self, path: str) -> str:
+        """The folder a part's relative image paths are taken from, as a URL or path."""
+        return self.loc.scheme + posixpath.dirname(path)
 
 
-def open_source(uri: str, storage: StorageArgs | None = None) -> Source:
-    """Check the source (cheap: a listing or a header) and count its rows; SourceError names
-    what is wrong, including an unreachable server."""
-    if not uri:
-        raise SourceError("source: give a folder of images or a manifest (.jsonl, .parquet)")
-    loc = locate(uri, storage)
+def open_source(uri: str | list[str], storage: StorageArgs | None = None,
+                columns: dict | None = None) -> Source:
+    """Check the source (cheap: a listing or headers) and count its rows; SourceError names
+    what is wrong, including an unreachable server. `columns`: {our name: the manifest's}."""
+    uris = [uri] if isinstance(uri, str) else list(uri)
+    if not uris or not all(isinstance(u, str) and u for u in uris):
+        raise SourceError("source: give a folder of images, a manifest (.jsonl, .parquet), a "
+                          "glob of manifests or a list of them")
+    columns = _check_columns(columns or {})
+    locs = [locate(u, storage) for u in uris]
+    if len({loc.scheme for loc in locs}) > 1:
+        raise SourceError(f"source: the parts of a list must be on one filesystem, got {uris}")
     try:
-        return _open(loc)
+        return _open(locs, columns)
     except OSError as e:  # connection refused, access denied, no such bucket
-        raise SourceError(f"source: cannot read {uri}: {e}") from None
+        raise SourceError(f"source: cannot read {uris if len(uris) > 1 else uris[0]}: {e}"
+                          ) from None
 
 
-def _open(loc: Location) -> Source:
+def _check_columns(columns: dict) -> dict:
+    for ours, theirs in columns.items():
+        if ours not in MANIFEST_COLUMNS:
+            raise SourceError(f"columns.{ours}: not a manifest column; mappable: "
+                              f"{list(MANIFEST_COLUMNS)}")
+        if not isinstance(theirs, str) or not theirs:
+            raise SourceError(f"columns.{ours}: give the manifest's column name, got {theirs!r}")
+    return dict(columns)
+
+
+def _open(locs: list[Location], columns: dict) -> Source:
+    if len(locs) == 1 and not _is_glob(locs[0].path):
+        loc = locs[0]
+        info = loc.info()
+        if info.type == pafs.FileType.Directory and (files := tuple(image_files(loc))):
+            return Source("folder", loc, len(files), files)
+        if info.type == pafs.FileType.NotFound:
+            raise SourceError(f"source: no such file or folder: {loc.uri}")
+    parts = [p for loc in locs for p in _manifest_parts(loc)]
+    if len(set(parts)) < len(parts):
+        raise SourceError(f"source: a part is named twice: {sorted(parts)}")
+    with ThreadPoolExecutor(max_workers=min(16, len(parts))) as pool:
+        headers = list(pool.map(lambda p: _header(locs[0], p), parts))
+    kinds = {kind for kind, _, _ in headers}
+    if len(kinds) > 1:
+        raise SourceError(f"source: the parts mix kinds {sorted(kinds)}; give parts of one kind")
+    kind = kinds.pop()
+    for path, (_, names, _) in zip(parts, headers, strict=True):
+        if kind == "openai":
+            continue  # a request line's id and image are in custom_id and body
+        need = [columns.get(c, c) for c in REQUIRED_COLUMNS]
+        if missing := [c for c in need if c not in names]:
+            mapped = {c: columns[c] for c in REQUIRED_COLUMNS if c in columns}
+            raise SourceError(
+                f"source: {locs[0].scheme + path} has no {missing[0]!r} column; a manifest "
+                f"needs {list(REQUIRED_COLUMNS)} (columns.<ours>=<theirs> maps other names"
+                f"{', mapped: ' + str(mapped) if mapped else ''}), found {sorted(names)}")
+    single = len(parts) == 1 and parts[0] == locs[0].path
+    return Source(kind, locs[0], sum(rows for _, _, rows in headers),
+                  () if single else tuple(parts), columns)
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _manifest_parts(loc: Location) -> list[str]:
+    """The manifest files a source entry names: itself, those below a folder, or a glob's."""
+    if _is_glob(loc.path):
+        pattern = loc.path.split("/")
+        root = "/".join(pattern[:next(i for i, p in enumerate(pattern) if _is_glob(p))])
+        found = [p for p in list_files(Location(loc.fs, root or "/", loc.uri))
+                 if _matches(p.split("/"), pattern) and _is_manifest(p)]
+        if not found:
+            raise SourceError(f"source: no manifests (.jsonl, .parquet) match {loc.uri}")
+        return found
     info = loc.info()
-    if info.type == pafs.FileType.Directory:
-        files = tuple(image_files(loc))
-        if not files:
-            raise SourceError(f"source: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                              f"under {loc.uri}")
-        return Source("folder", loc, len(files), files)
     if info.type == pafs.FileType.NotFound:
         raise SourceError(f"source: no such file or folder: {loc.uri}")
-    suffix = posixpath.splitext(loc.path)[1].lower()
-    if suffix not in MANIFEST_SUFFIXES:
+    if info.type == pafs.FileType.Directory:
+        found = [p for p in list_files(loc) if _is_manifest(p) and not _hidden(p, loc.path)]
+        if not found:
+            raise SourceError(f"source: no image files ({', '.join(IMAGE_EXTENSIONS)}) and "
+                              f"no manifests (.jsonl, .parquet) under {loc.uri}")
+        return found
+    if not _is_manifest(loc.path):
         raise SourceError(f"source: {loc.uri} is not a folder, .jsonl or .parquet file")
-    kind = MANIFEST_SUFFIXES[suffix]
-    columns, rows = (_jsonl_header if kind == "jsonl" else _parquet_header)(loc)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise SourceError(f"source: {loc.uri} has no {missing[0]!r} column; "
-                          f"a manifest needs {list(REQUIRED_COLUMNS)}, found {sorted(columns)}")
-    return Source(kind, loc, rows)
+    return [loc.path]
 
 
-def _jsonl_header(loc: Location) -> tuple[set[str], int]:
-    """Columns of the first object and the number of non-empty lines (streamed)."""
+def _matches(path: list[str], pattern: list[str]) -> bool:
+    return len(path) == len(pattern) and all(fnmatch.fnmatchcase(a, b)
+                                             for a, b in zip(path, pattern, strict=True))
+
+
+def _is_manifest(path: str) -> bool:
+    return posixpath.splitext(path)[1].lower() in MANIFEST_SUFFIXES
+
+
+def _hidden(path: str, root: str) -> bool:
+    rel = path[len(root.rstrip("/")) + 1:] if path.startswith(root) else path
+    return any(p.startswith((".", "_")) for p in rel.split("/"))
+
+
+def _header(loc: Location, path: str) -> tuple[str, set[str], int]:
+    """(kind, columns, rows) of one manifest file."""
+    part = Location(loc.fs, path, loc.scheme + path)
+    if MANIFEST_SUFFIXES[posixpath.splitext(path)[1].lower()] == "parquet":
+        return ("parquet", *_parquet_header(part))
+    first, rows = _jsonl_header(part)
+    return ("openai" if is_request(first) else "jsonl"), set(first), rows
+
+
+def _jsonl_header(loc: Location) -> tuple[dict, int]:
+    """The first object and the number of non-empty lines (streamed)."""
     first, rows = None, 0
     with loc.fs.open_input_stream(loc.path) as f:
         for line in _lines(f):
@@ -116,9 +224,12 @@ def _jsonl_header(loc: Location) -> tuple[set[str], int]:
     if first is None:
         raise SourceError(f"source: {loc.uri} is empty")
     try:
-        return set(json.loads(first)), rows
-    except (json.JSONDecodeError, TypeError) as e:
+        obj = json.loads(first)
+    except json.JSONDecodeError as e:
         raise SourceError(f"source: {loc.uri} line 1 is not a JSON object: {e}") from None
+    if not isinstance(obj, dict):
+        raise SourceError(f"source: {loc.uri} line 1 is not a JSON object")
+    return obj, rows
 
 
 def _lines(stream, chunk: int = 1 << 20):
@@ -140,15 +251,24 @@ def _parquet_header(loc: Location) -> tuple[set[str], int]:
 
 
 def manifest_records(src: Source, columns: list[str] | None = None) -> list[dict]:
-    """A manifest's rows read on the driver, in order (for planning and for training). For
-    Parquet only the given columns that exist are read (all if None: image bytes are big);
-    JSONL rows come whole, and a line that is not a JSON object is {}."""
-    if src.kind == "jsonl":
-        return [_json_object(line) for line in read_bytes(src.loc).splitlines() if line.strip()]
-    with src.loc.fs.open_input_file(src.loc.path) as f:
-        pf = pq.ParquetFile(f)
-        cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
-        return pf.read(columns=cols).to_pylist()
+    """A manifest's rows read on the driver, in order, under our column names (for planning
+    and for training), each with `_dir`, its part's folder. For Parquet only the given
+    columns that exist are read (all if None: image bytes are big); JSONL rows come whole, a
+    line that is not a JSON object is {} and a Batch API request is read as a row."""
+    out = []
+    for path in src.parts:
+        part = Location(src.loc.fs, path, src.loc.scheme + path)
+        if src.kind == "parquet":
+            with part.fs.open_input_file(part.path) as f:
+                pf = pq.ParquetFile(f)
+                want = [src.columns.get(c, c) for c in columns] if columns else None
+                cols = [c for c in want if c in pf.schema_arrow.names] if want else None
+                rows = pf.read(columns=cols).to_pylist()
+        else:
+            rows = [_json_object(line) for line in read_bytes(part).splitlines() if line.strip()]
+        rows = [_our_names(r, src.kind, src.columns) for r in rows]
+        out.extend(dict(r, _dir=src.part_dir(path)) for r in rows)
+    return out
 
 
 def _json_object(line: bytes) -> dict:
@@ -159,13 +279,21 @@ def _json_object(line: bytes) -> dict:
     return row if isinstance(row, dict) else {}
 
 
+def _our_names(r: dict, kind: str, columns: dict) -> dict:
+    """A manifest row under our column names: a Batch API request read as a row; mapped
+    columns renamed."""
+    if kind == "openai":
+        return request_row(r, MAX_NEW_TOKENS) if r else r
+    if not columns or not r:
+        return r
+    return {**r, **{ours: r.get(theirs) for ours, theirs in columns.items()}}
+
+
 def image_files(folder: Location):
     """Image files below `folder` (recursive), by extension; hidden and `_*` names skipped."""
-    root = folder.path.rstrip("/") + "/"
     for path in list_files(folder):
-        rel = path[len(root):] if path.startswith(root) else path
         ext = posixpath.splitext(path)[1].lower().lstrip(".")
-        if ext in IMAGE_EXTENSIONS and not any(p.startswith((".", "_")) for p in rel.split("/")):
+        if ext in IMAGE_EXTENSIONS and not _hidden(path, folder.path):
             yield path
 
 
@@ -201,30 +329,33 @@ def relative_id(path: str, root: str) -> str:
     return path[len(root):] if path.startswith(root) else path
 
 
-def manifest_rows(batch: pa.Table, base_dir: str, defaults: Defaults,
-                  jsonl: bool = False) -> pa.Table:
+def manifest_rows(batch: pa.Table, base_dir: str, defaults: Defaults, kind: str = "parquet",
+                  columns: dict | None = None) -> pa.Table:
     """`map_batches` function: manifest rows (Parquet rows, or JSONL lines in a `text`
     column) -> SOURCE rows (defaults fill what is missing)."""
-    rows = ([_parse_line(t) for t in batch.column("text").to_pylist()] if jsonl
-            else batch.to_pylist())
+    rows = ([_parse_line(t, kind) for t in batch.column("text").to_pylist()]
+            if kind in ("jsonl", "openai") else batch.to_pylist())
+    rows = [r if "_error" in r else _our_names(r, kind, columns or {}) for r in rows]
     return pa.Table.from_pylist([_manifest_row(r, base_dir, defaults) for r in rows],
                                 schema=SOURCE_SCHEMA)
 
 
-def _parse_line(text: str) -> dict:
+def _parse_line(text: str, kind: str = "jsonl") -> dict:
     """One JSONL line; a bad line becomes a row whose error says why (its id is the line)."""
+    key = "custom_id" if kind == "openai" else "id"
     try:
         row = json.loads(text)
-        if isinstance(row, dict) and "id" in row:
+        if isinstance(row, dict) and key in row:
             return row
-        why = "not a JSON object with an id"
+        why = f"not a JSON object with {'a ' + key if kind == 'openai' else 'an id'}"
     except json.JSONDecodeError as e:
         why = f"not JSON: {e}"
     return {"id": f"line:{text[:80]}", "image": None, "_error": f"bad manifest line: {why}"}
 
 
 def _manifest_row(r: dict, base_dir: str, defaults: Defaults) -> dict:
-    image, task = r.get("image"), r.get("task") or defaults.task
+    image, image_error = manifest_image(r.get("image"))
+    task = r.get("task") or defaults.task
     question = r.get("question") or defaults.question
     options = [str(o) for o in r["options"]] if r.get("options") is not None else None
     path = image if isinstance(image, str) else None
@@ -232,13 +363,28 @@ def _manifest_row(r: dict, base_dir: str, defaults: Defaults) -> dict:
         path = posixpath.join(base_dir, path)  # relative paths are relative to the manifest
     m, m_error = _own_int(r, "visual_tokens", 2**31 - 1)  # M is checked by the engine
     n, n_error = _own_int(r, "max_new_tokens", MAX_NEW_TOKENS)
-    error = r.get("_error") or (row_error(task, question, options, defaults.tasks)
-                                if image is not None else "no image in row") or m_error or n_error
+    error = (r.get("_error") or image_error
+             or (row_error(task, question, options, defaults.tasks) if image is not None
+                 else "no image in row") or m_error or n_error)
     answer = r.get("answer")
     return {"id": str(r["id"]), "path": path, "image": image if isinstance(image, bytes) else None,
             "task": task, "question": question, "options": options,
             "answer": None if answer is None else str(answer), "error": error, "m": m,
             "max_new_tokens": n}
+
+
+def manifest_image(image) -> tuple[bytes | str | None, str | None]:
+    """A row's image as bytes or a path/URL, and why it is unusable (None if it is not)."""
+    if isinstance(image, dict):  # a Hugging Face `datasets` Image column: {bytes, path}
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, str) and image.startswith("data:"):
+        try:
+            return data_url_bytes(image, MAX_DATA_URL_BYTES), None
+        except ImageError as e:
+            return None, f"bad image: {e}"
+    if image is not None and not isinstance(image, bytes | str):
+        return None, f"bad image: a path, URL or bytes, got {type(image).__name__}"
+    return image, None
 
 
 def _own_int(r: dict, name: str, most: int) -> tuple[int | None, str | None]:
@@ -275,15 +421,21 @@ def build_dataset(src: Source, defaults: Defaults = Defaults(), limit: int = 0,
         ds = ray.data.read_binary_files(files, include_paths=True, filesystem=loc.ray_filesystem)
         return ds.map_batches(folder_rows, batch_format="pyarrow", fn_kwargs={
             "root": loc.path, "scheme": scheme, "defaults": defaults})
-    if src.kind == "parquet":
-        ds = ray.data.read_parquet(loc.path, filesystem=loc.ray_filesystem)
-    else:  # lines as text, parsed by us: mixed types per line are fine, bad lines are rows
-        ds = ray.data.read_text(loc.path, filesystem=loc.ray_filesystem, drop_empty_lines=True)
+    by_dir: dict[str, list[str]] = {}  # relative image paths are taken from a part's folder
+    for path in src.parts:
+        by_dir.setdefault(posixpath.dirname(path), []).append(path)
+    parts = []
+    for folder, paths in by_dir.items():
+        if src.kind == "parquet":
+            ds = ray.data.read_parquet(paths, filesystem=loc.ray_filesystem)
+        else:  # lines as text, parsed by us: mixed types per line are fine, bad lines are rows
+            ds = ray.data.read_text(paths, filesystem=loc.ray_filesystem, drop_empty_lines=True)
+        parts.append(ds.map_batches(manifest_rows, batch_format="pyarrow", fn_kwargs={
+            "base_dir": scheme + folder, "defaults": defaults, "kind": src.kind,
+            "columns": src.columns}))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     if limit:
         ds = ds.limit(limit)
-    base_dir = scheme + posixpath.dirname(loc.path)
-    ds = ds.map_batches(manifest_rows, batch_format="pyarrow", fn_kwargs={
-        "base_dir": base_dir, "defaults": defaults, "jsonl": src.kind == "jsonl"})
     if done:
         ds = ds.map_batches(skip_done, batch_format="pyarrow",
                             fn_kwargs={"done": pa.array(sorted(done), pa.string())})

@@ -12,6 +12,7 @@ are picklable, so the same `Location` travels to Ray workers. No Ray import here
 from __future__ import annotations
 
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,6 +114,32 @@ def write_bytes(loc: Location, data: bytes) -> None:
         return
     with loc.fs.open_output_stream(loc.path) as f:
         f.write(data)
+
+
+@contextmanager
+def open_whole(loc: Location):
+    """A binary stream to write a file that appears whole or not at all, as `write_bytes`
+    but streamed (for files too big to hold): a hidden temporary moved into place when the
+    block ends without an error (remote: an object copied to its name), removed otherwise."""
+    if not loc.is_local:
+        tmp = posixpath.join(posixpath.dirname(loc.path), f".{posixpath.basename(loc.path)}.tmp")
+        try:
+            with loc.fs.open_output_stream(tmp) as f:
+                yield f
+            loc.fs.move(tmp, loc.path)
+        finally:
+            if loc.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                loc.fs.delete_file(tmp)
+        return
+    path = Path(loc.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            yield f
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def list_files(loc: Location) -> list[str]:

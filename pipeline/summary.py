@@ -1,7 +1,8 @@
 """What a batch job reports: its summary, streamed from the rows it wrote, and the spend.
 
 `summarize` reads the written Parquet back (never the dataset on the driver): rows, errors
-by kind, rows/s, FLOPs and seconds per task, the m histogram and accuracy per task.
+by kind and how many of them are retryable (pipeline.errors), rows/s, FLOPs and seconds
+per task, the m histogram and accuracy per task.
 `quota_summary` adds a quota job's spend from its ledger: in FLOPs, or in measured seconds
 against the time planned. `print_summary` prints both. Pure Python, no Ray.
 """
@@ -12,6 +13,7 @@ from collections import Counter, defaultdict
 
 from mqt.console import strict_json
 from mqt.tasks import Task
+from pipeline.errors import retryable
 from pipeline.scheduler.budget import Budget
 from pipeline.scheduler.ledger import REFUSED
 from pipeline.scheduler.quota import QuotaArgs
@@ -21,7 +23,7 @@ from pipeline.writer import OutputFolder
 def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written: int) -> dict:
     """Rows, errors, FLOPs, m and accuracy per task, streamed from the written Parquet;
     rows/s is this run's (the rows it wrote over its wall time)."""
-    rows = errors = flops = refused = 0
+    rows = errors = flops = refused = retry = 0
     per_task: Counter = Counter()
     hist: dict[str, Counter] = defaultdict(Counter)
     reasons: Counter = Counter()
@@ -37,14 +39,15 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
             if err:
                 errors += 1
                 refused += err == REFUSED  # the engine's text for a row the ledger refused
+                retry += retryable(err)
                 reasons[_error_kind(err)] += 1
                 continue
             hist[task][m] += 1
             if answer is not None:
                 scored[task][0] += tasks[task].is_correct(output or "", answer)
                 scored[task][1] += 1
-    return {"rows": rows, "errors": errors, "error_kinds": dict(reasons.most_common()),
-            "refused_rows": refused,
+    return {"rows": rows, "errors": errors, "retryable_errors": retry,
+            "error_kinds": dict(reasons.most_common()), "refused_rows": refused,
             "this_run": {"rows": written, "seconds": round(seconds, 3),
                          "rows_per_s": round(written / max(seconds, 1e-9), 3)},
             "flops": flops, "flops_per_task": dict(sorted(per_task.items())),
@@ -71,6 +74,9 @@ def print_summary(s: dict) -> None:
         print(f"  {task}: " + ", ".join(f"m={m}: {n}" for m, n in hist.items()) + score)
     for kind, n in s["error_kinds"].items():
         print(f"  error {kind}: {n}")
+    if s.get("retryable_errors"):
+        print(f"  {s['retryable_errors']} of the errors may succeed when asked again: resume "
+              "with retry_errors=true")
     if "quota" in s and s["quota"].get("measured"):
         q = s["quota"]
         print(f"quota {q['quota_seconds']:.4g} s measured: spent {q['spent_seconds']:.4g} s "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -46,19 +47,49 @@ class OutputFolder:
             if p.rsplit("/", 1)[-1].startswith(".") and p.endswith(".tmp"):
                 self.data.fs.delete_file(p)
 
-    def done_ids(self) -> set[str]:
-        """Ids already written (streamed one part at a time: only the id column is read)."""
+    def done_ids(self, not_done: Callable[[str], bool] | None = None) -> set[str]:
+        """Ids already written (streamed one part at a time: only the id column is read);
+        `not_done(error)`: error rows it selects are not done (they will be asked again)."""
         done: set[str] = set()
         for path in self.parts():
             with self.data.fs.open_input_file(path) as f:
-                done.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+                t = pq.read_table(f, columns=["id"] + (["error"] if not_done else []))
+            ids = t.column("id").to_pylist()
+            if not_done:
+                ids = [i for i, e in zip(ids, t.column("error").to_pylist(), strict=True)
+                       if not (e and not_done(e))]
+            done.update(ids)
         return done
 
-    def batches(self, columns: list[str]):
-        """Record batches of the given columns over every part, one part at a time."""
+    def drop_rows(self, drop: Callable[[str], bool]) -> int:
+        """Rewrite every part without its error rows that `drop(error)` selects; returns how
+        many went. A part is replaced whole (or deleted when nothing is left), so a crash
+        leaves each part as it was or without those rows: they are never half gone."""
+        dropped = 0
         for path in self.parts():
             with self.data.fs.open_input_file(path) as f:
-                yield from pq.ParquetFile(f).iter_batches(columns=columns)
+                t = pq.read_table(f)
+            gone = [bool(e) and drop(e) for e in t.column("error").to_pylist()]
+            if not any(gone):
+                continue
+            keep = t.filter(pa.array([not g for g in gone]))
+            if keep.num_rows:
+                sink = io.BytesIO()
+                pq.write_table(keep, sink)
+                write_bytes(self.data.join(path.rsplit("/", 1)[-1]), sink.getvalue())
+            else:
+                self.data.fs.delete_file(path)
+            dropped += sum(gone)
+        return dropped
+
+    def batches(self, columns: list[str], missing_ok: bool = False):
+        """Record batches of the given columns over every part, one part at a time;
+        `missing_ok`: a part written before a column existed gives the columns it has."""
+        for path in self.parts():
+            with self.data.fs.open_input_file(path) as f:
+                pf = pq.ParquetFile(f)
+                cols = [c for c in columns if c in pf.schema_arrow.names] if missing_ok else columns
+                yield from pf.iter_batches(columns=cols)
 
     def write_text(self, name: str, text: str) -> None:
         write_bytes(self.loc.join(name), text.encode())

@@ -64,7 +64,7 @@ def fetch(url: str, rules: ImageRules) -> bytes:
         raise ImageError(f"image URLs of scheme {scheme or '(none)'!r} are not accepted here "
                          f"(accepted: {allowed})")
     if scheme == "data":
-        return _data_url(url, rules.max_bytes)
+        return data_url_bytes(url, rules.max_bytes)
     if scheme in ("file", "path"):
         return _local(urlsplit(url).path if scheme == "file" else url, rules)
     if scheme == "s3":
@@ -72,7 +72,8 @@ def fetch(url: str, rules: ImageRules) -> bytes:
     return _http(url, rules)
 
 
-def _data_url(url: str, max_bytes: int) -> bytes:
+def data_url_bytes(url: str, max_bytes: int) -> bytes:
+    """The image in a `data:image/<type>;base64,...` URL; ImageError if it is not one."""
     head, sep, payload = url.partition(",")
     if not sep or not head.startswith("data:image/") or not head.endswith(";base64"):
         raise ImageError("a data URL must be data:image/<type>;base64,<data>")

@@ -26,7 +26,7 @@ from functools import partial
 from PIL import Image
 
 from mqt.data.easyvqa import Example
-from pipeline.sources import manifest_records, open_source, relative_id
+from pipeline.sources import manifest_image, manifest_records, open_source, relative_id
 from pipeline.storage import StorageArgs, locate, read_bytes
 
 TRAIN_TASKS = ("vqa", "caption")
@@ -44,8 +44,7 @@ def manifest_examples(uri: str, storage: StorageArgs | None = None) -> list[Exam
     src = open_source(uri, storage)
     if src.kind == "folder":
         return folder_examples(src, storage)
-    base = posixpath.dirname(src.loc.uri)
-    return [_example(r, base, storage) for r in manifest_records(src)]
+    return [_example(r, storage) for r in manifest_records(src)]
 
 
 def folder_examples(src, storage: StorageArgs | None = None) -> list[Example]:
@@ -75,14 +74,16 @@ def _sidecar(fs, path: str) -> str:
         return ""
 
 
-def _example(r: dict, base: str, storage: StorageArgs | None) -> Example:
+def _example(r: dict, storage: StorageArgs | None) -> Example:
     task, answer = r.get("task") or "vqa", r.get("answer")
     if task not in TRAIN_TASKS or not answer:
         raise ValueError(f"data.manifest: row {r.get('id')!r} needs task in {TRAIN_TASKS} and "
                          f"an answer, got task={task!r} answer={answer!r}")
-    image = r["image"]
+    image, why = manifest_image(r.get("image"))
+    if image is None:
+        raise ValueError(f"data.manifest: row {r.get('id')!r}: {why or 'no image'}")
     if isinstance(image, str) and "://" not in image and not image.startswith("/"):
-        image = posixpath.join(base, image)  # relative to the manifest, like annotate
+        image = posixpath.join(r["_dir"], image)  # relative to its manifest, like annotate
     key = image if isinstance(image, str) else f"bytes:{r['id']}"
     return Example(f"manifest/{r['id']}", partial(load_image, image, storage), task,
                    r.get("question") or "", str(answer),

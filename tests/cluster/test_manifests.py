@@ -165,10 +165,10 @@ def offline(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     real_open, real_output = pipeline.annotate.open_source, pipeline.annotate._check_output
 
-    def open_source(uri, storage=None):
+    def open_source(uri, storage=None, columns=None):
         loc = locate(uri, storage)
         if loc.is_local:
-            return real_open(uri, storage)
+            return real_open(uri, storage, columns)
         kind = MANIFEST_SUFFIXES.get(posixpath.splitext(loc.path)[1].lower(), "folder")
         return Source(kind, loc, 1, ("image.png",) if kind == "folder" else ())
 

@@ -102,3 +102,26 @@ def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(
     assert 0.97 * quota <= q["spent_flops"] <= quota and q["overrun_flops"] == 0
     state = json.loads((out / "ledger.json").read_text())
     assert state["spent"] == q["spent_flops"] and len(state["committed"]) >= 300
+
+
+@pytest.mark.slow  # a killed run and its resume, ~30 s
+def test_kill_9_with_openai_output_then_resume_every_custom_id_once(ray_local, tmp_path):
+    from test_formats import data_url, request
+
+    lines = [request(f"req-{i:03d}", data_url(i), max_tokens=2) for i in range(240)]
+    lines.append(request("hot", data_url(0), temperature=1.0))
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    args = [*TINY, f"source={tmp_path / 'batch.jsonl'}", f"output={out}", "rows_per_part=8",
+            "block_rows=8", "flush_seconds=1", "policy.default=2", "progress=false",
+            "output_format=openai"]
+    kill_9_after_parts(args, out, ray_local)
+    assert not (out / "openai" / "output.jsonl").exists()  # written when the job ends
+    summary = annotate.main(cli.resolve("annotate", None, args, "tiny")[1])
+    assert 0 < summary["this_run"]["rows"] < 241
+    ok, bad = ([json.loads(x) for x in (out / "openai" / name).read_text().splitlines()]
+               for name in ("output.jsonl", "errors.jsonl"))
+    ids = [x["custom_id"] for x in ok + bad]
+    assert len(ids) == len(set(ids)) == 241
+    assert [x["custom_id"] for x in bad] == ["hot"]
+    assert all(x["response"]["body"]["usage"]["completion_tokens"] <= 2 for x in ok)

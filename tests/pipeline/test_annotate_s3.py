@@ -110,3 +110,29 @@ def test_parquet_with_image_bytes_on_s3(ray_local, s3_bucket):
     rows = read_s3_rows(fs, f"{bucket}/out")
     assert_answered(rows["b0"], 2)
     assert "not an image" in rows["b1"]["error"]
+
+
+def test_sharded_openai_batch_files_on_s3_with_openai_output(ray_local, s3_bucket):
+    from openai.types.chat import ChatCompletion
+    from test_formats import data_url, request
+
+    endpoint, bucket, fs = s3_bucket
+    put(fs, f"{bucket}/batch/img/p.png", image_bytes(8))
+    parts = [[request("a", data_url(1)), request("b", "img/p.png", visual_tokens=2)],
+             [request("c", data_url(2)), request("d", "img/gone.png")]]
+    for k, lines in enumerate(parts):
+        put(fs, f"{bucket}/batch/part-{k}.jsonl",
+            "".join(json.dumps(x) + "\n" for x in lines).encode())
+    put(fs, f"{bucket}/batch/notes.txt", b"not a part")
+    summary = annotate.main(s3_config(endpoint, f"source=s3://{bucket}/batch/part-*.jsonl",
+                                      f"output=s3://{bucket}/out", "policy.default=4",
+                                      "output_format=openai"))
+    assert summary["rows"] == 4 and summary["errors"] == 1
+    ok, bad = ([json.loads(x) for x in fs.open_input_stream(f"{bucket}/out/{name}").read()
+                .decode().splitlines()] for name in ("openai/output.jsonl", "openai/errors.jsonl"))
+    assert sorted(x["custom_id"] for x in ok) == ["a", "b", "c"]
+    assert [x["custom_id"] for x in bad] == ["d"]
+    assert "missing file" in bad[0]["response"]["body"]["error"]["message"]
+    for line in ok:
+        body = ChatCompletion.model_validate(line["response"]["body"])
+        assert body.usage.model_extra["visual_tokens"] == (2 if line["custom_id"] == "b" else 4)
