@@ -29,6 +29,7 @@ JOBS = {
     "plan": ("jobs.plan", "per-task visual-token budgets that fit a compute quota"),
     "profile": ("jobs.profile", "seconds per row at each m here: a time model for quotas"),
     "serve": ("jobs.serve", "an OpenAI-compatible endpoint on Ray Serve (m per request)"),
+    "export": ("jobs.export", "a model's LoRA adapters in the PEFT layout"),
 }
 # commands with their own arguments: (module, function of argv, help)
 COMMANDS = {

@@ -4,6 +4,11 @@ A small LM frozen as it is (SmolLM2-135M) reads the visual tokens but does not f
 "answer in one word"; a rank-r update of its query/value projections teaches it the answer
 format and how to read the visual tokens, for about 1% of the LM's parameters. The base
 weights stay frozen and untouched; only `lora_a` / `lora_b` train and are saved.
+
+`peft_adapter` / `from_peft` convert the adapters to and from the layout of the PEFT
+library (`adapter_config.json` + `adapter_model.safetensors`: `lora_A` is our `lora_a`,
+`lora_B` our `lora_b`, the same alpha / r scale), so PEFT, vLLM and other tools that read
+LoRA adapters can put them on the same base LM.
 """
 
 from __future__ import annotations
@@ -53,3 +58,44 @@ def load_lora_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"LoRA weights do not match the model: missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(extra)[:3]}")
     lm.load_state_dict(state, strict=False)
+
+
+PEFT_PREFIX = "base_model.model."  # PEFT's name of the wrapped model in adapter keys
+_TO_PEFT = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight"}
+
+
+def peft_adapter(lm: nn.Module, rank: int, alpha: float, targets: list[str],
+                 base_model: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The LM's adapters as PEFT stores them: (adapter_config.json, the tensors of
+    adapter_model.safetensors). `base_model`: where the base LM's weights are."""
+    state = {}
+    for key, value in lora_state(lm).items():
+        module, _, name = key.rpartition(".")
+        state[f"{PEFT_PREFIX}{module}.{_TO_PEFT[name]}"] = value.detach().contiguous()
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
+              "target_modules": sorted(targets), "lora_dropout": 0.0, "bias": "none",
+              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "modules_to_save": None, "inference_mode": True,
+              "base_model_name_or_path": base_model}
+    return config, state
+
+
+def from_peft(config: dict, state: dict[str, torch.Tensor], rank: int,
+              alpha: float) -> dict[str, torch.Tensor]:
+    """A PEFT LoRA adapter as our adapter state (for `load_lora_state`); ValueError when it
+    is not one this model's adapters can take (another type, rank or scale, biases)."""
+    want = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "bias": "none",
+            "use_rslora": False, "use_dora": False}
+    for key, value in want.items():
+        if config.get(key, value) != value:
+            raise ValueError(f"adapter_config.json: {key}={config.get(key)!r}, this model's "
+                             f"adapters need {value!r}")
+    back = {v: k for k, v in _TO_PEFT.items()}
+    out = {}
+    for key, value in state.items():
+        module, _, name = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        name = "lora_" + name
+        if not key.startswith(PEFT_PREFIX) or name not in back:
+            raise ValueError(f"adapter_model.safetensors: {key!r} is not a LoRA A/B weight")
+        out[f"{module}.{back[name]}"] = value
+    return out
