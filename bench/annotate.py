@@ -135,6 +135,7 @@ def pipeline(cfg: Config, manifest: Path, m: int, out: Path) -> tuple[float, flo
     job = AnnotateConfig(**model_args(cfg), source=str(manifest), output=str(out),
                           overwrite=True, progress=False, batch_size=cfg.batch_size,
                           block_rows=cfg.batch_size, threads=cfg.threads,
+                          actors=1, cpus_per_actor=0.5,  # one model, as the loop's
                           policy=PolicyArgs(default=m))
     run = annotate(job)["this_run"]
     return run["rows_per_s"], run["steady_rows_per_s"], run["startup_s"]

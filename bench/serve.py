@@ -246,8 +246,8 @@ def annotate_rate(cfg: Config, manifest: Path, m: int, out: Path) -> float:
     """`mqt annotate`'s steady rows/s at m (one actor; the same threads and batch size)."""
     job = AnnotateConfig(**model_args(cfg), source=str(manifest), output=str(out),
                          overwrite=True, progress=False, batch_size=cfg.max_batch_size,
-                         block_rows=cfg.max_batch_size, threads=cfg.threads,
-                         limit=cfg.annotate_rows,
+                         block_rows=cfg.max_batch_size, threads=cfg.threads, actors=1,
+                         cpus_per_actor=0.5, limit=cfg.annotate_rows,
                          policy=PolicyArgs(default=m))
     return annotate(job)["this_run"]["steady_rows_per_s"]
 

@@ -33,7 +33,7 @@ class Config(ModelArgs):
     mc_questions: int = 24  # easy-vqa questions asked as multiple choice
     mosaic_images: int = 16  # four questions each
     m: dict = field(default_factory=lambda: {"caption": 4, "vqa": 16, "mc": 4})
-    actors: int = 1
+    actors: int = 0  # 0 = sized from the machine (pipeline/sizing.py)
     batch_size: int = 16
     show: int = 6  # example answers printed
 

@@ -38,12 +38,14 @@ from pipeline.connect import check_cluster, connect
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_batch
 from pipeline.engine import OUTPUT_SCHEMA, Engine, error_row
 from pipeline.errors import retryable
+from pipeline.metrics import JobMetrics
 from pipeline.scheduler import Budget, InfeasibleQuota, QuotaArgs, prepare
 from pipeline.scheduler.budget import SKIPPED
 from pipeline.scheduler.ledger import LedgerClient, clear_state
 from pipeline.scheduler.policy import FixedPolicy, TokenPolicy
 from pipeline.scheduler.report import caps_text, table
 from pipeline.scheduler.runtime import start
+from pipeline.sizing import size
 from pipeline.sources import Defaults, Source, build_dataset, open_source, row_error, source_rows
 from pipeline.storage import StorageArgs, locate
 from pipeline.summary import print_summary, quota_summary, steady, summarize
@@ -56,6 +58,7 @@ TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
 JOB_IDENTITY = ("source", "columns", "task", "question", "tasks", "preset", "model",
                 "checkpoint", "llava", "seed")
 OUTPUT_FORMATS = ("parquet", "openai")
+SIZING = ("actors", "threads", "cpus_per_actor", "gpus_per_actor")  # 0 = sized at start
 
 
 @dataclass
@@ -87,10 +90,13 @@ class AnnotateConfig(ModelArgs):
     quota: QuotaArgs = field(default_factory=QuotaArgs)  # with a quota, the plan picks m
     batch_size: int = 16  # rows per model call
     block_rows: int = 64  # rows per Ray block between stages: the unit of progress
-    actors: int = 1  # engine actors, one model each
-    cpus_per_actor: float = 0.5  # fractional: a whole CPU per actor starves the read tasks
-    gpus_per_actor: float = 0.0  # > 0 on a GPU cluster
-    threads: int = 1  # torch threads per actor; 0 = torch's default
+    # the engine actors (one model each) and what each holds; 0 = sized from the cluster's
+    # resources when the job starts (pipeline/sizing.py: one actor per GPU; on CPUs several
+    # one-thread actors, half a logical CPU per thread so the decode tasks get CPUs)
+    actors: int = 0
+    cpus_per_actor: float = 0.0
+    gpus_per_actor: float = 0.0
+    threads: int = 0  # torch threads per actor
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows (decompression bombs)
     limit: int = 0  # only the first rows of the source; 0 = all
     rows_per_part: int = 1000  # output rows per Parquet part file
@@ -190,11 +196,12 @@ def target_config(cfg: AnnotateConfig) -> VLMConfig | None:
 
 
 def _check_numbers(cfg: AnnotateConfig) -> None:
-    for name in ("batch_size", "block_rows", "actors", "max_pixels", "rows_per_part"):
+    for name in ("batch_size", "block_rows", "max_pixels", "rows_per_part"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if not 0 < cfg.cpus_per_actor or cfg.gpus_per_actor < 0 or cfg.limit < 0 or cfg.threads < 0:
-        raise ValueError("cpus_per_actor must be > 0; gpus_per_actor, limit, threads >= 0")
+    for name in ("actors", "cpus_per_actor", "gpus_per_actor", "threads", "limit"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = chosen), got {getattr(cfg, name)}")
     if cfg.flush_seconds <= 0:
         raise ValueError(f"flush_seconds must be > 0, got {cfg.flush_seconds}")
     if not cfg.output:
@@ -240,6 +247,7 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
     """The lazy dataset of output rows: source -> decode (tasks) -> engine (actors)."""
     import ray.data  # heavy (~1 s): only a job that runs imports it
 
+    cfg = sized(cfg)
     target = target_config(cfg)
     # LLaVA's CLIP-336 when unknown: the engine resizes again if the guess is wrong
     size = target.vision.image_size if target is not None else LLAVA_IMAGE_SIZE
@@ -285,10 +293,11 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         done = done | frozenset(i for i, _ in budget.skipped)
         todo = budget.rows
     t0 = time.perf_counter()
-    written, first, ledger = _run(cfg, src, out, done, todo, budget)
+    written, first, ledger, ran = _run(cfg, src, out, done, todo, budget)
     t_end = time.perf_counter()
     summary = summarize(out, job_tasks(cfg), t_end - t0, written)
     summary["this_run"].update(steady(first, t0, t_end, written))
+    summary["this_run"]["actors"] = {k: getattr(ran, k) for k in SIZING}
     if budget is not None:
         summary["quota"] = quota_summary(budget, summary, ledger, cfg.gpus_per_actor or 1.0)
     out.write_text("summary.json", json.dumps(summary, indent=1))
@@ -347,33 +356,59 @@ def _start_budget(cfg: AnnotateConfig, budget: Budget, out: OutputFolder) -> Non
 
 
 def _run(cfg: AnnotateConfig, src: Source, out: OutputFolder, done: frozenset[str], todo: int,
-         budget: Budget | None = None) -> tuple[int, tuple[float, int] | None, dict | None]:
+         budget: Budget | None = None
+         ) -> tuple[int, tuple[float, int] | None, dict | None, AnnotateConfig]:
     """Stream the output rows to part files; returns the rows written by this run,
-    (time, rows) of the first batch that came back (None if none did), and the ledger's
-    totals at the end (None without a quota)."""
+    (time, rows) of the first batch that came back (None if none did), the ledger's
+    totals at the end (None without a quota) and the config it ran (actors sized)."""
     import ray  # heavy; only a job that runs imports it
 
     connect(cfg.address, include_dashboard=False)  # or the cluster of address=, RAY_ADDRESS
+    ran = sized(cfg, say=True)
+    metrics = JobMetrics(job_id(out))
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours shows rows/s, ETA
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the bar and summary say it
     writer = PartWriter(out, OUTPUT_SCHEMA, cfg.rows_per_part, cfg.flush_seconds)
     first, runtime = None, None
     if budget is not None:
-        runtime = start(budget, job_id(out), accelerators=cfg.gpus_per_actor or 1.0)
+        runtime = start(budget, job_id(out), accelerators=ran.gpus_per_actor or 1.0)
     policy, client, esc_client = ((runtime.policy, runtime.ledger, runtime.escalation_ledger)
                                   if runtime is not None else (None, None, None))
     try:
         with tqdm(total=todo, unit="row", disable=not cfg.progress, dynamic_ncols=True,
                   desc="annotate") as bar:
-            for batch in build(cfg, src, done, policy, client, esc_client).iter_batches(
+            for batch in build(ran, src, done, policy, client, esc_client).iter_batches(
                     batch_format="pyarrow", batch_size=None):
                 first = first or (time.perf_counter(), batch.num_rows)
                 writer.add(batch)
                 bar.update(batch.num_rows)
+                metrics.record(batch)
+                if runtime is not None:
+                    metrics.quota_left(ray.get(runtime.actors["ledger"].totals.remote())[
+                        "remaining"])
             writer.flush()
     finally:
         totals = runtime.close() if runtime is not None else None
-    return writer.written, first, totals
+    return writer.written, first, totals, ran
+
+
+def sized(cfg: AnnotateConfig, say: bool = False) -> AnnotateConfig:
+    """The config with its actors, threads, CPUs and GPUs per actor chosen where they are 0
+    (pipeline/sizing.py), from the resources of the Ray cluster the job runs on that are
+    free when it starts (a Serve app's replicas or another job may hold some: actors sized
+    from the totals would wait for them, and Ray Data would hold back the decode tasks)."""
+    if cfg.actors and cfg.threads and cfg.cpus_per_actor:
+        return cfg
+    import ray  # heavy; only a job that runs imports it
+
+    connect(cfg.address, include_dashboard=False)
+    res = ray.available_resources()
+    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
+    sz = size(cpus, gpus, cfg.actors, cfg.threads, cfg.cpus_per_actor, cfg.gpus_per_actor)
+    if say:
+        log(sz.describe(cpus, gpus))
+    return dataclasses.replace(cfg, actors=sz.actors, threads=sz.threads,
+                               cpus_per_actor=sz.cpus_per_actor, gpus_per_actor=sz.gpus_per_actor)
 
 
 def job_id(out: OutputFolder) -> str:

@@ -15,7 +15,7 @@ from jobs import annotate, cli
 from pipeline.annotate import AnnotateConfig, job_tasks, target_config
 from pipeline.engine import OUTPUT_SCHEMA
 
-TINY = ["checkpoint=none", "batch_size=4", "threads=1"]
+TINY = ["checkpoint=none", "batch_size=4", "threads=1", "actors=1"]  # one actor: quick
 
 
 def image_bytes(seed: int, fmt: str = "PNG", size=(30, 20)) -> bytes:
@@ -159,7 +159,7 @@ def test_parquet_with_image_bytes(ray_local, tmp_path):
     (["policy.m.poetry=2"], "policy.m.poetry"),
     (["task=poetry"], "task"),
     (["task=vqa"], "question"),  # folder rows would have no question
-    (["cpus_per_actor=0"], "cpus_per_actor"),
+    (["cpus_per_actor=-1"], "cpus_per_actor"),
     (["block_rows=0"], "block_rows"),
     (["tasks.poetry.prompt=x"], "tasks.poetry"),
     (["tasks.vqa.temperature=0.5"], "tasks.vqa.temperature"),

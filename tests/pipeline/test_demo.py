@@ -35,5 +35,8 @@ def test_demo_annotates_the_bundled_corpus(ray_local, tmp_path, capsys):
     assert summary["accuracy"]["caption"]["accuracy"] >= 0.75  # 100% in docs/eval
     assert summary["accuracy"]["vqa"]["labelled"] == 24
     assert summary["m_histogram"] == {"caption": {"4": 4}, "mc": {"4": 4}, "vqa": {"16": 24}}
+    # actors sized from the test's 2-CPU Ray (pipeline/sizing.py): two one-thread actors
+    assert summary["this_run"]["actors"] == {"actors": 2, "threads": 1, "cpus_per_actor": 0.5,
+                                             "gpus_per_actor": 0.0}
     out = capsys.readouterr().out
     assert "Accuracy per question kind" in out and "mosaic/count" in out

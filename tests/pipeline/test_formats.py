@@ -282,3 +282,33 @@ def test_bad_format_settings_fail_before_any_work(tmp_path):
             annotate.main(config(src, f"output={tmp_path / 'o'}", *bad))
     assert not (tmp_path / "o").exists()
 
+
+
+@pytest.mark.slow  # Ray exports metrics every few seconds: ~15 s
+def test_job_metrics_reach_rays_prometheus_endpoint(ray_local, tmp_path):
+    import re
+    import time
+    import urllib.request
+
+    from pipeline.annotate import job_id, output_folder
+
+    write_jsonl(tmp_path / "m.jsonl", [{"id": str(i), "image": data_url(i), "task": "caption"}
+                                       for i in range(3)]
+                + [{"id": "bad", "image": "data:image/png;base64,AAAA", "task": "caption"}])
+    cfg = config(f"source={tmp_path / 'm.jsonl'}", f"output={tmp_path / 'out'}",
+                 "policy.default=2")
+    summary = annotate.main(cfg)
+    job = job_id(output_folder(cfg))
+    port = ray_local._private.worker.global_worker.node.metrics_export_port
+    want = {"rows": 4.0, "error_rows": 1.0, "flops": float(summary["flops"])}
+    found: dict = {}
+    end = time.monotonic() + 60
+    while found != want and time.monotonic() < end:
+        time.sleep(1)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for name in want:
+            pattern = (rf'^ray_mqt_annotate_{name}_total\{{[^}}]*job="{job}"[^}}]*'
+                       rf'task="caption"[^}}]*\}} (\S+)$')
+            if m := re.search(pattern, text.decode(), re.M):
+                found[name] = float(m.group(1))
+    assert found == want
