@@ -23,11 +23,12 @@ def test_shipped_adapters_through_peft_give_the_models_own_logits(tmp_path):
     model = load_model(ModelArgs(preset="mqt-smol"))
     lm_cfg = model.cfg.lm
     assert (config["r"], config["lora_alpha"]) == (lm_cfg.lora_rank, lm_cfg.lora_alpha)
-    peft_lm = PeftModel.from_pretrained(build_lm(lm_cfg), str(out)).eval()
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = build_lm(lm_cfg).eval()
     with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        peft_lm = PeftModel.from_pretrained(base, str(out)).eval()  # wraps base in place
         ours, theirs = model.lm(input_ids=ids).logits, peft_lm(input_ids=ids).logits
-        plain = build_lm(lm_cfg).eval()(input_ids=ids).logits
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     assert not torch.allclose(ours, plain, atol=1e-3)  # the adapters change the answers
 
