@@ -203,14 +203,15 @@ def total_flops(cfg: VLMConfig, m: int, T: int, K: int, cached: int = 0) -> Cost
 
 def scored_flops(cfg: VLMConfig, m: int, T: int, option_tokens: Sequence[int],
                  cached: int = 0) -> int:
-    """Multiple choice by likelihood (T prompt text tokens; option i has option_tokens[i]
-    tokens), as `VisionLanguageModel.option_logprobs` computes it: the image is encoded and
-    queried once and the prompt (n = m + T tokens) prefilled once; the prefill's last
-    logits score every option's first token. An option of k >= 2 tokens then runs its first
-    k - 1 tokens over the cached prompt (their logits score its tokens 2..k): through the
-    layers and the head, attending over n + k - 1 positions (no causal halving, as in
-    prefill). A one-token option costs nothing beyond the prefill. `cached`: prompt
-    positions already in the KV cache (see `prefill_flops`)."""
+    """Multiple choice by likelihood (T prompt text tokens; option i is scored as
+    option_tokens[i] tokens: `VisionLanguageModel.option_token_counts`, its own and the
+    end-of-turn marker), as `VisionLanguageModel.option_logprobs` computes it: the image is
+    encoded and queried once and the prompt (n = m + T tokens) prefilled once; the
+    prefill's last logits score every option's first token. An option of k >= 2 tokens then
+    runs its first k - 1 tokens over the cached prompt (their logits score its tokens
+    2..k): through the layers and the head, attending over n + k - 1 positions (no causal
+    halving, as in prefill). A one-token option costs nothing beyond the prefill.
+    `cached`: prompt positions already in the KV cache (see `prefill_flops`)."""
     n = lm_visual_tokens(cfg, m) + T
     width = cfg.lm.num_heads * cfg.lm.head_dim
     per_token = _lm_linear_per_token(cfg) + _lm_head(cfg)

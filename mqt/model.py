@@ -229,23 +229,30 @@ class VisionLanguageModel(nn.Module):
                                  set(stop_ids))
                 for b, row in enumerate(torch.stack(tokens, 1).tolist())]
 
+    def option_ids(self, option: str) -> list[int]:
+        """The tokens an option is scored as: the option, then the template's end-of-turn
+        marker, as every training answer ends. Its log-probability is then that of the
+        whole answer: without the marker "red" would always beat "red circle" (each token
+        more only lowers a sum) and an empty option would score 0, above any other."""
+        return encode_answer(self.tokenizer, option + self.template.answer_suffix)
+
     def option_token_counts(self, options: Sequence[str]) -> list[int]:
         """Tokens of each option as scored: what `mqt.cost.scored_flops` prices."""
-        return [len(encode_answer(self.tokenizer, o)) for o in options]
+        return [len(self.option_ids(o)) for o in options]
 
     @torch.no_grad()
     def option_logprobs(self, questions: Sequence[str], options: Sequence[Sequence[str]],
                         num_visual_tokens: int, grid_features: torch.Tensor | None = None,
                         image_embeds: torch.Tensor | None = None,
                         pixel_values: torch.Tensor | None = None) -> list[list[float]]:
-        """Summed log-probability of each option as the answer: multiple choice by likelihood.
+        """Summed log-probability of each option as the whole answer (its tokens and the
+        end-of-turn marker, `option_ids`): multiple choice by likelihood.
 
         The prompt (m image tokens and the question) runs once per question; its last
-        logits score every option's first token, and its KV cache is shared by the options
-        of two or more tokens, whose first k - 1 tokens run over it to score the rest
-        (`mqt.cost.scored_flops` prices exactly this). The scores are those of a full
-        forward of prompt + option: the token sequence is the same, prompt ids then the
-        option's ids. An empty option scores 0.
+        logits score every option's first token, and its KV cache is shared by the
+        options, whose first k - 1 tokens (k >= 2 with the marker) run over it to score the
+        rest (`mqt.cost.scored_flops` prices exactly this). The scores are those of a full
+        forward of prompt + option + marker: the token sequence is the same.
         """
         m = check_num_tokens(num_visual_tokens, self.num_queries)
         if image_embeds is None:
@@ -278,8 +285,8 @@ class VisionLanguageModel(nn.Module):
             out, p_mask = self._continue(prompts, image_embeds, m, prefix)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (Q, V): 1st option token
         owner = [i for i, opts in enumerate(options) for _ in opts]
-        ids = [encode_answer(self.tokenizer, o) for opts in options for o in opts]
-        scores = [float(first[i, t[0]]) if t else 0.0 for i, t in zip(owner, ids, strict=True)]
+        ids = [self.option_ids(o) for opts in options for o in opts]
+        scores = [float(first[i, t[0]]) for i, t in zip(owner, ids, strict=True)]
         longer = [r for r, t in enumerate(ids) if len(t) > 1]
         if longer:
             tails = self._option_tails(out.past_key_values, p_mask, [owner[r] for r in longer],

@@ -3,7 +3,10 @@
 A `Task` holds a short prompt template (the model is small), a generation length, an answer
 normaliser and a scoring rule: "exact" compares the normalised generated text with the
 normalised reference; "loglik" (multiple choice) has the engine score each option's
-log-likelihood after the prompt and take the best, so no free text is parsed. The batch
+log-likelihood as the whole answer to the prompt and take the best, so no free text is
+parsed. Multiple choice asks the question as VQA does and does not list the options: the
+model was trained on that prompt only, and listing them made it pick "teal", "rectangle"
+and "yes" whatever the image (docs/bench/mc_scoring.md). The batch
 pipeline, evaluation and serving all read tasks from `TASKS` through `get_task`; users add
 their own with `register_task`. Plain Python, no Ray.
 """
@@ -40,9 +43,7 @@ def normalize_answer(text: str) -> str:
 
 
 def format_options(options: Sequence[str]) -> str:
-    """Options as one short line, "red, blue, green or teal" (scored, not parsed)."""
-    if len(options) < 2:
-        raise ValueError(f"a multiple-choice question needs >= 2 options, got {list(options)}")
+    """Options as one short line, "red, blue, green or teal" (for a prompt that lists them)."""
     return f"{', '.join(options[:-1])} or {options[-1]}"
 
 
@@ -50,7 +51,8 @@ def format_options(options: Sequence[str]) -> str:
 class Task:
     """One task: its prompt template, how long answers are and how they are scored.
 
-    `prompt` may use `{question}` and `{options}`; a template with `{options}` needs them.
+    `prompt` may use `{question}` and `{options}`. A "loglik" task or one whose prompt
+    lists `{options}` needs >= 2 options per question (`needs_options`).
     """
 
     name: str
@@ -63,15 +65,20 @@ class Task:
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
             raise ValueError(f"task {self.name!r}: scoring must be one of {SCORINGS}")
-        if self.scoring == "loglik" and "{options}" not in self.prompt:
-            raise ValueError(f"task {self.name!r}: 'loglik' scoring needs an {{options}} prompt")
         unknown = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f} - {
             "question", "options"}
         if unknown:
             raise ValueError(f"task {self.name!r}: unknown placeholders {sorted(unknown)}")
 
+    @property
+    def needs_options(self) -> bool:
+        """Whether each question needs >= 2 options: they are scored or the prompt lists them."""
+        return self.scoring == "loglik" or "{options}" in self.prompt
+
     def format(self, question: str = "", options: Sequence[str] = ()) -> str:
         """The prompt for one example."""
+        if self.needs_options and len(options) < 2:
+            raise ValueError(f"task {self.name!r} needs >= 2 options, got {list(options)}")
         opts = format_options(options) if "{options}" in self.prompt else ""
         return self.prompt.format(question=question.strip(), options=opts)
 
@@ -121,9 +128,12 @@ def _strip_answer_prefix(text: str) -> str:
 register_task(Task("caption", "Describe the image in a few words.", max_new_tokens=16,
                    normalize=_strip_answer_prefix,
                    description="a short caption, e.g. 'a red circle'"))
-register_task(Task("vqa", "{question} Answer in one word.", max_new_tokens=8,
+# The VQA prompt the default model was trained on; multiple choice scores its options under
+# the same prompt (the module docstring).
+VQA_PROMPT = "{question} Answer in one word."
+register_task(Task("vqa", VQA_PROMPT, max_new_tokens=8,
                    normalize=_strip_answer_prefix,
                    description="a short free-form answer to a question about the image"))
-register_task(Task("mc", "{question} Choose one: {options}.", max_new_tokens=8,
+register_task(Task("mc", VQA_PROMPT, max_new_tokens=8,
                    scoring="loglik", normalize=_strip_answer_prefix,
                    description="pick one of the given options (scored by log-likelihood)"))

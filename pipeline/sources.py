@@ -305,7 +305,7 @@ def row_error(task: str | None, question: str | None, options,
     t = tasks[task]
     if "{question}" in t.prompt and not (question or "").strip():
         return f"task {task!r} needs a question"
-    if "{options}" in t.prompt and len(options or []) < 2:
+    if t.needs_options and len(options or []) < 2:
         return f"task {task!r} needs >= 2 options, got {list(options or [])}"
     return None
 

@@ -36,3 +36,21 @@ def test_shipped_default_answers_easy_vqa_test_questions():
     cache.add(examples)
     acc, _ = accuracy(model, examples, cache.get(examples), model.num_queries)
     assert acc >= 0.8
+
+
+@pytest.mark.skipif(shipped_checkpoint("mqt-smol") is None, reason="no shipped weights yet")
+def test_shipped_default_is_as_right_by_multiple_choice_as_by_free_text():
+    """The same easy-vqa test questions asked both ways at m = 16: the options scored as
+    answers to the trained VQA prompt are picked right as often as the free text is (with
+    the options listed in the prompt, multiple choice trailed by ~20 points)."""
+    from mqt.evaluation.run import run_m
+
+    model = load_model(resolve("generate", None, ["preset=mqt-smol", "images=[x]"], None,
+                               check=False)[1])
+    examples = easyvqa_examples("test", tasks=("vqa", "mc"), limit=4)  # 44 questions
+    cache = FeatureCache(model)
+    cache.add(examples)
+    rows = run_m(model, examples, cache.get(examples), 16, 32)
+    right = {t: sum(r["correct"] for r in rows if r["task"] == t) for t in ("vqa", "mc")}
+    n = len(examples) // 2
+    assert right["mc"] >= max(0.9 * n, right["vqa"] - 1), (right, n)

@@ -158,10 +158,10 @@ def test_lora_starts_as_identity_and_round_trips(tmp_path):
         model(batch["input_ids"], batch["attention_mask"], 4, pixel_values=pv).logits)
 
 
-def full_forward_logprob(model, question: str, option: str, image_embeds) -> float:
-    """Reference: one forward of prompt + option, no padding, no cache."""
+def full_forward_logprob(model, question: str, answer: str, image_embeds) -> float:
+    """Reference: one forward of prompt + answer, no padding, no cache."""
     m = image_embeds.shape[1]
-    batch = build_batch(model.tokenizer, model.format_prompts([question]), m, answers=[option])
+    batch = build_batch(model.tokenizer, model.format_prompts([question]), m, answers=[answer])
     with torch.no_grad():
         logits = model(batch["input_ids"], batch["attention_mask"], m,
                        image_embeds=image_embeds).logits
@@ -179,11 +179,31 @@ def test_option_scores_over_a_shared_prompt_equal_full_forwards(model, m):
         embeds = model.encode_images(model.preprocess(images(3)), m)
     cached = model.option_logprobs(qs, options, m, image_embeds=embeds)
     assert [len(s) for s in cached] == [3, 3, 4]
+    end = model.template.answer_suffix  # each option is scored as a whole answer
     for i, (q, opts) in enumerate(zip(qs, options, strict=True)):
         for j, o in enumerate(opts):
-            ref = full_forward_logprob(model, q, o, embeds[i: i + 1])
+            ref = full_forward_logprob(model, q, o + end, embeds[i: i + 1])
             assert cached[i][j] == pytest.approx(ref, abs=1e-4), (q, o)
-    assert cached[1][1] == 0.0 and all(s < 0 for row in cached for s in row if s)
+    assert all(s < 0 for row in cached for s in row)  # the empty option too: its marker
+
+
+def test_an_option_is_scored_as_the_whole_answer(model):
+    """An option's score is its tokens' log-probability plus that of the end-of-turn marker
+    after them, so an option that a longer one starts with ("a" of "ab") is charged for
+    stopping there: without the marker it would score at least as high as "ab"."""
+    end = model.template.answer_suffix
+    with torch.no_grad():
+        embeds = model.encode_images(model.preprocess(images(1)), 4)
+    (a, ab), = model.option_logprobs(["which?"], [["a", "ab"]], 4, image_embeds=embeds)
+    assert model.option_ids("a") == model.tokenizer("a" + end, add_special_tokens=False)[
+        "input_ids"]
+    assert model.option_token_counts(["a", "ab"]) == [2, 3]  # one token per byte, and "</s>"
+    open_a, open_ab = (full_forward_logprob(model, "which?", o, embeds) for o in ("a", "ab"))
+    assert open_ab < open_a  # a sum over more tokens
+    stop = full_forward_logprob(model, "which?", "a" + end, embeds) - open_a
+    assert a == pytest.approx(open_a + stop, abs=1e-4) and stop < 0
+    assert ab == pytest.approx(full_forward_logprob(model, "which?", "ab" + end, embeds),
+                               abs=1e-4)
 
 
 @pytest.mark.parametrize("m1,m2", [(1, 4), (4, 16), (2, 3)])

@@ -56,12 +56,26 @@ def test_builtin_tasks():
 
 def test_format_prompt():
     assert "what color is the shape?" in format_prompt("vqa", "what color is the shape?")
+    # multiple choice scores its options under the VQA prompt: they are not listed in it
     mc = format_prompt("mc", "what shape is it?", ("circle", "rectangle", "triangle"))
-    assert "what shape is it?" in mc and "circle, rectangle or triangle" in mc
+    assert mc == format_prompt("vqa", "what shape is it?") and "circle" not in mc
+    listed = Task("pick", "{question} Choose one: {options}.", max_new_tokens=2,
+                  scoring="loglik")
+    assert listed.format("q?", ("red", "blue", "teal")) == "q? Choose one: red, blue or teal."
     assert format_prompt("caption") == format_prompt("caption", "ignored question")
     assert format_prompt(get_task("vqa"), "q?") == format_prompt("vqa", "q?")
-    with pytest.raises(ValueError, match="options"):
+    with pytest.raises(ValueError, match="needs >= 2 options"):
         format_prompt("mc", "what shape is it?")
+    with pytest.raises(ValueError, match="needs >= 2 options"):
+        format_prompt("mc", "what shape is it?", ("circle",))
+    with pytest.raises(ValueError, match="needs >= 2 options"):  # an exact task listing them
+        Task("list", "{question} {options}", max_new_tokens=2).format("q?")
+
+
+def test_which_tasks_need_options():
+    assert get_task("mc").needs_options and not get_task("vqa").needs_options
+    assert Task("list", "{question} {options}", max_new_tokens=2).needs_options
+    assert Task("cloze", "{question}", max_new_tokens=2, scoring="loglik").needs_options
 
 
 def test_unknown_task_error_lists_known_tasks():
@@ -84,7 +98,6 @@ def test_register_task(registry):
     ("kwargs", "match"),
     [
         ({"prompt": "{question}", "scoring": "bleu"}, "scoring"),
-        ({"prompt": "{question}", "scoring": "loglik"}, "options"),
         ({"prompt": "{question} {image}"}, "placeholders"),
     ],
 )
@@ -112,5 +125,6 @@ def test_every_dataset_example_formats_under_its_task():
     for ex in examples:
         task = get_task(ex.task)
         prompt = format_prompt(task, ex.question, ex.options)
-        assert ex.question in prompt and all(o in prompt for o in ex.options)
+        assert ex.question in prompt
+        assert task.needs_options == bool(ex.options) and ex.answer in (ex.options or [ex.answer])
         assert task.is_correct(ex.answer, ex.answer)
