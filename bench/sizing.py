@@ -10,8 +10,8 @@ local Ray of all this machine's CPUs, in an order that changes every repeat. The
 cluster's resources by pipeline/sizing.py). Per setting: the end-to-end rows/s (start-up
 included) and the steady rows/s after the first rows came back, median (min..max) over the
 repeats, and the default's steady rows/s as a share of the best setting's. Writes
-bench.json, sizing.md and sizing.png to `output` (and `docs`); `from_json=` renders a
-saved bench.json again without running.
+bench.json, sizing.md, sizing.json (the same raw runs) and sizing.png to `output` (and
+`docs`); `from_json=` renders a saved bench.json again without running.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main(cfg: Config) -> dict:
     for folder in {out, Path(cfg.docs)} if cfg.docs else {out}:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "sizing.md").write_text(text)
+        (folder / "sizing.json").write_text(json.dumps(result, indent=1))  # the raw runs
         plot(result, folder / "sizing.png")
     return result
 

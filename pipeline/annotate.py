@@ -45,7 +45,7 @@ from pipeline.scheduler.ledger import LedgerClient, clear_state
 from pipeline.scheduler.policy import FixedPolicy, TokenPolicy
 from pipeline.scheduler.report import caps_text, table
 from pipeline.scheduler.runtime import start
-from pipeline.sizing import size
+from pipeline.sizing import needs, size
 from pipeline.sources import Defaults, Source, build_dataset, open_source, row_error, source_rows
 from pipeline.storage import StorageArgs, locate
 from pipeline.summary import print_summary, quota_summary, steady, summarize
@@ -293,11 +293,14 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         done = done | frozenset(i for i, _ in budget.skipped)
         todo = budget.rows
     t0 = time.perf_counter()
-    written, first, ledger, ran = _run(cfg, src, out, done, todo, budget)
+    if todo == 0 and budget is None and _all_done(cfg, src, done):
+        written, first, ledger, ran = 0, None, None, None  # no Ray, no model: nothing to do
+    else:
+        written, first, ledger, ran = _run(cfg, src, out, done, todo, budget)
     t_end = time.perf_counter()
     summary = summarize(out, job_tasks(cfg), t_end - t0, written)
     summary["this_run"].update(steady(first, t0, t_end, written))
-    summary["this_run"]["actors"] = {k: getattr(ran, k) for k in SIZING}
+    summary["this_run"]["actors"] = ran and {k: getattr(ran, k) for k in SIZING}
     if budget is not None:
         summary["quota"] = quota_summary(budget, summary, ledger, cfg.gpus_per_actor or 1.0)
     out.write_text("summary.json", json.dumps(summary, indent=1))
@@ -308,6 +311,11 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         log(f"OpenAI Batch API output: {answered} lines in {out.loc.join(OUTPUT_FILES[0]).uri}"
             f", {failed} in {out.loc.join(OUTPUT_FILES[1]).uri}")
     return summary
+
+
+def _all_done(cfg: AnnotateConfig, src: Source, done: frozenset[str]) -> bool:
+    """Every source row (the first `limit`) already written: checked by id, not by count."""
+    return all(r[0] in done for r in source_rows(src, cfg.task, cfg.limit))
 
 
 def retry(cfg: AnnotateConfig):
@@ -394,17 +402,24 @@ def _run(cfg: AnnotateConfig, src: Source, out: OutputFolder, done: frozenset[st
 
 def sized(cfg: AnnotateConfig, say: bool = False) -> AnnotateConfig:
     """The config with its actors, threads, CPUs and GPUs per actor chosen where they are 0
-    (pipeline/sizing.py), from the resources of the Ray cluster the job runs on that are
-    free when it starts (a Serve app's replicas or another job may hold some: actors sized
-    from the totals would wait for them, and Ray Data would hold back the decode tasks)."""
+    (pipeline/sizing.py), from the resources of the Ray cluster the job runs on (its
+    totals, and what is free of them now)."""
     if cfg.actors and cfg.threads and cfg.cpus_per_actor:
         return cfg
     import ray  # heavy; only a job that runs imports it
 
     connect(cfg.address, include_dashboard=False)
-    res = ray.available_resources()
-    cpus, gpus = res.get("CPU", 0.0), res.get("GPU", 0.0)
-    sz = size(cpus, gpus, cfg.actors, cfg.threads, cfg.cpus_per_actor, cfg.gpus_per_actor)
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 1.0), total.get("GPU", 0.0)
+    given = (cfg.actors, cfg.threads, cfg.cpus_per_actor, cfg.gpus_per_actor)
+    want, end = needs(size(cpus, gpus, *given)), time.monotonic() + 2.0
+    while True:  # an earlier job's actors may still be releasing what they held
+        res = ray.available_resources()
+        free = (res.get("CPU", 0.0), res.get("GPU", 0.0))
+        if cfg.actors or (free[0] >= want[0] and free[1] >= want[1]) or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    sz = size(cpus, gpus, *given, free=free)
     if say:
         log(sz.describe(cpus, gpus))
     return dataclasses.replace(cfg, actors=sz.actors, threads=sz.threads,

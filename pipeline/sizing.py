@@ -1,17 +1,21 @@
 """How many engine actors a job runs, and the threads, CPUs and GPUs each gets.
 
-A setting of 0 is chosen here from the Ray cluster's free resources when the job starts;
-any other value is kept as given.
+A setting of 0 is chosen here from the Ray cluster's resources when the job starts; any
+other value is kept as given. The shape comes from the cluster's totals; chosen actors are
+then capped by what is free, with a CPU left for a decode task, so that they all start and
+the decode tasks still run (a Serve app's replicas or another job may hold some: actors that
+cannot start, or that take the last CPU, stall the job). The job waits up to two seconds for
+resources an earlier job on the same Ray is still releasing before it caps.
 - A cluster with GPUs, `actors` and `gpus_per_actor` unset: one actor per GPU, one GPU
   each, and a few threads for what stays on the CPU.
 - A CPU cluster of C CPUs: threads t = max(1, C // 8) per actor and C // t actors (with
-  `actors` given, t = C // actors: the actors share the CPUs). Several
-  one-thread models beat one model on every core: on the 2-core test machine
-  (`python -m bench.sizing`, docs/bench/sizing.md) two one-thread actors answer ~1.6x the
-  rows/s of one actor, and ~1.2x one actor with two threads: each actor's Python work
-  (collating, prompts, the generation loop) overlaps the other's matmuls. Larger machines
-  get two-thread (or wider) actors so that the number of model copies, each one the
-  model's memory, stays near eight.
+  `actors` given, t = C // actors: the actors share the CPUs). Several one-thread models
+  beat one model on every core: on the 2-core test machine (`python -m bench.sizing`,
+  docs/bench/sizing.md) two one-thread actors answer 1.97x the steady rows/s of one
+  one-thread actor (the old default) and 1.31x one actor with two threads: each actor's
+  Python work (collating, prompts, the generation loop) overlaps the other's matmuls.
+  Larger machines get two-thread (or wider) actors so that the number of model copies,
+  each one the model's memory, stays near eight (a rule not measured beyond 2 cores).
 - `cpus_per_actor` (Ray's logical CPUs, what scheduling counts): half the actor's threads,
   so the decode tasks always have CPUs to be scheduled on; an actor holding whole CPUs
   for every thread starves them (measured on 2 cores: the job stalls on decode).
@@ -24,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_THREADS_PER_GPU_ACTOR = 4
+DECODE_CPUS = 1.0  # what a decode task asks of Ray (a task's default): left free for them
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,31 @@ class Sizing:
         on = f"{self.gpus_per_actor:g} GPU, " if self.gpus_per_actor else ""
         return (f"{self.actors} engine actor{'s' * (self.actors != 1)} x ({on}"
                 f"{self.threads} thread{'s' * (self.threads != 1)}, {self.cpus_per_actor:g} "
-                f"CPU) for the {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
-                + " free on the cluster")
+                f"CPU) on a cluster of {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else ""))
 
 
 def size(cpus: float, gpus: float, actors: int = 0, threads: int = 0,
-         cpus_per_actor: float = 0.0, gpus_per_actor: float = 0.0) -> Sizing:
-    """The job's actors from the `cpus` and `gpus` free on the cluster; 0 = choose."""
+         cpus_per_actor: float = 0.0, gpus_per_actor: float = 0.0,
+         free: tuple[float, float] | None = None) -> Sizing:
+    """The job's actors for a cluster of `cpus` and `gpus`, of which `free` = (CPUs, GPUs)
+    are free now (None: all); 0 = choose."""
+    s = _shape(cpus, gpus, actors, threads, cpus_per_actor, gpus_per_actor)
+    if actors or free is None:
+        return s
+    fits = (free[0] - DECODE_CPUS) // s.cpus_per_actor
+    if s.gpus_per_actor:
+        fits = min(fits, free[1] // s.gpus_per_actor)
+    return Sizing(max(1, min(s.actors, int(fits))), s.threads, s.cpus_per_actor,
+                  s.gpus_per_actor)
+
+
+def needs(s: Sizing) -> tuple[float, float]:
+    """(CPUs, GPUs) that must be free for all of `s`'s actors and a decode task to run."""
+    return s.actors * s.cpus_per_actor + DECODE_CPUS, s.actors * s.gpus_per_actor
+
+
+def _shape(cpus: float, gpus: float, actors: int, threads: int, cpus_per_actor: float,
+           gpus_per_actor: float) -> Sizing:
     cpus = max(1, int(cpus))
     if gpus >= 1 and not actors and not gpus_per_actor:
         actors, gpus_per_actor = int(gpus), 1.0

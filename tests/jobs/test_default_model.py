@@ -27,8 +27,8 @@ def test_default_trains_a_few_steps_and_the_loss_falls(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
 
 
-@pytest.mark.skipif(shipped_checkpoint("mqt-smol") is None, reason="no shipped weights yet")
 def test_shipped_default_answers_easy_vqa_test_questions():
+    assert shipped_checkpoint("mqt-smol") is not None, "the shipped weights are committed"
     _, args = resolve("generate", None, ["preset=mqt-smol", "images=[x]"], None, check=False)
     model = load_model(args)
     examples = easyvqa_examples("test", tasks=("vqa",), limit=12)[:48]

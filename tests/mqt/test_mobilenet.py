@@ -34,7 +34,7 @@ GRID = {8: 28, 16: 14, 32: 7}
 
 
 def photo(name: str) -> Image.Image:
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data  # of the data extra: a broken install fails here
     return Image.fromarray(getattr(skimage_data, name)()).convert("RGB")
 
 

@@ -116,8 +116,6 @@ def test_is_correct():
 
 
 def test_every_dataset_example_formats_under_its_task():
-    pytest.importorskip("easy_vqa")
-    pytest.importorskip("sklearn")
     from mqt.data import easyvqa_examples, mosaic_examples
 
     examples = easyvqa_examples("test", tasks=("vqa", "caption", "mc"), limit=5)
