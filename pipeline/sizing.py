@@ -11,8 +11,8 @@ resources an earlier job on the same Ray is still releasing before it caps.
 - A CPU cluster of C CPUs: threads t = max(1, C // 8) per actor and C // t actors (with
   `actors` given, t = C // actors: the actors share the CPUs). Several one-thread models
   beat one model on every core: on the 2-core test machine (`python -m bench.sizing`,
-  docs/bench/sizing.md) two one-thread actors answer 1.97x the steady rows/s of one
-  one-thread actor (the old default) and 1.31x one actor with two threads: each actor's
+  docs/bench/sizing.md; two runs) two one-thread actors answer 1.8-2.0x the steady rows/s
+  of one one-thread actor (the old default) and 1.3-1.5x one actor with two threads: each actor's
   Python work (collating, prompts, the generation loop) overlaps the other's matmuls.
   Larger machines get two-thread (or wider) actors so that the number of model copies,
   each one the model's memory, stays near eight (a rule not measured beyond 2 cores).
