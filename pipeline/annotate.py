@@ -280,7 +280,7 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         if budget is not None:
             clear_state(ledger_state(cfg))
     out.drop_temporaries()
-    if retry(cfg) is not None and (asked := out.drop_rows(retryable)):
+    if (rule := retry(cfg)) is not None and (asked := out.drop_rows(rule)):
         log(f"retry_errors: {asked} retryable error rows of earlier runs are asked again")
     done = frozenset(out.done_ids())
     todo = max(0, (min(src.rows, cfg.limit) if cfg.limit else src.rows) - len(done))

@@ -131,14 +131,12 @@ def _check_columns(columns: dict) -> dict:
 
 
 def _open(locs: list[Location], columns: dict) -> Source:
-    if len(locs) == 1 and not _is_glob(locs[0].path):
-        loc = locs[0]
-        info = loc.info()
-        if info.type == pafs.FileType.Directory and (files := tuple(image_files(loc))):
-            return Source("folder", loc, len(files), files)
-        if info.type == pafs.FileType.NotFound:
-            raise SourceError(f"source: no such file or folder: {loc.uri}")
-    parts = [p for loc in locs for p in _manifest_parts(loc)]
+    if len(locs) == 1:  # one entry may also be a folder of images
+        kind, parts = _entry(locs[0], images=True)
+        if kind == "folder":
+            return Source("folder", locs[0], len(parts), tuple(parts))
+    else:
+        parts = [p for loc in locs for p in _entry(loc)[1]]
     if len(set(parts)) < len(parts):
         raise SourceError(f"source: a part is named twice: {sorted(parts)}")
     with ThreadPoolExecutor(max_workers=min(16, len(parts))) as pool:
@@ -166,8 +164,10 @@ def _is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def _manifest_parts(loc: Location) -> list[str]:
-    """The manifest files a source entry names: itself, those below a folder, or a glob's."""
+def _entry(loc: Location, images: bool = False) -> tuple[str, list[str]]:
+    """What one source entry names, listed once: ("folder", its image files) for a folder
+    with images when `images`, else ("manifest", the manifest files: the entry itself,
+    those below a folder, or a glob's)."""
     if _is_glob(loc.path):
         pattern = loc.path.split("/")
         root = "/".join(pattern[:next(i for i, p in enumerate(pattern) if _is_glob(p))])
@@ -175,19 +175,22 @@ def _manifest_parts(loc: Location) -> list[str]:
                  if _matches(p.split("/"), pattern) and _is_manifest(p)]
         if not found:
             raise SourceError(f"source: no manifests (.jsonl, .parquet) match {loc.uri}")
-        return found
+        return "manifest", found
     info = loc.info()
     if info.type == pafs.FileType.NotFound:
         raise SourceError(f"source: no such file or folder: {loc.uri}")
     if info.type == pafs.FileType.Directory:
-        found = [p for p in list_files(loc) if _is_manifest(p) and not _hidden(p, loc.path)]
+        listed = list_files(loc)
+        if images and (found := list(image_files(loc, listed))):
+            return "folder", found
+        found = [p for p in listed if _is_manifest(p) and not _hidden(p, loc.path)]
         if not found:
             raise SourceError(f"source: no image files ({', '.join(IMAGE_EXTENSIONS)}) and "
                               f"no manifests (.jsonl, .parquet) under {loc.uri}")
-        return found
+        return "manifest", found
     if not _is_manifest(loc.path):
         raise SourceError(f"source: {loc.uri} is not a folder, .jsonl or .parquet file")
-    return [loc.path]
+    return "manifest", [loc.path]
 
 
 def _matches(path: list[str], pattern: list[str]) -> bool:
@@ -289,9 +292,10 @@ def _our_names(r: dict, kind: str, columns: dict) -> dict:
     return {**r, **{ours: r.get(theirs) for ours, theirs in columns.items()}}
 
 
-def image_files(folder: Location):
-    """Image files below `folder` (recursive), by extension; hidden and `_*` names skipped."""
-    for path in list_files(folder):
+def image_files(folder: Location, listed: list[str] | None = None):
+    """Image files below `folder` (recursive), by extension; hidden and `_*` names skipped.
+    `listed`: the folder's files if they were listed already."""
+    for path in list_files(folder) if listed is None else listed:
         ext = posixpath.splitext(path)[1].lower().lstrip(".")
         if ext in IMAGE_EXTENSIONS and not _hidden(path, folder.path):
             yield path

@@ -67,16 +67,15 @@ class OutputFolder:
         leaves each part as it was or without those rows: they are never half gone."""
         dropped = 0
         for path in self.parts():
-            with self.data.fs.open_input_file(path) as f:
-                t = pq.read_table(f)
-            gone = [bool(e) and drop(e) for e in t.column("error").to_pylist()]
+            with self.data.fs.open_input_file(path) as f:  # the error column decides
+                errors = pq.read_table(f, columns=["error"]).column("error").to_pylist()
+            gone = [bool(e) and drop(e) for e in errors]
             if not any(gone):
                 continue
-            keep = t.filter(pa.array([not g for g in gone]))
+            with self.data.fs.open_input_file(path) as f:
+                keep = pq.read_table(f).filter(pa.array([not g for g in gone]))
             if keep.num_rows:
-                sink = io.BytesIO()
-                pq.write_table(keep, sink)
-                write_bytes(self.data.join(path.rsplit("/", 1)[-1]), sink.getvalue())
+                write_part(self.data.join(path.rsplit("/", 1)[-1]), keep)
             else:
                 self.data.fs.delete_file(path)
             dropped += sum(gone)
@@ -128,9 +127,14 @@ class PartWriter:
         self._last = time.monotonic()
         if not self._rows:
             return
-        sink = io.BytesIO()
-        pq.write_table(pa.concat_tables(self._buf), sink)
-        write_bytes(self.out.data.join(f"part-{self.run}-{self._seq:05d}.parquet"),
-                    sink.getvalue())
+        write_part(self.out.data.join(f"part-{self.run}-{self._seq:05d}.parquet"),
+                   pa.concat_tables(self._buf))
         self.written += self._rows
         self._buf, self._rows, self._seq = [], 0, self._seq + 1
+
+
+def write_part(loc: Location, table: pa.Table) -> None:
+    """A part file written whole (pipeline.storage.write_bytes)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    write_bytes(loc, sink.getvalue())

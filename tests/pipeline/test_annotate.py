@@ -25,6 +25,14 @@ def image_bytes(seed: int, fmt: str = "PNG", size=(30, 20)) -> bytes:
     return buf.getvalue()
 
 
+def small_pngs(folder, n: int):
+    """`folder` with n small PNGs named 000.png, 001.png, ... (a corpus to stop midway)."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i:03d}.png").write_bytes(image_bytes(i, size=(16, 16)))
+    return folder
+
+
 def config(*overrides: str):
     return cli.resolve("annotate", None, [*TINY, *overrides], "tiny")[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from raycluster import RayCluster
-from test_annotate import image_bytes
+from test_annotate import small_pngs
 from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +28,7 @@ def mqt(cluster: RayCluster, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_quota_job_stopped_and_submitted_again_spends_within_its_quota(
         tmp_path, calibration):  # noqa: F811 (the fixture)
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(300):
-        (images / f"{i:03d}.png").write_bytes(image_bytes(i, size=(16, 16)))
+    images = small_pngs(tmp_path / "images", 300)
     quota = 360 * tiny_row_bound(4)  # m = 4 on every row and m = 16 on about a third
     out = tmp_path / "out"
     job = ["annotate", "--preset", "tiny", "checkpoint=none", "batch_size=4", "threads=1",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_annotate import TINY, image_bytes
+from test_annotate import TINY, small_pngs
 from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
 
 from jobs import annotate, cli
@@ -21,10 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kill_9_of_the_driver_then_resume_exactly_once(ray_local, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(300):
-        (images / f"{i:03d}.png").write_bytes(image_bytes(i, size=(16, 16)))
+    images = small_pngs(tmp_path / "images", 300)
     (images / "broken.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "out"
     args = [*TINY, f"source={images}", f"output={out}", "rows_per_part=8", "block_rows=8",
@@ -77,10 +74,7 @@ def test_kill_9_of_a_quota_job_then_resume_spends_within_the_quota(
     learns its drift from the resumed run's own rows (the killed run's spend is its base):
     the job spends nearly all of Q (99.5-99.6% in two runs; 92.7-93.7% with m = 1 on
     140-165 rows when the earlier spend counted as drift)."""
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(300):
-        (images / f"{i:03d}.png").write_bytes(image_bytes(i, size=(16, 16)))
+    images = small_pngs(tmp_path / "images", 300)
     quota = 360 * tiny_row_bound(4)  # m = 4 on every row and m = 16 on about a third
     out = tmp_path / "out"
     args = [*TINY, f"source={images}", f"output={out}", "rows_per_part=8", "block_rows=8",
