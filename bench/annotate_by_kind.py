@@ -55,8 +55,8 @@ def run(manifest: Path, rows: int, q: float, by: str) -> tuple[dict, dict]:
                           quota=QuotaArgs(flops=round(q * rows), by=by))
     summary = annotate(cfg)
     written = pq.read_table(out / "data").to_pylist()
-    right = {r["id"]: bool(r["error"] is None and r["answer"] is not None
-                           and TASKS[r["task"]].is_correct(r["output"] or "", r["answer"]))
+    right = {r["id"]: bool(r["error"] is None and r["reference"] is not None
+                           and TASKS[r["task"]].is_correct(r["prediction"] or "", r["reference"]))
              for r in written}
     return summary, right, written
 

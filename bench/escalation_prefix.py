@@ -74,7 +74,8 @@ def main(per_task: int = 16, repeats: int = 3) -> str:
         for t in names:
             a = [r for r in last[False] if r["task"] == t]
             b = [r for r in last[True] if r["task"] == t]
-            same = sum(x["output"] == y["output"] for x, y in zip(a, b, strict=True)) / len(a)
+            same = sum(x["prediction"] == y["prediction"]
+                       for x, y in zip(a, b, strict=True)) / len(a)
             flops = [statistics.mean(r["flops"] for r in rows) for rows in (a, b)]
             sec = [seconds[False, t], seconds[True, t]]
             results.append({"m1": m1, "m2": m2, "task": t, "rows": len(a),

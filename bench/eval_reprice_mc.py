@@ -1,7 +1,7 @@
 """Re-score and re-price the multiple-choice rows of stored `mqt eval` results as mqt eval
 now computes and prices them.
 
-`mqt eval` has priced a multiple-choice row four ways:
+`mqt eval` has priced a multiple-choice row five ways:
 
 1. until commit 10ffbf1, the vision encoder and the query transformer once per option:
    `options x total_flops(m, T + 2, 1)`;
@@ -10,10 +10,16 @@ now computes and prices them.
 3. until 2026-12-07, the prompt prefilled once and its KV cache shared by the options,
    each option charged 2 tokens over it whatever its length (its first token scored there
    too, though the prefill's last logits already score it);
-4. now exactly as `VisionLanguageModel.option_logprobs` computes it: the prompt prefilled
-   once, its last logits scoring every option's first token, and an option of k >= 2
-   tokens running its first k - 1 tokens over the cache (`mqt.cost.scored_flops` with the
-   options' token counts; a one-token option costs nothing more).
+4. until commit fd41c60, exactly as `VisionLanguageModel.option_logprobs` computed it: the
+   prompt prefilled once, its last logits scoring every option's first token, and an
+   option of k >= 2 tokens running its first k - 1 tokens over the cache
+   (`mqt.cost.scored_flops` with the options' token counts);
+5. now the same computation on another prompt and other tokens: the question asked as VQA
+   asks it (the options no longer listed in it) and each option scored with the
+   end-of-turn marker after it (`option_ids`), so every option runs over the cache.
+
+Formulas 1 to 4 priced the prompt that listed the options ("{question} Choose one:
+{options}.") and options without the marker; formula 5 prices today's.
 
 Each mc row is re-derived from its question (the same examples `mqt eval` drew, rebuilt
 from the eval's settings) and its stored price is checked to be what one of the formulas
@@ -44,6 +50,8 @@ from mqt.evaluation.report import write_outputs
 from mqt.evaluation.run import EvalArgs as Config
 from mqt.evaluation.run import eval_examples, run_m
 from mqt.load import load_model
+from mqt.tasks import format_options
+from mqt.text import encode_answer
 from mqt.train.steps import FeatureCache, task_question
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +62,12 @@ RUNS = {
     "docs/eval-s1": dict(easyvqa_questions=600, captions=0, mosaic_images=120, seed=1),
 }
 SHIPPED = ROOT / "mqt/weights/mqt-smol"  # a copy of docs/eval's calibration and results
+OLD_PROMPT = "{question} Choose one: {options}."  # the mc prompt until commit fd41c60
 
 
 def prices(cfg, m: int, T: int, counts: list[int]) -> tuple[float, ...]:
-    """What formulas 1 to 4 of the module docstring charge (counts: the options' tokens)."""
+    """What formulas 1 to 4 of the module docstring charge (T: the prompt's text tokens;
+    counts: the options' tokens, as those formulas counted both)."""
     options = len(counts)
     per_option = float(options * total_flops(cfg, m, T + 2, 1).total)
     image_once = float(vision_flops(cfg) + query_flops(cfg, m)
@@ -76,9 +86,13 @@ def rescore(folder: Path, settings: dict, model) -> dict:
     for r in mc:
         ex = examples[r["id"]]
         assert ex.question == r["question"] and ex.answer == r["answer"], r["id"]
-        T = model.prompt_text_tokens(task_question(ex))
-        tokens = model.option_token_counts(ex.options)
-        assert r["flops"] in prices(model.cfg, r["m"], T, tokens), (r["id"], r["m"])
+        old_T = model.prompt_text_tokens(OLD_PROMPT.format(question=ex.question,
+                                                            options=format_options(ex.options)))
+        old_tokens = [len(encode_answer(model.tokenizer, o)) for o in ex.options]
+        now = scored_flops(model.cfg, r["m"], model.prompt_text_tokens(task_question(ex)),
+                           model.option_token_counts(ex.options))
+        assert r["flops"] in (*prices(model.cfg, r["m"], old_T, old_tokens), float(now)), \
+            (r["id"], r["m"])
     todo = list(examples.values())
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(model, Path(tmp) / "features.pt")

@@ -58,8 +58,9 @@ def run(manifest: Path, name: str, quota: QuotaArgs) -> tuple[dict, float]:
                           quota=quota)
     s = annotate(cfg)
     rows = pq.read_table(out / "data").to_pylist()
-    right = sum(r["error"] is None and r["answer"] is not None
-                and TASKS[r["task"]].is_correct(r["output"] or "", r["answer"]) for r in rows)
+    right = sum(r["error"] is None and r["reference"] is not None
+                and TASKS[r["task"]].is_correct(r["prediction"] or "", r["reference"])
+                for r in rows)
     return s, right / len(rows)
 
 

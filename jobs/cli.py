@@ -1,6 +1,6 @@
 """The `mqt` command: one subcommand per job.
 
-    mqt <job> [--config FILE.yaml] [--preset NAME] [key=value ...] [--print-config]
+    mqt <job> [--config FILE.yaml] [--preset NAME] [key=value ...] [--print-config] [--verbose]
     mqt submit [--address URL] <job> ...      mqt jobs list | status ID | logs ID | stop ID
 
 Each job module exposes a `Config` dataclass, `validate(cfg)` and `main(cfg)`. The config
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 import yaml
 
 from mqt.configtree import ConfigError, load_yaml, merge, parse_overrides, to_dict
+from pipeline.quiet import VERBOSE_ENV, drop_native_logs
 
 JOBS = {
     "demo": ("jobs.demo", "the main job on the embedded default"),
@@ -43,6 +45,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="shorthand for preset=NAME")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own logs too (its C++ notices, its INFO lines)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -87,6 +91,8 @@ def resolve(job: str, config_file: str | None, overrides: list[str], preset: str
 def execute(module, name: str, args: argparse.Namespace) -> int:
     """Configure, validate and run a job module from parsed arguments: exit status 2 with
     the bad field named before any work, 0 when its `main` returns (or its int)."""
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # pipeline.connect and the filter read it
     try:
         cfg = configure(module, args.config, args.overrides, args.preset)
         # what a job's validation prepares (a quota job's plan) its main reuses
@@ -118,5 +124,13 @@ def run_module(module, prog: str, argv: list[str] | None = None) -> int:
     return execute(module, prog, p.parse_args(argv))
 
 
+def entry() -> int:
+    """The `mqt` command: `main` with Ray's C++ log lines kept off the terminal (they stay in
+    Ray's log files; pipeline/quiet.py) unless `--verbose`."""
+    if "--verbose" not in sys.argv[1:]:
+        drop_native_logs()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -65,7 +65,7 @@ def report(data: Path, manifest: Path, show: int) -> None:
     rows = pq.read_table(data).to_pylist()
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for r in rows:
-        ok = r["error"] is None and get_task(r["task"]).is_correct(r["output"], r["answer"])
+        ok = r["error"] is None and get_task(r["task"]).is_correct(r["prediction"], r["reference"])
         per[f"{r['task']:<8} {kinds[r['id']]}"][0] += ok
         per[f"{r['task']:<8} {kinds[r['id']]}"][1] += 1
     print("\nAccuracy per question kind:")
@@ -74,5 +74,5 @@ def report(data: Path, manifest: Path, show: int) -> None:
     print("\nSome answers:")
     for r in rows[:: max(1, len(rows) // max(1, show))][:show]:
         print(f"  m={r['m']:<3} {r['task']:<8} {(r['question'] or '(caption)')[:44]:<46}"
-              f"-> {r['output']!r} (reference {r['answer']!r})")
+              f"-> {r['prediction']!r} (reference {r['reference']!r})")
     print(f"\nrows: {data}/*.parquet (schema: docs/annotate.md)")

@@ -10,6 +10,7 @@ in input order.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -494,3 +495,29 @@ def build_model(cfg: VLMConfig, seed: int = 0, tokenizer=None) -> VisionLanguage
             torch.manual_seed(seed + 1)
             add_lora(model.lm, cfg.lm.lora_targets, cfg.lm.lora_rank, cfg.lm.lora_alpha)
     return model.eval()
+
+
+def weight_bytes(cfg: VLMConfig, bytes_per_value: int = 4) -> int:
+    """Bytes of the model's weights (float32 by default, as the engine loads them), counted
+    without loading any: the vision encoder and the query transformer are built on the meta
+    device, the LM's parameters follow from its dimensions (a Llama-shaped decoder, which
+    `check_lm_dims` holds a pretrained LM to), LoRA adapters included."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")  # a pretrained encoder's weights load as no-ops
+        vision = build_vision(cfg.vision)
+        query = QueryTransformer(cfg.query, vision.hidden_size, cfg.lm.hidden_size)
+    n = sum(p.numel() for m in (vision, query) for p in m.parameters())
+    lm = cfg.lm
+    kv = lm.hidden_size // lm.num_heads * lm.num_kv_heads
+    layer = (2 * lm.hidden_size * lm.hidden_size + 2 * lm.hidden_size * kv  # q, o; k, v
+             + 3 * lm.hidden_size * lm.intermediate_size + 2 * lm.hidden_size)  # MLP, norms
+    if lm.lora_rank:
+        dims = {"q_proj": (lm.hidden_size, lm.hidden_size), "k_proj": (lm.hidden_size, kv),
+                "v_proj": (lm.hidden_size, kv), "o_proj": (lm.hidden_size, lm.hidden_size),
+                "gate_proj": (lm.hidden_size, lm.intermediate_size),
+                "up_proj": (lm.hidden_size, lm.intermediate_size),
+                "down_proj": (lm.intermediate_size, lm.hidden_size)}
+        layer += sum(lm.lora_rank * sum(dims[t]) for t in lm.lora_targets if t in dims)
+    embed = lm.vocab_size * lm.hidden_size
+    n += lm.num_layers * layer + embed * (1 if lm.tie_embeddings else 2) + lm.hidden_size
+    return n * bytes_per_value

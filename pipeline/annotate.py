@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from mqt.config import VLMConfig
 from mqt.configtree import to_dict
 from mqt.console import log
 from mqt.load import ModelArgs, model_args, resolved_config, validate_model
+from mqt.model import weight_bytes
 from mqt.tasks import TASKS, Task
 from pipeline.batchfile import OUTPUT_FILES, write_output
 from pipeline.connect import check_cluster, connect
@@ -45,20 +47,24 @@ from pipeline.scheduler.ledger import LedgerClient, clear_state
 from pipeline.scheduler.policy import FixedPolicy, TokenPolicy
 from pipeline.scheduler.report import caps_text, table
 from pipeline.scheduler.runtime import start
-from pipeline.sizing import needs, size
+from pipeline.sizing import actor_memory, fit_memory, needs, size
 from pipeline.sources import Defaults, Source, build_dataset, open_source, row_error, source_rows
 from pipeline.storage import StorageArgs, locate
 from pipeline.summary import print_summary, quota_summary, steady, summarize
-from pipeline.writer import OutputFolder, PartWriter
+from pipeline.writer import RENAMED, OutputFolder, PartWriter
 
 LLAVA_IMAGE_SIZE = 336
+# MQT-LLaVA-7B's M, Vicuna-7B's vocabulary and KV width (2 x 32 layers x 4096), for the
+# memory an actor asks before the published folder's config is read (mqt.config.mqt_llava_7b)
+LLAVA_QUERIES, LLAVA_VOCAB, LLAVA_KV_WIDTH = 256, 32000, 2 * 32 * 4096
 TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
 # Fields that make a job the same job: a resume into an output written with other values
 # would mix answers of two jobs. The policy, batch sizes and actors may change.
 JOB_IDENTITY = ("source", "columns", "task", "question", "tasks", "preset", "model",
                 "checkpoint", "llava", "seed")
 OUTPUT_FORMATS = ("parquet", "openai")
-SIZING = ("actors", "threads", "cpus_per_actor", "gpus_per_actor")  # 0 = sized at start
+SIZING = ("actors", "threads", "cpus_per_actor", "gpus_per_actor",
+          "memory_per_actor")  # 0 = sized at start
 
 
 @dataclass
@@ -97,6 +103,7 @@ class AnnotateConfig(ModelArgs):
     cpus_per_actor: float = 0.0
     gpus_per_actor: float = 0.0
     threads: int = 0  # torch threads per actor
+    memory_per_actor: float = 0.0  # GB of host memory Ray reserves per actor; 0 = from the model
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows (decompression bombs)
     limit: int = 0  # only the first rows of the source; 0 = all
     rows_per_part: int = 1000  # output rows per Parquet part file
@@ -199,7 +206,8 @@ def _check_numbers(cfg: AnnotateConfig) -> None:
     for name in ("batch_size", "block_rows", "max_pixels", "rows_per_part"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("actors", "cpus_per_actor", "gpus_per_actor", "threads", "limit"):
+    for name in ("actors", "cpus_per_actor", "gpus_per_actor", "threads", "limit",
+                 "memory_per_actor"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 = chosen), got {getattr(cfg, name)}")
     if cfg.flush_seconds <= 0:
@@ -266,7 +274,8 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
                                "tasks": tasks, "ledger": ledger,
                                "escalation_ledger": escalation_ledger},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        memory=int(cfg.memory_per_actor * 1e9))
 
 
 def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
@@ -280,6 +289,9 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
         if budget is not None:
             clear_state(ledger_state(cfg))
     out.drop_temporaries()
+    if upgraded := out.upgrade():
+        log(f"{upgraded} part files of an earlier release rewritten with today's column names"
+            f" ({', '.join(f'{a} -> {b}' for a, b in RENAMED.items())})")
     if (rule := retry(cfg)) is not None and (asked := out.drop_rows(rule)):
         log(f"retry_errors: {asked} retryable error rows of earlier runs are asked again")
     done = frozenset(out.done_ids())
@@ -404,6 +416,8 @@ def sized(cfg: AnnotateConfig, say: bool = False) -> AnnotateConfig:
     """The config with its actors, threads, CPUs and GPUs per actor chosen where they are 0
     (pipeline/sizing.py), from the resources of the Ray cluster the job runs on (its
     totals, and what is free of them now)."""
+    cfg = dataclasses.replace(cfg, memory_per_actor=cfg.memory_per_actor or round(
+        model_memory(cfg) / 1e9, 3))
     if cfg.actors and cfg.threads and cfg.cpus_per_actor:
         return cfg
     import ray  # heavy; only a job that runs imports it
@@ -420,10 +434,27 @@ def sized(cfg: AnnotateConfig, say: bool = False) -> AnnotateConfig:
             break
         time.sleep(0.2)
     sz = size(cpus, gpus, *given, free=free)
+    actors, memory = fit_memory(sz.actors, cfg.memory_per_actor * 1e9, res.get("memory", 0.0),
+                                total.get("memory", 0.0), chosen=not cfg.actors)
+    memory = round(memory / 1e9, 3)
     if say:
-        log(sz.describe(cpus, gpus))
-    return dataclasses.replace(cfg, actors=sz.actors, threads=sz.threads,
+        log(dataclasses.replace(sz, actors=actors).describe(cpus, gpus)
+            + f", {memory:g} GB of memory each")
+    return dataclasses.replace(cfg, actors=actors, threads=sz.threads, memory_per_actor=memory,
                                cpus_per_actor=sz.cpus_per_actor, gpus_per_actor=sz.gpus_per_actor)
+
+
+def model_memory(cfg: AnnotateConfig) -> int:
+    """Bytes of host memory an engine actor of this job asks Ray for (pipeline/sizing.py)."""
+    target = target_config(cfg)
+    if target is None:  # a published MQT-LLaVA folder: its half-precision files, as float32
+        files = [p for p in Path(cfg.llava).rglob("*") if p.suffix in (".safetensors", ".bin")]
+        return actor_memory(2 * sum(p.stat().st_size for p in files), cfg.batch_size,
+                            LLAVA_QUERIES, LLAVA_VOCAB, LLAVA_KV_WIDTH)
+    lm = target.lm
+    kv_width = 2 * lm.num_layers * lm.hidden_size // lm.num_heads * lm.num_kv_heads
+    return actor_memory(weight_bytes(target), cfg.batch_size, target.query.num_queries,
+                        lm.vocab_size, kv_width)
 
 
 def job_id(out: OutputFolder) -> str:

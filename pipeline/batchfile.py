@@ -39,7 +39,7 @@ from pipeline.writer import OutputFolder
 
 CHAT_URL = "/v1/chat/completions"
 OUTPUT_FILES = ("openai/output.jsonl", "openai/errors.jsonl")
-_COLUMNS = ("id", "task", "output", "error", "prompt_tokens", "visual_tokens", "new_tokens",
+_COLUMNS = ("id", "task", "prediction", "error", "prompt_tokens", "visual_tokens", "new_tokens",
             "flops", "max_new_tokens")
 
 

@@ -22,6 +22,8 @@ import socket
 import time
 from urllib.parse import urlparse
 
+from pipeline.quiet import verbose
+
 
 class ClusterUnreachable(ValueError):
     """A cluster address was given and nothing answers there (a bad setting: jobs fail
@@ -103,10 +105,11 @@ def connect(address: str = "", timeout_s: float = 20.0, **local) -> str:
 
     if ray.is_initialized():
         return "initialised"
-    for name in QUIET_LOGGERS:
+    loud = verbose()
+    for name in () if loud else QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     target, source = cluster_address(address)
-    settings = {"logging_level": logging.WARNING, **local}
+    settings = {"logging_level": logging.INFO if loud else logging.WARNING, **local}
     if target:
         check_reachable(target, source, timeout_s)
         for key in ("num_cpus", "num_gpus", "include_dashboard", "object_store_memory"):

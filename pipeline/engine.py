@@ -59,7 +59,7 @@ from pipeline.scheduler.policy import Cascade, TokenPolicy, first_m, max_m
 
 OUTPUT_SCHEMA = pa.schema([
     ("id", pa.string()), ("task", pa.string()), ("question", pa.string()),
-    ("output", pa.string()), ("answer", pa.string()), ("m", pa.int32()),
+    ("prediction", pa.string()), ("reference", pa.string()), ("m", pa.int32()),
     ("visual_tokens", pa.int32()),
     ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("flops", pa.int64()),
     ("seconds", pa.float64()), ("confidence", pa.float64()), ("error", pa.string()),
@@ -340,15 +340,15 @@ def _length(prefix) -> int:
 
 def error_row(row: dict, error: str | None) -> dict:
     """An output row with only the identity columns and the error set."""
-    return {"id": row["id"], "task": row["task"], "question": row["question"], "output": None,
-            "answer": row.get("answer"), "m": None, "visual_tokens": None, "prompt_tokens": None,
-            "new_tokens": None,
-            "flops": None, "seconds": None, "confidence": None, "error": error,
+    return {"id": row["id"], "task": row["task"], "question": row["question"],
+            "prediction": None, "reference": row.get("answer"), "m": None, "visual_tokens": None,
+            "prompt_tokens": None, "new_tokens": None, "flops": None, "seconds": None,
+            "confidence": None, "error": error,
             "max_new_tokens": row.get("max_new_tokens")}
 
 
 def _answer_columns(cfg, m: int, a: Answer, seconds: float) -> dict:
     confidence = a.confidence if math.isfinite(a.confidence) else None
-    return {"output": a.output, "m": m, "visual_tokens": lm_visual_tokens(cfg, m),
+    return {"prediction": a.output, "m": m, "visual_tokens": lm_visual_tokens(cfg, m),
             "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "flops": int(a.flops),
             "seconds": round(seconds, 6), "confidence": confidence, "error": None}

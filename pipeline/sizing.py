@@ -19,6 +19,17 @@ resources an earlier job on the same Ray is still releasing before it caps.
 - `cpus_per_actor` (Ray's logical CPUs, what scheduling counts): half the actor's threads,
   so the decode tasks always have CPUs to be scheduled on; an actor holding whole CPUs
   for every thread starves them (measured on 2 cores: the job stalls on decode).
+- Memory (Ray's `memory` resource, host memory): each actor asks for `actor_memory`, what
+  its process is expected to hold at most with 25% to spare (Ray Data's own rule for the
+  request it recommends): the measured runtime (torch, transformers and Ray imported, a
+  tokenizer and the tiny model loaded: 510 MiB USS in a plain process on the test machine),
+  the model's weights as loaded (counted from its config, `mqt.model.weight_bytes`) and
+  one batch's activations at M (logits over the vocabulary and the KV cache for every
+  position: an upper bound). Ray then places actors where that memory is, chosen actors are
+  capped by the free memory, and Ray Data's high-memory detector has nothing to report.
+  Measured over the demo corpus (`memory_per_actor=0.1` makes Ray Data print what its
+  actors held): tiny asks 0.68 GB, its actors held at most 370 MiB; mqt-smol at batch 16
+  asks 1.97 GB, its actors held at most 854 MiB.
 An autoscaling cluster may have no GPU node yet when the job starts: give `actors` and
 `gpus_per_actor` there (the RayJob manifests in cluster/ do). Pure Python.
 """
@@ -29,6 +40,18 @@ from dataclasses import dataclass
 
 MAX_THREADS_PER_GPU_ACTOR = 4
 DECODE_CPUS = 1.0  # what a decode task asks of Ray (a task's default): left free for them
+RUNTIME_BYTES = 512 * 2**20  # an engine process before its model's weights and batches
+PROMPT_TOKENS = 64  # text positions assumed beside the M visual ones (a question, a template)
+
+
+def actor_memory(weights: int, batch_size: int, num_queries: int, vocab: int, kv_width: int,
+                 bytes_per_value: int = 4) -> int:
+    """Host memory (bytes) to ask for an engine actor: (runtime + weights + one batch's
+    logits and KV cache at M) with 25% to spare. `kv_width`: keys and values per position
+    over all layers."""
+    positions = batch_size * (num_queries + PROMPT_TOKENS)
+    activations = positions * (vocab + kv_width) * bytes_per_value
+    return -(-5 * (RUNTIME_BYTES + weights + activations) // 4)
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,19 @@ def size(cpus: float, gpus: float, actors: int = 0, threads: int = 0,
         fits = min(fits, free[1] // s.gpus_per_actor)
     return Sizing(max(1, min(s.actors, int(fits))), s.threads, s.cpus_per_actor,
                   s.gpus_per_actor)
+
+
+def fit_memory(actors: int, memory: float, free: float, total: float,
+               chosen: bool = True) -> tuple[int, float]:
+    """(actors, memory each) within the cluster's memory (Ray's `memory` resource: `free`
+    now of `total`): chosen actors are no more than the free memory holds (one at least);
+    a request above the whole cluster's memory shrinks to its share, else no actor could
+    ever start. 0 = unknown (a cluster that reports no memory): as given."""
+    if chosen and free:
+        actors = max(1, min(actors, int(free // memory)))
+    if total and memory * actors > total:
+        memory = total / actors
+    return actors, memory
 
 
 def needs(s: Sizing) -> tuple[float, float]:

@@ -29,9 +29,9 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
     reasons: Counter = Counter()
     took: Counter = Counter()  # task -> seconds its written rows took
     scored: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # task -> [correct, labelled]
-    cols = ["task", "m", "flops", "seconds", "error", "output", "answer"]
+    cols = ["task", "m", "flops", "seconds", "error", "prediction", "reference"]
     for b in out.batches(cols):
-        for task, m, f, sec, err, output, answer in zip(
+        for task, m, f, sec, err, prediction, reference in zip(
                 *(b.column(c).to_pylist() for c in cols), strict=True):
             rows, flops = rows + 1, flops + (f or 0)
             per_task[task] += f or 0
@@ -43,8 +43,8 @@ def summarize(out: OutputFolder, tasks: dict[str, Task], seconds: float, written
                 reasons[_error_kind(err)] += 1
                 continue
             hist[task][m] += 1
-            if answer is not None:
-                scored[task][0] += tasks[task].is_correct(output or "", answer)
+            if reference is not None:
+                scored[task][0] += tasks[task].is_correct(prediction or "", reference)
                 scored[task][1] += 1
     return {"rows": rows, "errors": errors, "retryable_errors": retry,
             "error_kinds": dict(reasons.most_common()), "refused_rows": refused,

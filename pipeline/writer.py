@@ -21,6 +21,19 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import Location, list_files, read_bytes, write_bytes
 
+# Columns renamed since earlier releases (old name -> name now): the model's text was
+# `output` and the reference answer `answer`. A folder written before still resumes: its
+# parts read as if written now, and `upgrade()` rewrites them with today's names.
+RENAMED = {"output": "prediction", "answer": "reference"}
+_OLD = {new: old for old, new in RENAMED.items()}
+
+
+def renamed(table):
+    """A table or record batch with today's column names."""
+    if not any(c in RENAMED for c in table.schema.names):
+        return table
+    return table.rename_columns([RENAMED.get(c, c) for c in table.schema.names])
+
 
 @dataclass
 class OutputFolder:
@@ -73,7 +86,7 @@ class OutputFolder:
             if not any(gone):
                 continue
             with self.data.fs.open_input_file(path) as f:
-                keep = pq.read_table(f).filter(pa.array([not g for g in gone]))
+                keep = renamed(pq.read_table(f)).filter(pa.array([not g for g in gone]))
             if keep.num_rows:
                 write_part(self.data.join(path.rsplit("/", 1)[-1]), keep)
             else:
@@ -82,13 +95,32 @@ class OutputFolder:
         return dropped
 
     def batches(self, columns: list[str], missing_ok: bool = False):
-        """Record batches of the given columns over every part, one part at a time;
-        `missing_ok`: a part written before a column existed gives the columns it has."""
+        """Record batches of the given columns over every part, one part at a time (a part
+        with RENAMED columns gives them under today's names); `missing_ok`: a part written
+        before a column existed gives the columns it has."""
         for path in self.parts():
             with self.data.fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
-                cols = [c for c in columns if c in pf.schema_arrow.names] if missing_ok else columns
-                yield from pf.iter_batches(columns=cols)
+                names = pf.schema_arrow.names
+                cols = [_OLD[c] if c not in names and _OLD.get(c) in names else c
+                        for c in columns]
+                if missing_ok:
+                    cols = [c for c in cols if c in names]
+                for b in pf.iter_batches(columns=cols):
+                    yield renamed(b)
+
+    def upgrade(self) -> int:
+        """Rewrite the parts written with RENAMED columns under today's names (each part
+        replaced whole, as `drop_rows` does); returns how many were rewritten."""
+        n = 0
+        for path in self.parts():
+            with self.data.fs.open_input_file(path) as f:
+                if not any(c in RENAMED for c in pq.read_schema(f).names):
+                    continue
+            with self.data.fs.open_input_file(path) as f:
+                write_part(self.data.join(path.rsplit("/", 1)[-1]), renamed(pq.read_table(f)))
+            n += 1
+        return n
 
     def write_text(self, name: str, text: str) -> None:
         write_bytes(self.loc.join(name), text.encode())

@@ -89,6 +89,8 @@ class DeepSpeedTraining:
     def __init__(self, cfg: TrainArgs, model: nn.Module, ranks: Ranks,
                  stage: int | None = None, lr: float | None = None):
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
+        # the device is known: DeepSpeed need not guess it (and warn, on CPUs, that it did)
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if ranks.device.type == "cuda" else "cpu")
         import deepspeed  # optional and heavy: only backend=deepspeed builds an engine
 
         self.stage = stage or cfg.deepspeed.stage

@@ -380,7 +380,7 @@ class MQTServer:
             for event in s.failed(row["error"]):
                 yield event
             return
-        if rest := pieces.rest(row["output"]):
+        if rest := pieces.rest(row["prediction"]):
             yield s.content(rest)
         for event in s.end(row, limit, req.include_usage):
             yield event

@@ -157,7 +157,7 @@ def finish_reason(row: dict, max_new_tokens: int) -> str:
 
 def completion(cid: str, model: str, row: dict, max_new_tokens: int) -> dict:
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": row["output"]},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": row["prediction"]},
                          "logprobs": None,
                          "finish_reason": finish_reason(row, max_new_tokens)}],
             "usage": usage(row)}

@@ -47,7 +47,7 @@ def read_rows(out) -> dict[str, dict]:
 
 
 def assert_answered(r: dict, m: int) -> None:
-    assert r["error"] is None and r["output"] is not None, r
+    assert r["error"] is None and r["prediction"] is not None, r
     assert r["m"] == m and r["visual_tokens"] == m
     assert r["flops"] > 0 and r["seconds"] > 0 and r["prompt_tokens"] > 0
 
@@ -81,7 +81,7 @@ def test_folder_every_file_once_bad_ones_as_error_rows(ray_local, folder, tmp_pa
     reasons = {"zero.png": "empty", "truncated.png": "truncated", "text.jpg": "not an image",
                "huge.png": "too many pixels"}
     for name, reason in reasons.items():
-        assert reason in rows[name]["error"] and rows[name]["output"] is None, rows[name]
+        assert reason in rows[name]["error"] and rows[name]["prediction"] is None, rows[name]
         assert rows[name]["m"] is None
     assert summary["rows"] == 7 and summary["errors"] == 4
     assert summary["m_histogram"] == {"caption": {3: 3}}
@@ -123,7 +123,7 @@ def test_manifest_mixed_tasks(ray_local, tmp_path):
     assert rows["vqa"]["question"] == "What colour?"
     for mc, options in (("mc", opts), ("mc2", ["circle", "square"])):
         assert_answered(rows[mc], 16)  # not in policy.m: the default, M
-        assert rows[mc]["output"] in options and rows[mc]["new_tokens"] == 0
+        assert rows[mc]["prediction"] in options and rows[mc]["new_tokens"] == 0
         assert rows[mc]["confidence"] <= 0
     assert rows["gone"]["error"].startswith("missing file")
     assert "unknown task 'poetry'" in rows["odd"]["error"]
@@ -226,8 +226,8 @@ def test_engine_keeps_order_and_matches_the_model_row_by_row():
             img = Image.open(io.BytesIO(s["image"]))
             alone = model.generate([prompt], r["m"], images=[img],
                                    max_new_tokens=16 if r["task"] == "caption" else 8)[0]
-            assert r["output"] == alone.text and r["new_tokens"] == alone.new_tokens
-    assert "not an image" in out[2]["error"] and out[3]["output"] in ["a", "b", "c"]
+            assert r["prediction"] == alone.text and r["new_tokens"] == alone.new_tokens
+    assert "not an image" in out[2]["error"] and out[3]["prediction"] in ["a", "b", "c"]
 
 
 def test_checkpoint_config_not_the_preset_sets_M_and_image_size(ray_local, folder, tmp_path):

@@ -66,8 +66,8 @@ def test_manifest_on_s3_relative_and_absolute_keys(ray_local, s3_bucket, tmp_pat
                             "policy.default=4"))
     rows = {r["id"]: r for r in pq.read_table(out / "data").to_pylist()}
     assert_answered(rows["x"], 4)
-    assert rows["x"]["answer"] == "red"
-    assert rows["y"]["output"] in ("a", "b") and rows["y"]["error"] is None
+    assert rows["x"]["reference"] == "red"
+    assert rows["y"]["prediction"] in ("a", "b") and rows["y"]["error"] is None
     assert rows["gone"]["error"].startswith("missing file"), rows["gone"]["error"]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from jobs import demo
 from mqt.data.corpus import bundled_examples, write_corpus
+from pipeline.annotate import AnnotateConfig, model_memory
 from pipeline.sources import open_source
 
 
@@ -35,8 +36,11 @@ def test_demo_annotates_the_bundled_corpus(ray_local, tmp_path, capsys):
     assert summary["accuracy"]["caption"]["accuracy"] >= 0.75  # 100% in docs/eval
     assert summary["accuracy"]["vqa"]["labelled"] == 24
     assert summary["m_histogram"] == {"caption": {"4": 4}, "mc": {"4": 4}, "vqa": {"16": 24}}
-    # actors sized from the test's 2-CPU Ray (pipeline/sizing.py): two one-thread actors
+    # actors sized from the test's 2-CPU Ray (pipeline/sizing.py): two one-thread actors,
+    # each asking for the memory mqt-smol at batch 16 is expected to hold
+    memory = round(model_memory(AnnotateConfig(preset="mqt-smol")) / 1e9, 3)
+    assert 1.0 < memory < 4.0
     assert summary["this_run"]["actors"] == {"actors": 2, "threads": 1, "cpus_per_actor": 0.5,
-                                             "gpus_per_actor": 0.0}
+                                             "gpus_per_actor": 0.0, "memory_per_actor": memory}
     out = capsys.readouterr().out
     assert "Accuracy per question kind" in out and "mosaic/count" in out

@@ -23,7 +23,7 @@ M1, M2 = 2, 8
 MODEL = {"preset": "tiny", "checkpoint": "none"}
 QUESTIONS = ["What colour is it?", "Is there a circle?", "How many shapes?", "What shape?",
              "Is it red?", "What is on the left?", "Is the square blue?", "What is this?"]
-COLUMNS = ("output", "m", "visual_tokens", "prompt_tokens", "new_tokens", "flops", "error")
+COLUMNS = ("prediction", "m", "visual_tokens", "prompt_tokens", "new_tokens", "flops", "error")
 
 
 def source_rows() -> list[dict]:

@@ -35,7 +35,8 @@ def test_a_rows_m_and_length_win_and_match_the_row_alone():
         alone = Engine(MODEL, FixedPolicy(default=row.get("m", 3)), threads=1)
         single = {k: v for k, v in row.items() if k != "m"}
         got = alone(decoded([single])).to_pylist()[0]
-        assert (got["output"], got["flops"]) == (out[i]["output"], out[i]["flops"]), row["id"]
+        assert (got["prediction"], got["flops"]) == (out[i]["prediction"], out[i]["flops"]), \
+            row["id"]
 
 
 def test_a_rows_m_outside_1_to_M_is_an_error_row_naming_it():
@@ -43,7 +44,7 @@ def test_a_rows_m_outside_1_to_M_is_an_error_row_naming_it():
     out = engine(decoded([{"id": "a", "seed": 0, "question": "What?", "m": 17},
                           {"id": "b", "seed": 1, "question": "What?"}])).to_pylist()
     assert out[0]["error"] == "bad request: m=17 is outside 1..16 (M = query.num_queries)"
-    assert out[0]["output"] is None and out[1]["error"] is None and out[1]["m"] == 3
+    assert out[0]["prediction"] is None and out[1]["error"] is None and out[1]["m"] == 3
 
 
 def test_under_a_quota_a_rows_own_m_is_charged_at_that_m_and_refused_when_it_does_not_fit():

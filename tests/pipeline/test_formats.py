@@ -21,7 +21,7 @@ from pipeline.decode import decode_row
 from pipeline.errors import http_status, retryable
 from pipeline.sources import Defaults, SourceError, manifest_rows, open_source
 from pipeline.storage import locate
-from pipeline.writer import OutputFolder, PartWriter
+from pipeline.writer import RENAMED, OutputFolder, PartWriter
 
 
 def data_url(seed: int) -> str:
@@ -146,6 +146,39 @@ def test_drop_rows_rewrites_parts_without_the_retryable_errors(tmp_path):
     assert out.done_ids() == {"a", "e"} and len(out.parts()) == 2  # the all-retry part went
 
 
+def to_earlier_names(out: OutputFolder) -> None:
+    """Rewrite every part as an earlier release wrote it (`output`, `answer` columns)."""
+    old = {new: old for old, new in RENAMED.items()}
+    for path in out.parts():
+        t = pq.read_table(path)
+        pq.write_table(t.rename_columns([old.get(c, c) for c in t.schema.names]), path)
+
+
+def test_an_earlier_releases_output_folder_reads_with_todays_names_and_upgrades(tmp_path):
+    out = OutputFolder(locate(str(tmp_path / "out")))
+    schema = pa.schema([("id", pa.string()), ("prediction", pa.string()),
+                        ("reference", pa.string()), ("error", pa.string())])
+    writer = PartWriter(out, schema, rows_per_part=2)
+    writer.add(pa.table({"id": ["a", "b"], "prediction": ["red", None],
+                         "reference": ["red", "blue"], "error": [None, "model: boom"]}))
+    writer.add(pa.table({"id": ["c"], "prediction": ["x"], "reference": [None], "error": [None]}))
+    writer.flush()
+    to_earlier_names(out)
+    assert all("output" in pq.read_schema(p).names for p in out.parts())
+    want = {"id": ["a", "b", "c"], "prediction": ["red", None, "x"],
+            "reference": ["red", "blue", None]}
+    got = pa.Table.from_batches(list(out.batches(["id", "prediction", "reference"])))
+    assert got.sort_by("id").to_pydict() == want
+    assert out.done_ids(retryable) == {"a", "c"}
+    assert out.upgrade() == 2 and out.upgrade() == 0
+    assert all(pq.read_schema(p).names == schema.names for p in out.parts())
+    got = pa.Table.from_batches(list(out.batches(["id", "prediction", "reference"])))
+    assert got.sort_by("id").to_pydict() == want
+    to_earlier_names(out)
+    assert out.drop_rows(retryable) == 1  # a retry rewrites the part under today's names
+    assert [pq.read_schema(p).names for p in out.parts()].count(schema.names) == 1
+
+
 class _Images(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the stdlib's name)
         data = image_bytes(7)
@@ -244,11 +277,13 @@ def test_sharded_hugging_face_parquet_with_mapped_columns_resumes_across_shards(
             "policy.default=2"]
     first = annotate.main(config(*args, "limit=5"))
     assert first["rows"] == 5
+    to_earlier_names(OutputFolder(locate(str(tmp_path / "out"))))  # an earlier release's rows
     summary = annotate.main(config(*args))
     assert summary["rows"] == 12 and summary["this_run"]["rows"] == 7 and summary["errors"] == 0
+    assert summary["accuracy"]["vqa"]["labelled"] == 12  # the earlier rows' references too
     rows = read_rows(tmp_path / "out")
     assert sorted(rows) == sorted(f"s{k}-{i}" for k in range(3) for i in range(4))
-    assert all(r["question"] == "What shape?" and r["answer"] == "circle" for r in rows.values())
+    assert all(r["question"] == "What shape?" and r["reference"] == "circle" for r in rows.values())
     assert_answered(rows["s2-3"], 2)
 
 

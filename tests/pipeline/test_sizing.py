@@ -1,6 +1,14 @@
 """The engine actors a job gets when it does not say (pipeline/sizing.py)."""
 
-from pipeline.sizing import Sizing, needs, size
+from pipeline.sizing import (
+    PROMPT_TOKENS,
+    RUNTIME_BYTES,
+    Sizing,
+    actor_memory,
+    fit_memory,
+    needs,
+    size,
+)
 
 
 def test_cpu_clusters_get_one_thread_actors_then_wider_ones():
@@ -38,3 +46,35 @@ def test_chosen_actors_are_capped_by_what_is_free_with_a_cpu_left_for_decoding()
     assert size(16, 4, free=(16, 1)) == Sizing(1, 2, 1.0, 1.0)
     assert size(16, 4, free=(3, 4)) == Sizing(2, 2, 1.0, 1.0)
     assert size(2, 0, actors=2, free=(0.5, 0)) == Sizing(2, 1, 0.5, 0.0)  # given: kept
+
+
+def test_actor_memory_is_the_runtime_weights_and_a_batch_at_M_with_a_quarter_to_spare():
+    gb = 10**9
+    base = actor_memory(0, batch_size=1, num_queries=0, vocab=0, kv_width=0)
+    assert base == 5 * RUNTIME_BYTES // 4
+    assert actor_memory(4 * gb, 1, 0, 0, 0) == 5 * (RUNTIME_BYTES + 4 * gb) // 4
+    # logits and KV cache of every position of the batch, float32
+    one = actor_memory(0, batch_size=2, num_queries=64, vocab=1000, kv_width=24)
+    assert one - base == 5 * 2 * (64 + PROMPT_TOKENS) * 1024 * 4 // 4
+
+
+def test_chosen_actors_fit_the_free_memory_and_no_request_exceeds_the_cluster():
+    gb = 10**9
+    assert fit_memory(2, 2 * gb, free=16 * gb, total=16 * gb) == (2, 2 * gb)
+    assert fit_memory(8, 2 * gb, free=5 * gb, total=16 * gb) == (2, 2 * gb)
+    assert fit_memory(8, 2 * gb, free=1 * gb, total=16 * gb) == (1, 2 * gb)  # one at least
+    assert fit_memory(8, 2 * gb, free=1 * gb, total=16 * gb, chosen=False) == (8, 2 * gb)
+    assert fit_memory(2, 20 * gb, free=16 * gb, total=16 * gb) == (1, 16 * gb)  # its share
+    assert fit_memory(4, 5 * gb, free=0, total=0) == (4, 5 * gb)  # no memory reported
+
+
+def test_weight_bytes_counts_what_the_built_model_holds_without_building_it():
+    from mqt.config import preset
+    from mqt.configtree import merge
+    from mqt.model import build_model, weight_bytes
+
+    for over in ({}, {"lm": {"tie_embeddings": False, "lora_rank": 4,
+                             "lora_targets": ["q_proj", "v_proj", "up_proj", "down_proj"]}}):
+        cfg = merge(preset("tiny"), over, "model").validate()
+        built = sum(p.numel() for p in build_model(cfg).parameters())
+        assert weight_bytes(cfg) == 4 * built and weight_bytes(cfg, 2) == 2 * built

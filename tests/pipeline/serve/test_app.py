@@ -108,7 +108,7 @@ def test_the_answer_is_what_annotate_writes_for_the_same_row(endpoint, tmp_path)
     written = pq.read_table(out / "data").to_pylist()[0]
     for image in (data_url(data), str(path)):  # a data: URL and an allowed path
         c = post(base, ask(base, image, "What shape is it?", visual_tokens=5)).json()
-        assert c["choices"][0]["message"]["content"] == written["output"]
+        assert c["choices"][0]["message"]["content"] == written["prediction"]
         assert c["usage"]["flops"] == written["flops"]
         assert c["usage"]["completion_tokens"] == written["new_tokens"]
 

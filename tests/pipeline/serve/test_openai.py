@@ -58,7 +58,7 @@ def test_bad_requests_name_the_field(request_body, param):
     assert error(e.value)["error"]["param"] == param
 
 
-ROW = {"id": "chatcmpl-1", "output": "red circle", "prompt_tokens": 30, "visual_tokens": 4,
+ROW = {"id": "chatcmpl-1", "prediction": "red circle", "prompt_tokens": 30, "visual_tokens": 4,
        "new_tokens": 3, "flops": 1234}
 
 
@@ -73,7 +73,7 @@ def test_a_completion_carries_the_answer_and_what_it_cost():
 
 def chunks(cid, model, row, max_new_tokens, include_usage):
     s = Stream(cid, model)
-    return [s.role(), s.content(row["output"]), *s.end(row, max_new_tokens, include_usage)]
+    return [s.role(), s.content(row["prediction"]), *s.end(row, max_new_tokens, include_usage)]
 
 
 def test_a_stream_is_role_text_finish_usage_then_done():
