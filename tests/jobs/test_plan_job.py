@@ -40,8 +40,9 @@ def test_plan_on_the_shipped_calibration(tmp_path, capsys):
 
 def test_a_generous_plan_stops_where_the_calibration_shows_no_gain(tmp_path, capsys):
     """cap_se (default 1): vqa is planned up to m = 32, not its most accurate m = 64, whose
-    +0.19 points on the shipped calibration are within one paired standard error; the best
-    fixed m is still found on every calibrated m; cap_se=0 plans m = 64."""
+    +0.19 points on the shipped calibration are within one paired standard error (mc up to
+    m = 32, not m = 48: +1.25 points); the best fixed m is still found on every calibrated
+    m; cap_se=0 plans m = 64."""
     args = ["plan", "rows.vqa=1000", "rows.mc=200", "quota=1e14"]
     assert main([*args, f"output={tmp_path / 'a'}"]) == 0
     out = capsys.readouterr().out
@@ -49,7 +50,8 @@ def test_a_generous_plan_stops_where_the_calibration_shows_no_gain(tmp_path, cap
     assert {t["task"]: [p["m"] for p in t["parts"]] for t in capped["tasks"]} == \
         {"vqa": [32], "mc": [32]}
     assert capped["planned_up_to_m"] == {"vqa": 32, "mc": 32}
-    assert "cap_se=1: planned vqa up to m = 32, not its most accurate m = 64" in out
+    assert "cap_se=1: planned mc up to m = 32, not its most accurate m = 48" in out
+    assert "vqa up to m = 32, not its most accurate m = 64" in out
     assert capped["best_fixed"]["tasks"][0]["parts"][0]["m"] == 64
     assert main([*args, "cap_se=0", f"output={tmp_path / 'b'}"]) == 0
     assert "cap_se" not in capsys.readouterr().out
