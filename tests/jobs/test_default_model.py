@@ -1,6 +1,7 @@
 """The embedded default (`mqt-smol`): real bundled backbones, shipped MQT weights."""
 
 import pytest
+import torch
 
 from jobs.cli import resolve
 from jobs.train import main as train
@@ -27,26 +28,34 @@ def test_default_trains_a_few_steps_and_the_loss_falls(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
 
 
-def test_shipped_default_answers_easy_vqa_test_questions():
+@pytest.fixture(scope="module")
+def shipped():
     assert shipped_checkpoint("mqt-smol") is not None, "the shipped weights are committed"
     _, args = resolve("generate", None, ["preset=mqt-smol", "images=[x]"], None, check=False)
-    model = load_model(args)
-    examples = easyvqa_examples("test", tasks=("vqa",), limit=12)[:48]
-    cache = FeatureCache(model)
+    return load_model(args)
+
+
+def test_shipped_default_answers_easy_vqa_test_questions(shipped):
+    """What docs/default-model.md claims, on >= 200 easy-vqa test questions (those of the
+    first 22 test images): >= 95% at M, >= 90% at m = 4 (docs/eval: 99.0% and 99.3%)."""
+    examples = easyvqa_examples("test", tasks=("vqa",), limit=22)
+    assert len(examples) >= 200
+    cache = FeatureCache(shipped)
     cache.add(examples)
-    acc, _ = accuracy(model, examples, cache.get(examples), model.num_queries)
-    assert acc >= 0.8
+    feats = cache.get(examples)
+    with torch.inference_mode():
+        at_M, _ = accuracy(shipped, examples, feats, shipped.num_queries)
+        at_4, _ = accuracy(shipped, examples, feats, 4)
+    assert at_M >= 0.95 and at_4 >= 0.90, (len(examples), at_M, at_4)
 
 
-@pytest.mark.skipif(shipped_checkpoint("mqt-smol") is None, reason="no shipped weights yet")
-def test_shipped_default_is_as_right_by_multiple_choice_as_by_free_text():
+def test_shipped_default_is_as_right_by_multiple_choice_as_by_free_text(shipped):
     """The same easy-vqa test questions asked both ways at m = 16: the options scored as
     answers to the trained VQA prompt are picked right as often as the free text is (with
     the options listed in the prompt, multiple choice trailed by ~20 points)."""
     from mqt.evaluation.run import run_m
 
-    model = load_model(resolve("generate", None, ["preset=mqt-smol", "images=[x]"], None,
-                               check=False)[1])
+    model = shipped
     examples = easyvqa_examples("test", tasks=("vqa", "mc"), limit=4)  # 44 questions
     cache = FeatureCache(model)
     cache.add(examples)
