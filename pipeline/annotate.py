@@ -142,14 +142,12 @@ def check(cfg: AnnotateConfig) -> Prepared:
 
 
 def ledger_state(cfg: AnnotateConfig) -> str:
-    """Where the job's ledger keeps its spend: next to the output unless given."""
+    """Where the job's ledger keeps its spend: next to the output unless given (a local
+    path, or a URL such as s3://bucket/job/ledger.json, reached with `storage`)."""
     if cfg.quota.ledger_state:
         return cfg.quota.ledger_state
     out = output_folder(cfg).loc
-    if not out.is_local:
-        raise ValueError("quota.ledger_state: give a local file for the ledger of a job whose "
-                         f"output is remote ({cfg.output})")
-    return out.join("ledger.json").path
+    return out.join("ledger.json").path if out.is_local else out.join("ledger.json").uri
 
 
 def budget_plan(cfg: AnnotateConfig, src: Source) -> Budget:
@@ -161,9 +159,10 @@ def budget_plan(cfg: AnnotateConfig, src: Source) -> Budget:
     by_kind = cfg.quota.by == "kind"
     rows = source_rows(src, cfg.task, cfg.limit, (cfg.question or "") if by_kind else None)
     todo = [r for r in rows if r[0] not in done]
-    state = ledger_state(cfg)  # (checked even with overwrite: a remote output needs one)
+    state = ledger_state(cfg)
     try:  # overwrite=true starts the job afresh: its earlier spend goes with its rows
-        return prepare(cfg.quota, todo, state, target_config(cfg), fresh=cfg.overwrite)
+        return prepare(cfg.quota, todo, state, target_config(cfg), fresh=cfg.overwrite,
+                       storage=cfg.storage)
     except InfeasibleQuota as e:
         raise ValueError(f"quota: {e} (or quota.infeasible=subset to answer the rows it "
                          "pays for and skip the others)") from None
@@ -287,7 +286,7 @@ def annotate(cfg: AnnotateConfig, prepared: Prepared | None = None) -> dict:
     if cfg.overwrite:
         out.clear()
         if budget is not None:
-            clear_state(ledger_state(cfg))
+            clear_state(ledger_state(cfg), cfg.storage)
     out.drop_temporaries()
     if upgraded := out.upgrade():
         log(f"{upgraded} part files of an earlier release rewritten with today's column names"

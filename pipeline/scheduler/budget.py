@@ -36,7 +36,7 @@ from pipeline.scheduler.kinds import (
     shrinkage_folds,
     shrunk,
 )
-from pipeline.scheduler.ledger import Ledger, UnitMismatch, WorkMismatch
+from pipeline.scheduler.ledger import Ledger, UnitMismatch, WorkMismatch, state_exists
 from pipeline.scheduler.plan import Plan, plan
 from pipeline.scheduler.policy import Cascade
 from pipeline.scheduler.quality import (
@@ -56,6 +56,7 @@ from pipeline.scheduler.quota import (
     remaining,
 )
 from pipeline.scheduler.timing import UNITS_PER_SECOND, TimeModel
+from pipeline.storage import StorageArgs
 
 SKIPPED = ("quota: skipped (quota.infeasible=subset): the quota pays for the first {kept} of "
            "{rows} rows at the cheapest m")
@@ -233,23 +234,24 @@ class Budget:
     caps_changed: bool = False  # the plan on `uncapped` would be another
     # quota.by=kind: which group each row is planned in; None: the groups are the tasks
     groups: KindGroups | None = None
+    storage: StorageArgs | None = None  # how to reach a state_path URL (s3://...)
     weights: dict | None = None  # per group, as planned (None: all 1)
     shrinkage: float | None = None  # quota.by=kind: the cross-validated alpha planned with
 
 
 def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None = None,
-            model_cfg=None, fresh: bool = False) -> Budget:
+            model_cfg=None, fresh: bool = False, storage: StorageArgs | None = None) -> Budget:
     """The plan for the rows left, (id, task) in source order (with quota.by=kind: (id, task,
     question)), within the quota left. An infeasible quota raises InfeasibleQuota, or with
     infeasible=subset keeps the first rows the quota pays for at the cheapest m and declares
     the others skipped. `state_path` None: no earlier spend (a plan with no job, `mqt plan`).
     `fresh`: the job starts afresh (its earlier spend at `state_path` is dropped before it
-    runs), so that spend is not read."""
-    saved = state_path is not None and not fresh and (Path(state_path).exists()
-                                        or Path(f"{state_path}.journal").exists())
+    runs), so that spend is not read. `storage`: how to reach a `state_path` URL."""
+    saved = state_path is not None and not fresh and state_exists(state_path, storage)
     units, unit = ledger_quota(args)
     try:  # what earlier runs took, the time measured past their reservations included
-        ledger = Ledger(units, state_path, unit=unit, work=ledger_work(args)) if saved else None
+        ledger = Ledger(units, state_path, unit=unit, work=ledger_work(args),
+                        storage=storage) if saved else None
     except WorkMismatch as e:
         raise FieldError("time_profile", str(e)) from None
     except UnitMismatch as e:
@@ -275,8 +277,8 @@ def prepare(args: QuotaArgs, todo: list[tuple], state_path: str | None = None,
     weights = {t: float(w) for t, w in args.weights.items()} or None
     if groups is not None and weights:
         weights = group_weights(weights, {g for _, g in keyed})
-    known = dict(args=args, state_path=state_path, curves=cs, groups=groups, weights=weights,
-                 shrinkage=alpha, caps=caps, uncapped=full)
+    known = dict(args=args, state_path=state_path, storage=storage, curves=cs, groups=groups,
+                 weights=weights, shrinkage=alpha, caps=caps, uncapped=full)
     try:
         rows = Counter(g for _, g in keyed)
         p = plan(rows, cs, left, weights)

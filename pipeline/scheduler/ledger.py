@@ -22,14 +22,18 @@ from the tokens really generated. Rules:
   the excess is added to `overrun`: a caller whose bound was not an upper bound shows there.
   Committing a committed key is a no-op (idempotent); committing a key never reserved is an
   error. `release(key)` frees an open reservation (the row failed before spending).
-- With `state_path`, commits survive a crash: each is appended to `<state_path>.journal` as
-  one JSON line and flushed to the OS before `commit` returns (`fsync=True` also syncs it to
-  disk, for machine crashes). Every `compact_every` commits, on `save()` and on start, the
-  whole state is written to a temp file and moved over `state_path` with `os.replace`
-  (atomic), then the journal is emptied. Reloading reads the snapshot and replays the
-  journal; replay is idempotent by key, so a crash between those two steps, or a torn last
-  journal line (dropped: that commit never returned), loses nothing committed. Open
-  reservations are not saved: their workers are gone after a restart.
+- With `state_path`, commits survive a crash: each is in the journal before `commit`
+  (`commit_many`) returns. A local file (`FileStore`): appended to `<state_path>.journal` as
+  one JSON line and flushed to the OS (`fsync=True` also syncs it to disk, for machine
+  crashes); every `compact_every` commits, on `save()` and on start, the whole state is
+  written to a temp file and moved over `state_path` with `os.replace` (atomic), then the
+  journal is emptied. A URL such as s3://bucket/job/ledger.json (`ObjectStore`, beside a
+  remote output; object storage cannot append): one journal object per `commit_many` (an
+  engine batch) under `<state_path>.journal/`, and the snapshot one object naming the last
+  journal object it holds. Reloading reads the snapshot and replays the journal after it;
+  replay is idempotent by key, so a crash between those steps, or a torn last journal line
+  (dropped: that commit never returned), loses nothing committed. Open reservations are
+  not saved: their workers are gone after a restart.
 
 The ledger counts whole units of one kind (`unit`): FLOPs (the default), or microseconds
 of measured accelerator time for a quota in measured seconds (`mqt annotate
@@ -54,7 +58,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyarrow.fs import FileType
+
 from pipeline.scheduler.timing import TimeModel
+from pipeline.storage import list_files, locate, read_bytes, scheme_of, write_bytes
 
 REFUSED = "quota: refused by the budget ledger (the job's compute quota is spent)"
 
@@ -90,15 +97,15 @@ class Ledger:
 
     def __init__(self, quota_flops: int, state_path: str | os.PathLike | None = None,
                  compact_every: int = 10_000, fsync: bool = False, unit: str = "flops",
-                 work: str = "flops"):
+                 work: str = "flops", storage=None):
         if unit not in UNITS:
             raise ValueError(f"ledger unit must be one of {UNITS}, got {unit!r}")
         if work not in WORKS:
             raise ValueError(f"ledger work must be one of {WORKS}, got {work!r}")
         self.quota, self.unit = _flops(quota_flops, "quota_flops"), unit
         self.work = work  # what flops_spent / flops_reserved count
-        self.state_path = Path(state_path) if state_path else None
-        self.compact_every, self.fsync = max(1, compact_every), fsync
+        self.state_path = state_path or None
+        self.compact_every = max(1, compact_every)
         self.spent, self.reserved, self.overrun = 0, 0, 0
         # a ledger of time also keeps the FLOPs behind it (of the committed rows, saved,
         # and the FLOP bounds held), from which a pacer reads the FLOP/s really reached
@@ -107,8 +114,12 @@ class Ledger:
         self._holds: dict[str, int] = {}  # key -> FLOPs reserved
         self._hold_flops: dict[str, int] = {}  # key -> FLOP bound behind a hold of time
         self._journaled = 0  # commits in the journal since the last snapshot
-        self._journal = None  # the open journal file, appended to by commits
-        if self.state_path:
+        self._pending: list[dict] = []  # commits charged, not yet in the journal
+        self._batching = False  # inside commit_many: one journal write for the batch
+        # where the state is saved: a local file, or objects for a URL (s3://...; `storage`:
+        # pipeline.storage.StorageArgs, how to reach it)
+        self._store = state_store(state_path, fsync, storage) if state_path else None
+        if self._store is not None:
             self._load()
 
     # ------------------------------------------------------------------ accounting
@@ -161,7 +172,14 @@ class Ledger:
         return [self.reserve(*item) for item in items]
 
     def commit_many(self, items: list[tuple]) -> list[int]:
-        return [self.commit(*item) for item in items]
+        """`commit` for each item; the batch goes to the journal in one write (one object in
+        object storage) before it returns."""
+        self._batching = True
+        try:
+            return [self.commit(*item) for item in items]
+        finally:
+            self._batching = False
+            self._flush()
 
     def release_many(self, keys: list[str]) -> None:
         for k in keys:
@@ -176,54 +194,50 @@ class Ledger:
     def _charge(self, key: str, charge: int) -> None:
         self._committed[key] = charge
         self.spent += charge
-        if self.state_path:
-            self._append(key, charge)
+        if self._store is not None:
+            self._pending.append({"key": key, "flops": charge, "overrun": self.overrun,
+                                  "work": self.flops_spent})
+            if not self._batching:
+                self._flush()
 
     # ------------------------------------------------------------------ persistence
 
     @property
     def journal_path(self) -> Path:
-        return self.state_path.with_name(self.state_path.name + ".journal")
+        return self._store.journal
 
-    def _append(self, key: str, charge: int) -> None:
-        if self._journal is None:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            self._journal = open(self.journal_path, "a")  # closed by save()
-        self._journal.write(json.dumps({"key": key, "flops": charge, "overrun": self.overrun,
-                                        "work": self.flops_spent}) + "\n")
-        self._journal.flush()  # in the OS before commit returns: survives a process crash
-        if self.fsync:  # and on disk: survives a machine crash too, at a cost per commit
-            os.fsync(self._journal.fileno())
-        self._journaled += 1
+    def _flush(self) -> None:
+        """The commits charged since the last flush, in the journal before they return."""
+        if not self._pending:
+            return
+        self._store.append(self._pending)
+        self._journaled += len(self._pending)
+        self._pending = []
         if self._journaled >= self.compact_every:
             self.save()
 
     def save(self) -> None:
-        """Write the snapshot atomically (temp file + os.replace), then empty the journal."""
-        if not self.state_path:
+        """Write the whole state as one snapshot (atomically), then drop the journal."""
+        if self._store is None:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
-        state = {"quota": self.quota, "unit": self.unit, "work": self.work, "spent": self.spent,
-                 "overrun": self.overrun, "flops_spent": self.flops_spent,
-                 "committed": self._committed}
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_path)
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        self.journal_path.unlink(missing_ok=True)  # its commits are in the snapshot now
+        if self._pending:  # what a failed commit_many charged before it raised
+            self._store.append(self._pending)
+            self._pending = []
+        self._store.snapshot({"quota": self.quota, "unit": self.unit, "work": self.work,
+                              "spent": self.spent, "overrun": self.overrun,
+                              "flops_spent": self.flops_spent, "committed": self._committed})
         self._journaled = 0
 
     def _load(self) -> None:
-        if self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
+        state, entries = self._store.load()
+        where = self._store.where
+        if state is not None:
             if state.get("unit", "flops") != self.unit:  # states before units counted FLOPs
-                raise UnitMismatch(f"ledger state {self.state_path} counts "
-                                 f"{state.get('unit', 'flops')}, not {self.unit}: a job's quota "
-                                 "cannot change between FLOPs and measured seconds")
+                raise UnitMismatch(f"ledger state {where} counts "
+                                   f"{state.get('unit', 'flops')}, not {self.unit}: a job's "
+                                   "quota cannot change between FLOPs and measured seconds")
             if state.get("work", "flops") != self.work:  # states before profiles: FLOPs
-                raise WorkMismatch(f"ledger state {self.state_path} keeps "
+                raise WorkMismatch(f"ledger state {where} keeps "
                                    f"{state.get('work', 'flops')} behind its time, not "
                                    f"{self.work}: a measured job cannot start or stop planning "
                                    "on a time profile between runs (overwrite=true starts "
@@ -231,34 +245,150 @@ class Ledger:
             self._committed = {k: int(v) for k, v in state["committed"].items()}
             self.overrun = int(state.get("overrun", 0))
             self.flops_spent = int(state.get("flops_spent", 0))
-        for entry in self._journal_entries():
+        for entry in entries:
             self._committed.setdefault(entry["key"], int(entry["flops"]))
             self.overrun = max(self.overrun, int(entry.get("overrun", 0)))  # running totals
             self.flops_spent = max(self.flops_spent, int(entry.get("work", 0)))
         self.spent = sum(self._committed.values())
         if self.spent > self.quota:
-            raise ValueError(f"ledger state {self.state_path} has spent {self.spent} "
+            raise ValueError(f"ledger state {where} has spent {self.spent} "
                              f"{self.unit}, more than its quota {self.quota}")
         self.save()  # start from a clean snapshot: a torn journal line must not glue to the next
 
-    def _journal_entries(self) -> list[dict]:
-        if not self.journal_path.exists():
-            return []
-        entries = []
-        for line in self.journal_path.read_text().splitlines():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line: that commit never returned
-        return entries
+
+def _parse_lines(text: str) -> list[dict]:
+    """Journal lines up to the first torn one (the process died mid-write: that commit
+    never returned)."""
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
 
 
-def clear_state(state_path: str | os.PathLike) -> None:
+def _lines(entries: list[dict]) -> str:
+    return "".join(json.dumps(e) + "\n" for e in entries)
+
+
+class FileStore:
+    """A ledger's state in a local file: `<path>` (snapshot) and `<path>.journal` (one JSON
+    line per commit, flushed to the OS before the commit returns; `fsync` also syncs it)."""
+
+    def __init__(self, path: str | os.PathLike, fsync: bool = False):
+        self.path, self.fsync = Path(path), fsync
+        self.journal = self.path.with_name(self.path.name + ".journal")
+        self.where = str(self.path)
+        self._file = None  # the open journal, appended to by commits
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.journal.exists()
+
+    def append(self, entries: list[dict]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.journal, "a")  # closed by snapshot()
+        self._file.write(_lines(entries))
+        self._file.flush()  # in the OS before commit returns: survives a process crash
+        if self.fsync:  # and on disk: survives a machine crash too, at a cost per commit
+            os.fsync(self._file.fileno())
+
+    def snapshot(self, state: dict) -> None:
+        """Temp file + os.replace (atomic), then the journal emptied."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.journal.unlink(missing_ok=True)  # its commits are in the snapshot now
+
+    def load(self) -> tuple[dict | None, list[dict]]:
+        state = json.loads(self.path.read_text()) if self.path.exists() else None
+        return state, _parse_lines(self.journal.read_text()) if self.journal.exists() else []
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.journal.unlink(missing_ok=True)
+
+
+class ObjectStore:
+    """A ledger's state in object storage (s3://, or any URL pipeline.storage reaches),
+    which cannot append: the snapshot is one object, `<url>`, and the journal a folder of
+    objects, `<url>.journal/<seq>.jsonl`, one per flush (a `commit_many` call, the commits of
+    one engine batch), each written whole before the commits return. A snapshot records the
+    last journal object it holds (`journal_seq`); those are then deleted. Loading reads the
+    snapshot and replays the journal objects after it, in order; replay is idempotent by
+    key, so a crash between a snapshot and the deletions loses nothing. The ledger actor is
+    the only writer (one named actor per job)."""
+
+    def __init__(self, url: str, storage=None):
+        self.loc = locate(url, storage)
+        self.journal = locate(self.loc.uri + ".journal", storage)
+        self.where = self.loc.uri
+        self.seq = 0
+
+    def _journal_objects(self) -> list[tuple[int, str]]:
+        found = []
+        for path in list_files(self.journal):
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".jsonl") and name[:-6].isdigit():
+                found.append((int(name[:-6]), path))
+        return sorted(found)
+
+    def exists(self) -> bool:
+        return self.loc.info().type != FileType.NotFound or bool(self._journal_objects())
+
+    def append(self, entries: list[dict]) -> None:
+        self.seq += 1
+        write_bytes(self.journal.join(f"{self.seq:012d}.jsonl"), _lines(entries).encode())
+
+    def snapshot(self, state: dict) -> None:
+        write_bytes(self.loc, json.dumps({**state, "journal_seq": self.seq}).encode())
+        for seq, path in self._journal_objects():
+            if seq <= self.seq:
+                self.journal.fs.delete_file(path)
+
+    def load(self) -> tuple[dict | None, list[dict]]:
+        try:
+            state = json.loads(read_bytes(self.loc))
+        except FileNotFoundError:
+            state = None
+        done = int(state.get("journal_seq", 0)) if state else 0
+        entries, self.seq = [], done
+        for seq, path in self._journal_objects():
+            self.seq = max(self.seq, seq)
+            if seq > done:
+                with self.journal.fs.open_input_stream(path) as f:
+                    entries += _parse_lines(f.read().decode())
+        return state, entries
+
+    def clear(self) -> None:
+        if self.loc.info().type != FileType.NotFound:
+            self.loc.fs.delete_file(self.loc.path)
+        for _, path in self._journal_objects():
+            self.journal.fs.delete_file(path)
+
+
+def state_store(state_path: str | os.PathLike, fsync: bool = False, storage=None):
+    """Where a ledger's state lives: a local file, or an object store for a URL."""
+    text = os.fspath(state_path)
+    if scheme_of(text) in ("", "file"):
+        return FileStore(text.split("://", 1)[-1], fsync)
+    return ObjectStore(text, storage)
+
+
+def state_exists(state_path: str | os.PathLike, storage=None) -> bool:
+    """Whether a ledger saved anything at `state_path`."""
+    return state_store(state_path, storage=storage).exists()
+
+
+def clear_state(state_path: str | os.PathLike, storage=None) -> None:
     """Forget a ledger's saved spend, its snapshot and its journal (a job started afresh:
     `mqt annotate overwrite=true`)."""
-    path = Path(state_path)
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".journal").unlink(missing_ok=True)
+    state_store(state_path, storage=storage).clear()
 
 
 @dataclass

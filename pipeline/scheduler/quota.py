@@ -109,7 +109,7 @@ class QuotaArgs:
     prior: str = ""
     include_unseen: bool = False  # also plan with calibrated m never drawn in training
     weights: dict = field(default_factory=dict)  # per task, default 1
-    ledger_state: str = ""  # local file; "" = <output>/ledger.json (output must be local)
+    ledger_state: str = ""  # a local file or URL (s3://...); "" = <output>/ledger.json
     infeasible: str = "fail"  # or "subset": answer the first rows the quota pays for, skip the rest
     # also plan per-task cascades (answer at m1, escalate low-confidence rows to m2), fitted
     # on the per-question results of `mqt eval` (pipeline.scheduler.cascade)

@@ -60,7 +60,8 @@ def start(budget: Budget, job: str, accelerators: float = 1.0) -> Runtime:
     args = budget.args
     units, unit = ledger_quota(args)
     work, profile = ledger_work(args), args.time_model()
-    actors = {"ledger": ledger_actor(job, units, budget.state_path, unit=unit, work=work)}
+    actors = {"ledger": ledger_actor(job, units, budget.state_path, unit=unit, work=work,
+                                     storage=budget.storage)}
     client = LedgerClient(actors["ledger"], measured_rate(args), profile, accelerators=accelerators)
     esc_client = None
     if budget.escalations:  # this run's pot for escalations; the main ledger still caps them
@@ -92,12 +93,14 @@ def ledger_name(job: str) -> str:
 
 
 def ledger_actor(job: str, quota: int, state_path: str | None = None,
-                 namespace: str | None = None, unit: str = "flops", work: str = "flops"):
+                 namespace: str | None = None, unit: str = "flops", work: str = "flops",
+                 storage=None):
     """The job's ledger actor: the running one named after the job, or a new one. A running
     one with another quota is an error (two jobs with one name would share a budget). It is
-    placed on the driver's node, where the job's state file is (`state_path`, beside a
-    local output): it needs no CPU, and the job ends with that node anyway (a soft
-    affinity was seen to put it on another node of an idle two-node cluster)."""
+    placed on the driver's node: it needs no CPU, a local `state_path` (beside a local
+    output) is on that node's disk, and the job ends with that node anyway (a soft affinity
+    was seen to put it on another node of an idle two-node cluster). A URL `state_path`
+    (beside a remote output) is reached with `storage` from wherever it runs."""
     import ray  # heavy; only jobs that run on Ray start actors
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # heavy: Ray
 
@@ -106,7 +109,7 @@ def ledger_actor(job: str, quota: int, state_path: str | None = None,
         name=ledger_name(job), namespace=namespace, get_if_exists=True,
         max_concurrency=1,  # one method at a time: reserve/commit never interleave
         scheduling_strategy=here,
-    ).remote(quota, state_path, unit=unit, work=work)
+    ).remote(quota, state_path, unit=unit, work=work, storage=storage)
     running = tuple(ray.get([actor.get.remote("quota"), actor.get.remote("unit")]))
     if running != (int(quota), unit):
         raise ValueError(f"ledger {ledger_name(job)!r} is running with quota {running[0]} "

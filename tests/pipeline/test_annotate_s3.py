@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from test_annotate import TINY, assert_answered, image_bytes
+from test_annotate_quota import calibration, tiny_row_bound  # noqa: F401 (a fixture)
 
 from jobs import annotate, cli
 from pipeline.engine import OUTPUT_SCHEMA
@@ -136,3 +137,30 @@ def test_sharded_openai_batch_files_on_s3_with_openai_output(ray_local, s3_bucke
     for line in ok:
         body = ChatCompletion.model_validate(line["response"]["body"])
         assert body.usage.model_extra["visual_tokens"] == (2 if line["custom_id"] == "b" else 4)
+
+
+@pytest.mark.slow  # two quota jobs on the test's Ray, ~25 s
+def test_a_quota_job_with_its_output_on_s3_keeps_its_ledger_there(ray_local, s3_bucket,
+                                                                  calibration):  # noqa: F811
+    """The ledger's state lives beside a remote output (s3://.../ledger.json and its
+    journal objects), not on the driver's disk: a second run of the job reads the first
+    run's spend from the bucket, plans only what is left, and the job stays within Q with
+    every id once."""
+    endpoint, bucket, fs = s3_bucket
+    for i in range(12):
+        put(fs, f"{bucket}/imgs/{i:02d}.png", image_bytes(i))
+    quota = 20 * tiny_row_bound(4)
+    args = [f"source=s3://{bucket}/imgs", f"output=s3://{bucket}/out",
+            f"quota.calibration={calibration}", f"quota.flops={quota}", "progress=false"]
+    first = annotate.main(s3_config(endpoint, *args, "limit=5"))
+    assert first["rows"] == 5
+    saved = json.loads(fs.open_input_stream(f"{bucket}/out/ledger.json").read())
+    assert saved["spent"] == first["quota"]["spent_flops"] > 0 and len(saved["committed"]) == 5
+    summary = annotate.main(s3_config(endpoint, *args))
+    rows = read_s3_rows(fs, f"{bucket}/out")
+    assert sorted(rows) == [f"{i:02d}.png" for i in range(12)] and summary["errors"] == 0
+    q = summary["quota"]
+    assert q["spent_flops"] - q["this_run_flops"] == saved["spent"]  # read from the bucket
+    assert q["spent_flops"] <= quota
+    state = json.loads(fs.open_input_stream(f"{bucket}/out/ledger.json").read())
+    assert state["spent"] == q["spent_flops"] and len(state["committed"]) == 12
