@@ -234,9 +234,12 @@ def shrinkage(name: str, fold: dict, q: float, shared: dict) -> float:
     return fold["alpha"][name, q]
 
 
-def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
-    """The plan for the held-out rows within q x rows, replayed behind a ledger; None if
-    it cannot pay for the cheapest m of the fitted curves (the planner refuses the quota)."""
+def fitted_plan(name: str, fold: dict, q: float, shared: dict) -> dict | None:
+    """A policy's plan for the held-out rows within q x rows, from what it fitted on the fit
+    half and the held-out rows' count per group (their tasks and question texts, never
+    whether they are answered right: tests/bench/test_scheduler.py permutes that and checks
+    every plan stays the same); None if it cannot pay for the cheapest m of the fitted
+    curves (the planner refuses the quota)."""
     key, _, planner = POLICIES[name]
     key = fold.get("keys", {}).get(name, key)  # another field (bench/learned_m.py)
     held, curves, groups = fold["held"], fold["curves"][name], fold.get("groups")
@@ -253,6 +256,19 @@ def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
         return None
     if p is None:  # no single m fits
         return None
+    return {"plan": p, "quota": Q, "key": key, "curves": curves, "rows": rows,
+            "alpha": alpha, "planner": planner}
+
+
+def run_policy(name: str, fold: dict, q: float, shared: dict) -> dict | None:
+    """The plan for the held-out rows within q x rows (`fitted_plan`), replayed behind a
+    ledger; None if the planner refuses the quota."""
+    fitted = fitted_plan(name, fold, q, shared)
+    if fitted is None:
+        return None
+    p, Q, key, curves = fitted["plan"], fitted["quota"], fitted["key"], fitted["curves"]
+    held, groups, alpha = fold["held"], fold.get("groups"), fitted["alpha"]
+    rows, planner = fitted["rows"], fitted["planner"]
     pot = escalation_budget(p, curves) if fold["cap"] else None
     if key == KIND:
         out = replay(held, GroupedPolicy(groups, p.policy()), shared, Q, "task", pot)

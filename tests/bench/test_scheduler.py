@@ -221,3 +221,43 @@ def test_at_a_fixed_m_own_cost_that_m_fits(result):
         assert s["quota"] == f["spend"]
         assert s["best_fixed"]["accuracy"] >= f["accuracy"]
     assert bench_scheduler.quota_for(19273460781.0 / 830, 830) == 19273460781
+
+
+def test_no_plan_sees_whether_held_out_questions_are_answered_right():
+    """Leakage: a policy plans for the held-out half from the fit half and the held-out
+    rows' tasks and question texts only. Permuting the held-out questions' outcomes (right
+    or not, and the confidence, at every m) among them leaves every policy's plan the same
+    at every budget; permuting the fit half's outcomes changes some (the check can fail)."""
+    import random
+    from dataclasses import replace
+
+    from mqt.config import preset
+    from pipeline.scheduler.cascade import shared_flops, split_halves
+
+    cfg = resolve([f"results={RESULTS}", "seeds=[0]"])[1]
+    cfg.ms = bench_scheduler.trained_ms(cfg.results)
+    qs = bench_scheduler.questions(cfg)
+    shared = shared_flops(preset(cfg.preset), cfg.ms)
+    fit, held = split_halves(qs, 0)
+
+    def scrambled(part: list) -> list:
+        order = list(range(len(part)))
+        random.Random(1).shuffle(order)
+        return [replace(x, correct=part[j].correct, confidence=part[j].confidence)
+                for x, j in zip(part, order, strict=True)]
+
+    moved = sum(a.correct != b.correct for a, b in zip(held, scrambled(held), strict=True))
+    assert moved > len(held) / 4
+    folds = [bench_scheduler.fit_fold(f, h, cfg, shared, 0)
+             for f, h in ((fit, held), (fit, scrambled(held)), (scrambled(fit), held))]
+    budgets = bench_scheduler.budgets(bench_scheduler.fixed_points(qs, cfg.ms), 4)
+    changed = 0
+    for q in budgets:
+        for name in bench_scheduler.POLICIES:
+            base, same, other = (bench_scheduler.fitted_plan(name, f, q, shared) for f in folds)
+            assert (base is None) == (same is None), (name, q)
+            if base is not None:
+                assert (same["plan"], same["rows"], same["alpha"]) == \
+                    (base["plan"], base["rows"], base["alpha"]), (name, q)
+                changed += other is None or other["plan"] != base["plan"]
+    assert changed > 0

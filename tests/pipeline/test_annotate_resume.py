@@ -20,6 +20,8 @@ from jobs import annotate, cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a killed run and its resume, ~22 s (CI's resume cases: test_formats,
+# test_annotate_quota, test_annotate_s3)
 def test_kill_9_of_the_driver_then_resume_exactly_once(ray_local, tmp_path):
     images = small_pngs(tmp_path / "images", 300)
     (images / "broken.png").write_bytes(b"\x89PNG broken")

@@ -262,6 +262,8 @@ def test_openai_batch_file_in_and_out(ray_local, tmp_path):
         json.loads(x)["id"] for x in before.splitlines()]
 
 
+@pytest.mark.slow  # two jobs, ~14 s (the parts without Ray run in CI: the struct and
+# mapping reading, the earlier release's names, sharded resume on S3 in test_annotate_s3)
 def test_sharded_hugging_face_parquet_with_mapped_columns_resumes_across_shards(
         ray_local, tmp_path):
     shards = tmp_path / "hf"
