@@ -5,15 +5,24 @@ checkpoint `mobilenet_v2-b0353104.pth` loads strictly. `MobileNetGridEncoder` ke
 blocks up to the feature map of the wanted stride and returns it as grid features
 (B, H*W, C), the interface of `mqt.vision`. Its BatchNorms always run in eval mode: the
 backbone is frozen and its running statistics must not drift with the batches it sees.
+
+Without gradients (inference, evaluation, feature caches) the encoder runs a copy with
+every BatchNorm folded into the convolution before it, in channels-last layout: the same
+function to float rounding (1e-5 on the features), 2.8x faster on 2 CPU cores (16 images at
+224 px: 0.35 s -> 0.12 s; bench/flops.py). The copy is rebuilt whenever a parameter or
+buffer changed since it was made (torch's version counters), so it never serves stale
+weights; with gradients the module itself runs, its parameters trainable as before.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mqt.config import VisionConfig
 from mqt.cost import MOBILENET_V2, MOBILENET_V2_LAST
@@ -139,8 +148,38 @@ class MobileNetGridEncoder(nn.Module):
         return super().train(False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.features(pixel_values)  # (B, C, H, W)
+        if torch.is_grad_enabled():
+            x = self.features(pixel_values)  # (B, C, H, W)
+        else:
+            x = self._folded()(pixel_values.contiguous(memory_format=torch.channels_last))
         return x.flatten(2).transpose(1, 2)  # (B, H*W, C), row-major over the grid
+
+    def _folded(self) -> nn.Module:
+        """`features` with BatchNorms folded into their convolutions, channels-last; made
+        again when a parameter or buffer of `features` changed (or moved) since."""
+        tensors = [*self.features.parameters(), *self.features.buffers()]
+        key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+        cached = self.__dict__.get("_fold")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                folded = fold_batchnorms(copy.deepcopy(self.features))
+            self.__dict__["_fold"] = (key, folded.to(memory_format=torch.channels_last))
+        return self.__dict__["_fold"][1]
+
+
+def fold_batchnorms(module: nn.Module) -> nn.Module:
+    """`module` (changed in place) with each BatchNorm2d that directly follows a Conv2d in
+    the same container folded into that convolution (eval statistics) and removed."""
+    names = list(module._modules)
+    for i, name in enumerate(names):
+        child = module._modules[name]
+        after = module._modules[names[i + 1]] if i + 1 < len(names) else None
+        if isinstance(child, nn.Conv2d) and isinstance(after, nn.BatchNorm2d):
+            module._modules[name] = fuse_conv_bn_eval(child, after)
+            module._modules[names[i + 1]] = nn.Identity()
+        elif child is not None:
+            fold_batchnorms(child)
+    return module
 
 
 def check_cfg(cfg: VisionConfig) -> None:

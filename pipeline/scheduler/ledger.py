@@ -136,7 +136,9 @@ class Ledger:
         """Hold `flops` for `key`; False if it does not fit or `key` is already paid.
         `work`: in a ledger of time, the FLOP bound the hold is for."""
         need, old = _flops(flops, "reserve"), self._holds.get(_key(key), 0)
-        if key in self._committed or need - old > self.remaining:
+        # not `remaining` (clamped at 0): an overrun past the quota refuses even a hold of 0
+        if key in self._committed or self.spent + self.reserved - old + need + self.overrun \
+                > self.quota:
             return False
         self._holds[key] = need
         self.reserved += need - old

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyarrow.fs import FileSelector
 
@@ -196,6 +196,7 @@ ops = st.lists(st.tuples(st.sampled_from(["reserve", "commit", "release", "crash
 
 @settings(max_examples=500, deadline=None)
 @given(st.integers(0, 200), st.integers(1, 4), ops)
+@example(0, 1, [("reserve", 1, 0), ("commit", 1, 1), ("reserve", 0, 0)])  # an overrun past Q
 def test_random_sequences_keep_the_guarantee(quota, compact_every, sequence):
     """Against a plain model: spent + reserved <= quota after every step, and a commit past
     its hold (overrun) counts against later holds; a crash (drop the object, reload from
