@@ -9,7 +9,8 @@ process's stderr (file descriptor 2) through a small filter process that drops t
 (`[2026-01-01 12:00:00,123 E 4242 4242] file.cc:12: ...`) and passes everything else
 through as it arrives (progress bars, our own lines, Python warnings and tracebacks).
 FATAL lines are kept. The filter is a separate process so nothing is lost when the job
-dies: it drains the pipe until every writer has closed it.
+dies: it drains the pipe until every writer has closed it, and it runs in a session of its own,
+out of reach of Ctrl-C (the job decides what Ctrl-C does and may print after it).
 
 `verbose()` (the `mqt` option `--verbose`, or MQT_VERBOSE=1) turns this off and lets Ray's
 Python loggers speak at INFO.
@@ -96,7 +97,10 @@ def drop_native_logs() -> bool:
     sys.stderr.flush()
     err = os.dup(2)
     try:  # the filter's stdout is our stderr as it is now
-        proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=err)
+        # a session of its own: Ctrl-C (SIGINT to the terminal's process group) reaches the
+        # job, which may still print after it ("left running ..."), and not the filter
+        proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=err,
+                                start_new_session=True)
     finally:
         os.close(err)
     os.dup2(proc.stdin.fileno(), 2)

@@ -205,7 +205,8 @@ class Ledger:
     # ------------------------------------------------------------------ persistence
 
     @property
-    def journal_path(self) -> Path:
+    def journal_path(self):
+        """The journal: a local state's file, or the folder of an object store's objects."""
         return self._store.journal
 
     def _flush(self) -> None:

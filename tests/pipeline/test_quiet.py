@@ -45,14 +45,15 @@ def test_a_line_that_cannot_become_a_log_line_is_not_held():
     assert lf.feed(b"x") == b"[2026-12-08 0x"  # it is not
 
 
-def run_child(code: str, **env) -> subprocess.CompletedProcess:
+def run_child(code: str, start_new_session: bool = False, **env) -> subprocess.CompletedProcess:
     script = textwrap.dedent("""
         import os, sys
         from pipeline.quiet import drop_native_logs
         drop_native_logs()
     """) + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                          start_new_session=start_new_session)
 
 
 def test_a_process_stderr_goes_through_the_filter_and_nothing_else_is_lost():
@@ -76,6 +77,18 @@ def test_killed_process_loses_nothing_it_wrote():
         os.kill(os.getpid(), 9)
     """)
     assert r.returncode == -9 and r.stderr == b"last words\n"
+
+
+def test_ctrl_c_to_the_process_group_leaves_the_filter_running_for_what_follows():
+    r = run_child("""
+        import signal, time
+        try:
+            os.killpg(os.getpgid(0), signal.SIGINT)  # Ctrl-C: the job and the filter
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("stopped following; the job is left running", file=sys.stderr)
+    """, start_new_session=True)
+    assert r.stderr == b"stopped following; the job is left running\n"
 
 
 def test_verbose_leaves_stderr_alone():
