@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.storage import Location, list_files, read_bytes, write_bytes
@@ -26,6 +27,7 @@ from pipeline.storage import Location, list_files, read_bytes, write_bytes
 # parts read as if written now, and `upgrade()` rewrites them with today's names.
 RENAMED = {"output": "prediction", "answer": "reference"}
 _OLD = {new: old for old, new in RENAMED.items()}
+COLUMNS_MARKER = "_columns"  # in data/: every part there has today's names
 
 
 def renamed(table):
@@ -111,7 +113,11 @@ class OutputFolder:
 
     def upgrade(self) -> int:
         """Rewrite the parts written with RENAMED columns under today's names (each part
-        replaced whole, as `drop_rows` does); returns how many were rewritten."""
+        replaced whole, as `drop_rows` does); returns how many were rewritten. Then
+        `data/_columns` marks the folder as done, so later runs read no part for this."""
+        marker = self.data.join(COLUMNS_MARKER)
+        if marker.info().type != pafs.FileType.NotFound:
+            return 0
         n = 0
         for path in self.parts():
             with self.data.fs.open_input_file(path) as f:
@@ -120,6 +126,7 @@ class OutputFolder:
             with self.data.fs.open_input_file(path) as f:
                 write_part(self.data.join(path.rsplit("/", 1)[-1]), renamed(pq.read_table(f)))
             n += 1
+        write_bytes(marker, b"prediction, reference\n")  # after every part: a crash redoes it
         return n
 
     def write_text(self, name: str, text: str) -> None:

@@ -8,6 +8,7 @@ import base64
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from pipeline.decode import decode_row
 from pipeline.errors import http_status, retryable
 from pipeline.sources import Defaults, SourceError, manifest_rows, open_source
 from pipeline.storage import locate
-from pipeline.writer import RENAMED, OutputFolder, PartWriter
+from pipeline.writer import COLUMNS_MARKER, RENAMED, OutputFolder, PartWriter
 
 
 def data_url(seed: int) -> str:
@@ -147,11 +148,13 @@ def test_drop_rows_rewrites_parts_without_the_retryable_errors(tmp_path):
 
 
 def to_earlier_names(out: OutputFolder) -> None:
-    """Rewrite every part as an earlier release wrote it (`output`, `answer` columns)."""
+    """Rewrite every part as an earlier release wrote it (`output`, `answer` columns, and
+    no `data/_columns` marker)."""
     old = {new: old for old, new in RENAMED.items()}
     for path in out.parts():
         t = pq.read_table(path)
         pq.write_table(t.rename_columns([old.get(c, c) for c in t.schema.names]), path)
+    Path(out.data.join(COLUMNS_MARKER).path).unlink(missing_ok=True)
 
 
 def test_an_earlier_releases_output_folder_reads_with_todays_names_and_upgrades(tmp_path):
@@ -172,6 +175,7 @@ def test_an_earlier_releases_output_folder_reads_with_todays_names_and_upgrades(
     assert out.done_ids(retryable) == {"a", "c"}
     assert out.upgrade() == 2 and out.upgrade() == 0
     assert all(pq.read_schema(p).names == schema.names for p in out.parts())
+    assert (tmp_path / "out" / "data" / "_columns").exists()  # later runs read no part
     got = pa.Table.from_batches(list(out.batches(["id", "prediction", "reference"])))
     assert got.sort_by("id").to_pydict() == want
     to_earlier_names(out)
