@@ -95,7 +95,7 @@ class AnnotateConfig(ModelArgs):
     policy: PolicyArgs = field(default_factory=PolicyArgs)
     quota: QuotaArgs = field(default_factory=QuotaArgs)  # with a quota, the plan picks m
     batch_size: int = 16  # rows per model call
-    block_rows: int = 64  # rows per Ray block between stages: the unit of progress
+    block_rows: int = 0  # rows per Ray block between stages (the unit of progress); 0 = batch_size
     # the engine actors (one model each) and what each holds; 0 = sized from the cluster's
     # resources when the job starts (pipeline/sizing.py: one actor per GPU; on CPUs several
     # one-thread actors, half a logical CPU per thread so the decode tasks get CPUs)
@@ -202,11 +202,11 @@ def target_config(cfg: AnnotateConfig) -> VLMConfig | None:
 
 
 def _check_numbers(cfg: AnnotateConfig) -> None:
-    for name in ("batch_size", "block_rows", "max_pixels", "rows_per_part"):
+    for name in ("batch_size", "max_pixels", "rows_per_part"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     for name in ("actors", "cpus_per_actor", "gpus_per_actor", "threads", "limit",
-                 "memory_per_actor"):
+                 "memory_per_actor", "block_rows"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0 (0 = chosen), got {getattr(cfg, name)}")
     if cfg.flush_seconds <= 0:
@@ -262,8 +262,9 @@ def build(cfg: AnnotateConfig, src: Source, done: frozenset[str] = frozenset(),
     ds = build_dataset(src, Defaults(cfg.task, cfg.question, tasks), cfg.limit, done)
     # Small blocks (streaming, no shuffle): a source file read as one big block would
     # otherwise reach the actors, the progress bar and the part files whole.
-    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
-    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=cfg.block_rows,
+    block = cfg.block_rows or cfg.batch_size
+    ds = ds.repartition(target_num_rows_per_block=block)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=block,
                         fn_kwargs={"image_size": size, "max_pixels": cfg.max_pixels,
                                    "storage": cfg.storage, "hosts": tuple(cfg.image_hosts)})
     return ds.map_batches(

@@ -168,7 +168,7 @@ def test_parquet_with_image_bytes(ray_local, tmp_path):
     (["task=poetry"], "task"),
     (["task=vqa"], "question"),  # folder rows would have no question
     (["cpus_per_actor=-1"], "cpus_per_actor"),
-    (["block_rows=0"], "block_rows"),
+    (["block_rows=-1"], "block_rows"),
     (["tasks.poetry.prompt=x"], "tasks.poetry"),
     (["tasks.vqa.temperature=0.5"], "tasks.vqa.temperature"),
     (["tasks.vqa.max_new_tokens=0"], "tasks.vqa.max_new_tokens"),
