@@ -508,7 +508,7 @@ def weight_bytes(cfg: VLMConfig, bytes_per_value: int = 4) -> int:
         query = QueryTransformer(cfg.query, vision.hidden_size, cfg.lm.hidden_size)
     n = sum(p.numel() for m in (vision, query) for p in m.parameters())
     lm = cfg.lm
-    kv = lm.hidden_size // lm.num_heads * lm.num_kv_heads
+    kv = lm.head_dim * lm.num_kv_heads
     layer = (2 * lm.hidden_size * lm.hidden_size + 2 * lm.hidden_size * kv  # q, o; k, v
              + 3 * lm.hidden_size * lm.intermediate_size + 2 * lm.hidden_size)  # MLP, norms
     if lm.lora_rank:

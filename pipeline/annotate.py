@@ -29,7 +29,7 @@ import pyarrow as pa
 import yaml
 from tqdm import tqdm
 
-from mqt.config import VLMConfig
+from mqt.config import VLMConfig, preset
 from mqt.configtree import to_dict
 from mqt.console import log
 from mqt.load import ModelArgs, model_args, resolved_config, validate_model
@@ -47,16 +47,13 @@ from pipeline.scheduler.ledger import LedgerClient, clear_state
 from pipeline.scheduler.policy import FixedPolicy, TokenPolicy
 from pipeline.scheduler.report import caps_text, table
 from pipeline.scheduler.runtime import start
-from pipeline.sizing import actor_memory, fit_memory, needs, size
+from pipeline.sizing import actor_memory, batch_bytes, fit_memory, needs, size
 from pipeline.sources import Defaults, Source, build_dataset, open_source, row_error, source_rows
 from pipeline.storage import StorageArgs, locate
 from pipeline.summary import print_summary, quota_summary, steady, summarize
 from pipeline.writer import RENAMED, OutputFolder, PartWriter
 
 LLAVA_IMAGE_SIZE = 336
-# MQT-LLaVA-7B's M, Vicuna-7B's vocabulary and KV width (2 x 32 layers x 4096), for the
-# memory an actor asks before the published folder's config is read (mqt.config.mqt_llava_7b)
-LLAVA_QUERIES, LLAVA_VOCAB, LLAVA_KV_WIDTH = 256, 32000, 2 * 32 * 4096
 TASK_FIELDS = ("prompt", "max_new_tokens")  # what `tasks.<name>` may override
 # Fields that make a job the same job: a resume into an output written with other values
 # would mix answers of two jobs. The policy, batch sizes and actors may change.
@@ -447,14 +444,13 @@ def sized(cfg: AnnotateConfig, say: bool = False) -> AnnotateConfig:
 def model_memory(cfg: AnnotateConfig) -> int:
     """Bytes of host memory an engine actor of this job asks Ray for (pipeline/sizing.py)."""
     target = target_config(cfg)
-    if target is None:  # a published MQT-LLaVA folder: its half-precision files, as float32
+    if target is None:  # a published MQT-LLaVA folder (its config needs its weights): its
+        # half-precision files as float32, batches of the MQT-LLaVA-7B preset's shape
         files = [p for p in Path(cfg.llava).rglob("*") if p.suffix in (".safetensors", ".bin")]
-        return actor_memory(2 * sum(p.stat().st_size for p in files), cfg.batch_size,
-                            LLAVA_QUERIES, LLAVA_VOCAB, LLAVA_KV_WIDTH)
-    lm = target.lm
-    kv_width = 2 * lm.num_layers * lm.hidden_size // lm.num_heads * lm.num_kv_heads
-    return actor_memory(weight_bytes(target), cfg.batch_size, target.query.num_queries,
-                        lm.vocab_size, kv_width)
+        weights, target = 2 * sum(p.stat().st_size for p in files), preset("llava-7b")
+    else:
+        weights = weight_bytes(target)
+    return actor_memory(weights, batch_bytes(target, cfg.batch_size))
 
 
 def job_id(out: OutputFolder) -> str:

@@ -38,20 +38,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mqt.config import VLMConfig
+from mqt.cost import kv_cache_bytes, lm_visual_tokens
+
 MAX_THREADS_PER_GPU_ACTOR = 4
 DECODE_CPUS = 1.0  # what a decode task asks of Ray (a task's default): left free for them
 RUNTIME_BYTES = 512 * 2**20  # an engine process before its model's weights and batches
 PROMPT_TOKENS = 64  # text positions assumed beside the M visual ones (a question, a template)
 
 
-def actor_memory(weights: int, batch_size: int, num_queries: int, vocab: int, kv_width: int,
-                 bytes_per_value: int = 4) -> int:
-    """Host memory (bytes) to ask for an engine actor: (runtime + weights + one batch's
-    logits and KV cache at M) with 25% to spare. `kv_width`: keys and values per position
-    over all layers."""
-    positions = batch_size * (num_queries + PROMPT_TOKENS)
-    activations = positions * (vocab + kv_width) * bytes_per_value
+def actor_memory(weights: int, activations: int) -> int:
+    """Host memory (bytes) to ask for an engine actor: (runtime + weights + a batch's
+    activations, `batch_bytes`) with 25% to spare."""
     return -(-5 * (RUNTIME_BYTES + weights + activations) // 4)
+
+
+def batch_bytes(cfg: VLMConfig, batch_size: int, bytes_per_value: int = 4) -> int:
+    """A batch's logits over the vocabulary and KV cache (`mqt.cost.kv_cache_bytes`) for
+    every position at M with PROMPT_TOKENS of text: an upper bound of its activations."""
+    M = cfg.query.num_queries
+    positions = lm_visual_tokens(cfg, M) + PROMPT_TOKENS
+    kv = kv_cache_bytes(cfg, M, PROMPT_TOKENS, 1, bytes_per_value)
+    return batch_size * (kv + positions * cfg.lm.vocab_size * bytes_per_value)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from pathlib import Path
 from pyarrow.fs import FileType
 
 from pipeline.scheduler.timing import TimeModel
-from pipeline.storage import list_files, locate, read_bytes, scheme_of, write_bytes
+from pipeline.storage import Location, list_files, locate, read_bytes, scheme_of, write_bytes
 
 REFUSED = "quota: refused by the budget ledger (the job's compute quota is spent)"
 
@@ -209,23 +209,21 @@ class Ledger:
         """The journal: a local state's file, or the folder of an object store's objects."""
         return self._store.journal
 
-    def _flush(self) -> None:
-        """The commits charged since the last flush, in the journal before they return."""
-        if not self._pending:
-            return
-        self._store.append(self._pending)
-        self._journaled += len(self._pending)
-        self._pending = []
-        if self._journaled >= self.compact_every:
+    def _flush(self, compact: bool = True) -> None:
+        """The commits charged since the last flush, in the journal before they return;
+        then a snapshot every `compact_every` commits (`compact`)."""
+        if self._pending:
+            self._store.append(self._pending)
+            self._journaled += len(self._pending)
+            self._pending = []
+        if compact and self._journaled >= self.compact_every:
             self.save()
 
     def save(self) -> None:
         """Write the whole state as one snapshot (atomically), then drop the journal."""
         if self._store is None:
             return
-        if self._pending:  # what a failed commit_many charged before it raised
-            self._store.append(self._pending)
-            self._pending = []
+        self._flush(compact=False)  # what a failed commit_many charged before it raised
         self._store.snapshot({"quota": self.quota, "unit": self.unit, "work": self.work,
                               "spent": self.spent, "overrun": self.overrun,
                               "flops_spent": self.flops_spent, "committed": self._committed})
@@ -333,13 +331,14 @@ class ObjectStore:
         self.where = self.loc.uri
         self.seq = 0
 
-    def _journal_objects(self) -> list[tuple[int, str]]:
+    def _journal_objects(self) -> list[tuple[int, Location]]:
+        """(seq, location) of the journal's objects, in order."""
         found = []
         for path in list_files(self.journal):
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".jsonl") and name[:-6].isdigit():
-                found.append((int(name[:-6]), path))
-        return sorted(found)
+                found.append((int(name[:-6]), self.journal.join(name)))
+        return sorted(found, key=lambda x: x[0])
 
     def exists(self) -> bool:
         return self.loc.info().type != FileType.NotFound or bool(self._journal_objects())
@@ -350,9 +349,9 @@ class ObjectStore:
 
     def snapshot(self, state: dict) -> None:
         write_bytes(self.loc, json.dumps({**state, "journal_seq": self.seq}).encode())
-        for seq, path in self._journal_objects():
+        for seq, obj in self._journal_objects():
             if seq <= self.seq:
-                self.journal.fs.delete_file(path)
+                obj.fs.delete_file(obj.path)
 
     def load(self) -> tuple[dict | None, list[dict]]:
         try:
@@ -361,18 +360,17 @@ class ObjectStore:
             state = None
         done = int(state.get("journal_seq", 0)) if state else 0
         entries, self.seq = [], done
-        for seq, path in self._journal_objects():
+        for seq, obj in self._journal_objects():
             self.seq = max(self.seq, seq)
             if seq > done:
-                with self.journal.fs.open_input_stream(path) as f:
-                    entries += _parse_lines(f.read().decode())
+                entries += _parse_lines(read_bytes(obj).decode())
         return state, entries
 
     def clear(self) -> None:
         if self.loc.info().type != FileType.NotFound:
             self.loc.fs.delete_file(self.loc.path)
-        for _, path in self._journal_objects():
-            self.journal.fs.delete_file(path)
+        for _, obj in self._journal_objects():
+            obj.fs.delete_file(obj.path)
 
 
 def state_store(state_path: str | os.PathLike, fsync: bool = False, storage=None):

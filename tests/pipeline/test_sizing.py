@@ -1,10 +1,13 @@
 """The engine actors a job gets when it does not say (pipeline/sizing.py)."""
 
+from mqt.config import preset
+from mqt.configtree import merge
 from pipeline.sizing import (
     PROMPT_TOKENS,
     RUNTIME_BYTES,
     Sizing,
     actor_memory,
+    batch_bytes,
     fit_memory,
     needs,
     size,
@@ -50,12 +53,18 @@ def test_chosen_actors_are_capped_by_what_is_free_with_a_cpu_left_for_decoding()
 
 def test_actor_memory_is_the_runtime_weights_and_a_batch_at_M_with_a_quarter_to_spare():
     gb = 10**9
-    base = actor_memory(0, batch_size=1, num_queries=0, vocab=0, kv_width=0)
+    base = actor_memory(0, 0)
     assert base == 5 * RUNTIME_BYTES // 4
-    assert actor_memory(4 * gb, 1, 0, 0, 0) == 5 * (RUNTIME_BYTES + 4 * gb) // 4
+    assert actor_memory(4 * gb, 0) == 5 * (RUNTIME_BYTES + 4 * gb) // 4
     # logits and KV cache of every position of the batch, float32
-    one = actor_memory(0, batch_size=2, num_queries=64, vocab=1000, kv_width=24)
-    assert one - base == 5 * 2 * (64 + PROMPT_TOKENS) * 1024 * 4 // 4
+    cfg = merge(preset("tiny"), {"query": {"num_queries": 16}, "lm": {
+        "vocab_size": 1000, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2}},
+        "model").validate()
+    kv_width = 2 * 3 * 2 * cfg.lm.head_dim  # keys and values x layers x KV heads x width
+    positions = 2 * (16 + PROMPT_TOKENS)
+    assert batch_bytes(cfg, 2) == positions * (1000 + kv_width) * 4
+    assert actor_memory(0, batch_bytes(cfg, 2)) - base == \
+        -(-5 * positions * (1000 + kv_width) * 4 // 4)
 
 
 def test_chosen_actors_fit_the_free_memory_and_no_request_exceeds_the_cluster():
@@ -69,8 +78,6 @@ def test_chosen_actors_fit_the_free_memory_and_no_request_exceeds_the_cluster():
 
 
 def test_weight_bytes_counts_what_the_built_model_holds_without_building_it():
-    from mqt.config import preset
-    from mqt.configtree import merge
     from mqt.model import build_model, weight_bytes
 
     for over in ({}, {"lm": {"tie_embeddings": False, "lora_rank": 4,
