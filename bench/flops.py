@@ -11,7 +11,10 @@ convolution and attention the batch really executed (not the cost model); the sa
 then timed `repeats` times after a warm-up, with the counter off. Executed FLOP/s =
 counted FLOPs / seconds per batch, as a fraction of the peak: a 2048 x 2048 fp32 matmul
 timed with the same threads in the same process, before and after the m runs. The cost
-model's FLOPs for the same rows (what the job charges) are reported beside the count.
+model's FLOPs for the same rows (what the job charges) are reported beside the count, and
+the vision encoder alone is timed on a batch's pixels as inference runs it (no gradients:
+for MobileNetV2 its BatchNorms folded into the convolutions) and as the module itself runs
+(with gradients enabled, as in training).
 Writes flops.md, flops.json and flops.png (to `output`, and to `docs` if given).
 """
 
@@ -32,7 +35,7 @@ from jobs.cli import run_module
 from mqt.data import easyvqa_examples
 from mqt.data.corpus import sample, write_corpus
 from mqt.load import ModelArgs, model_args, validate_model
-from pipeline.decode import decode_batch
+from pipeline.decode import decode_batch, pixels_to_image
 from pipeline.engine import Engine
 from pipeline.scheduler.policy import FixedPolicy
 from pipeline.sources import Defaults, manifest_rows
@@ -96,6 +99,19 @@ def measure(engine: Engine, batch: pa.Table, repeats: int) -> dict:
             "new_tokens": sum(r["new_tokens"] for r in rows), "seconds": seconds}
 
 
+def encoder_seconds(engine: Engine, batch: pa.Table, repeats: int) -> dict:
+    """Seconds of the vision encoder on one batch's pixels: without gradients (inference)
+    and with them enabled (the module as training runs it); the best of `repeats`."""
+    vision = engine.model.vision
+    pv = engine.model.preprocess([pixels_to_image(p) for p in batch.column("pixels").to_pylist()])
+    out = {}
+    for name, grad in (("inference", False), ("module", True)):
+        with torch.set_grad_enabled(grad):
+            vision(pv)  # warm-up (and the folded copy made)
+            out[name] = min(_timed(lambda: vision(pv)) for _ in range(repeats))
+    return out
+
+
 def main(cfg: Config) -> dict:
     threads = cfg.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -110,7 +126,8 @@ def main(cfg: Config) -> dict:
         per_m[m] = runs
     peaks.append(matmul_peak(cfg.matmul))
     result = {"threads": threads, "batch_size": cfg.batch_size, "peak": peaks,
-              "torch": torch.__version__, "per_m": {str(m): r for m, r in per_m.items()}}
+              "torch": torch.__version__, "per_m": {str(m): r for m, r in per_m.items()},
+              "encoder": encoder_seconds(engine, data[0], cfg.repeats)}
     text = table(result, cfg)
     print(text)
     for folder in {out, Path(cfg.docs)} if cfg.docs else {out}:
@@ -147,6 +164,10 @@ def table(result: dict, cfg: Config) -> str:
             f"{statistics.mean(x['new_tokens'] for x in runs):.0f} | "
             f"{_spread(secs, 2)} | {_spread([x / 1e9 for x in r], 1)} | "
             f"{statistics.median(r) / peak:.0%} ({min(r) / peak:.0%}..{max(r) / peak:.0%}) |")
+    enc = result["encoder"]
+    lines += ["", f"Vision encoder on one batch's pixels (best of {cfg.repeats}): "
+              f"{enc['inference']:.3f} s as inference runs it, {enc['module']:.3f} s as the "
+              f"module runs with gradients enabled ({enc['module'] / enc['inference']:.1f}x)."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,8 @@ backbone is frozen and its running statistics must not drift with the batches it
 
 Without gradients (inference, evaluation, feature caches) the encoder runs a copy with
 every BatchNorm folded into the convolution before it, in channels-last layout: the same
-function to float rounding (1e-5 on the features), 2.8x faster on 2 CPU cores (16 images at
-224 px: 0.35 s -> 0.12 s; bench/flops.py). The copy is rebuilt whenever a parameter or
+function to float rounding (1e-5 on the features), 2.5x faster on 2 CPU cores (16 images at
+224 px: 0.35 s -> 0.14 s, docs/bench/flops.md). The copy is rebuilt whenever a parameter or
 buffer changed since it was made (torch's version counters), so it never serves stale
 weights; with gradients the module itself runs, its parameters trainable as before.
 """
